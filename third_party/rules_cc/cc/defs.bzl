@@ -1,0 +1,15 @@
+"""Local stand-in for @rules_cc: Bazel 4.2's native C++ rules under their usual names.
+
+Debian's bazel-rules-cc needs a newer @bazel_tools, so this repository answers instead.
+"""
+
+cc_binary = native.cc_binary
+cc_import = native.cc_import
+cc_library = native.cc_library
+cc_proto_library = native.cc_proto_library
+cc_test = native.cc_test
+cc_toolchain = native.cc_toolchain
+cc_toolchain_suite = native.cc_toolchain_suite
+fdo_prefetch_hints = native.fdo_prefetch_hints
+fdo_profile = native.fdo_profile
+objc_library = native.objc_library
