@@ -4,53 +4,75 @@
 // (private <-> shared) changed the state between the check and the copy, the copy would go
 // through the wrong view: a use-after-unshare. The gate closes that window the way RCU does:
 //
-//   accessor:  Enter();  load page states (seq_cst);  copy;  Exit();
-//   converter: store page states (seq_cst);  WaitForAccessesInFlight();
+//   accessor:  enter (slot odd);  load page states;  copy;  leave (slot even)
+//   converter: store page states;  heavy barrier;  wait for each odd slot to move on
 //
-// With both sides sequentially consistent, either the accessor sees the new state, or the
-// converter sees the accessor inside and waits for it to leave. Each thread owns one slot (a
-// cache line holding a sequence number, odd while inside), so entering costs one uncontended
-// atomic RMW on a line no other thread writes.
+// The accessor/converter pair is a Dekker handshake: either the accessor's state load sees the
+// new state, or the converter sees the accessor's slot odd and waits. The store->load order
+// needs a full barrier on both sides; to keep accesses cheap the accessor only stops the
+// compiler, and the converter issues membarrier(PRIVATE_EXPEDITED), which runs a full barrier
+// on every thread of the process (the asymmetric-fence scheme of liburcu and folly). Where
+// membarrier is unavailable, and under ThreadSanitizer (which cannot see membarrier), the
+// accessor uses a sequentially consistent RMW instead.
 //
-// Thread safety: all functions may be called from any thread. Enter/Exit pairs must not nest
-// across different AccessGate users on one thread (they are scoped by AccessScope).
+// Each thread owns one slot (a cache line nobody else writes), registered on first use.
+// Thread safety: all functions may be called from any thread; AccessScope is not reentrant.
 #ifndef CVMBUS_GUESTMEM_ACCESS_GATE_H_
 #define CVMBUS_GUESTMEM_ACCESS_GATE_H_
 
 #include <atomic>
 #include <cstdint>
 
+#include "guestmem/racy_copy.h"  // CVMBUS_TSAN
+
 namespace cvmbus::guestmem {
 
-// One thread's slot. Owned by the registry; lives until the thread exits.
+// One thread's slot: `sequence` is odd while the owning thread is inside an access. Written
+// only by its owner; read by converters.
 struct alignas(64) AccessSlot {
-  std::atomic<uint64_t> sequence{0};  // Odd while the owning thread is inside an access.
+  std::atomic<uint64_t> sequence{0};
 };
 
-// Returns the calling thread's slot, registering it on first use.
-AccessSlot& ThisThreadAccessSlot();
+namespace internal {
+extern thread_local AccessSlot* this_thread_access_slot;  // Null until registered.
+AccessSlot* RegisterThisThreadForAccess();
+extern bool access_gate_uses_membarrier;  // Set once, before any thread's first access.
+}  // namespace internal
 
 // Blocks until every thread that was inside an access when this was called has left it.
-// Accesses that start afterwards are not waited for (they see the new page states).
+// Accesses that start afterwards are not waited for: they see the new page states.
 void WaitForAccessesInFlight();
 
-// Marks the calling thread as inside an access for the scope's lifetime. Not reentrant.
+// Marks the calling thread as inside an access for the scope's lifetime.
 class AccessScope {
  public:
-  AccessScope() : slot_(ThisThreadAccessSlot()) {
-    // seq_cst RMW: orders this entry before the page-state loads that follow (store->load),
-    // pairing with the converter's seq_cst state stores and slot loads.
-    slot_.sequence.fetch_add(1, std::memory_order_seq_cst);
+  AccessScope() {
+    AccessSlot* slot = internal::this_thread_access_slot;
+    if (slot == nullptr) slot = internal::RegisterThisThreadForAccess();
+    slot_ = slot;
+    entered_ = slot->sequence.load(std::memory_order_relaxed) + 1;  // Only we write it.
+#if !defined(CVMBUS_TSAN)
+    if (internal::access_gate_uses_membarrier) {
+      slot->sequence.store(entered_, std::memory_order_relaxed);
+      // Compiler-only barrier: the converter's membarrier supplies the CPU barrier that
+      // orders this store before our page-state loads.
+      std::atomic_signal_fence(std::memory_order_seq_cst);
+      return;
+    }
+#endif
+    // Full barrier: the slot store is ordered before the page-state loads that follow.
+    slot->sequence.fetch_add(1, std::memory_order_seq_cst);
   }
   ~AccessScope() {
-    // release: the copy inside the scope happens-before a converter that sees us leave.
-    slot_.sequence.fetch_add(1, std::memory_order_release);
+    // release: our copy happens-before a converter that sees the slot move on.
+    slot_->sequence.store(entered_ + 1, std::memory_order_release);
   }
   AccessScope(const AccessScope&) = delete;
   AccessScope& operator=(const AccessScope&) = delete;
 
  private:
-  AccessSlot& slot_;
+  AccessSlot* slot_;
+  uint64_t entered_;
 };
 
 }  // namespace cvmbus::guestmem

@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "absl/base/optimization.h"
 #include "guestmem/access_gate.h"
 #include "guestmem/errors.h"
 #include "guestmem/racy_copy.h"
@@ -32,34 +33,12 @@ absl::Status GuestMemory::NoBacking(const char* operation, uint64_t gpa, uint64_
                                ViewName(view_), operation, gpa, len));
 }
 
-absl::Status GuestMemory::Read(uint64_t gpa, absl::Span<uint8_t> out) const {
-  if (out.empty()) return absl::OkStatus();
-  if (!backing_) return NoBacking("read", gpa, out.size());
-  AccessScope scope;
-  if (absl::Status status = backing_->Check(view_, false, gpa, out.size(), "read"); !status.ok()) {
-    return status;
-  }
-  internal::RacyCopy(out.data(), backing_->host(gpa), out.size());
-  return absl::OkStatus();
-}
-
-absl::Status GuestMemory::Write(uint64_t gpa, absl::Span<const uint8_t> in) const {
-  if (in.empty()) return absl::OkStatus();
-  if (!backing_) return NoBacking("write", gpa, in.size());
-  AccessScope scope;
-  if (absl::Status status = backing_->Check(view_, true, gpa, in.size(), "write"); !status.ok()) {
-    return status;
-  }
-  internal::RacyStore(backing_->host(gpa), in.data(), in.size());
-  return absl::OkStatus();
-}
-
 absl::Status GuestMemory::Fill(uint64_t gpa, uint64_t len, uint8_t value) const {
   if (len == 0) return absl::OkStatus();
   if (!backing_) return NoBacking("fill", gpa, len);
   AccessScope scope;
-  if (absl::Status status = backing_->Check(view_, true, gpa, len, "fill"); !status.ok()) {
-    return status;
+  if (ABSL_PREDICT_FALSE(!backing_->Permits(view_, true, gpa, len))) {
+    return backing_->Describe(view_, true, gpa, len, "fill");
   }
   internal::RacyFill(backing_->host(gpa), value, len);
   return absl::OkStatus();
@@ -70,8 +49,8 @@ absl::Status GuestMemory::ReadUntorn(uint64_t gpa, size_t size, void* out) const
   if (!untorn) return Read(gpa, absl::Span<uint8_t>(static_cast<uint8_t*>(out), size));
   if (!backing_) return NoBacking("read", gpa, size);
   AccessScope scope;
-  if (absl::Status status = backing_->Check(view_, false, gpa, size, "read"); !status.ok()) {
-    return status;
+  if (ABSL_PREDICT_FALSE(!backing_->Permits(view_, false, gpa, size))) {
+    return backing_->Describe(view_, false, gpa, size, "read");
   }
   const uint8_t* host = backing_->host(gpa);
   switch (size) {
@@ -104,8 +83,8 @@ absl::Status GuestMemory::WriteUntorn(uint64_t gpa, size_t size, const void* in)
   if (!untorn) return Write(gpa, absl::Span<const uint8_t>(static_cast<const uint8_t*>(in), size));
   if (!backing_) return NoBacking("write", gpa, size);
   AccessScope scope;
-  if (absl::Status status = backing_->Check(view_, true, gpa, size, "write"); !status.ok()) {
-    return status;
+  if (ABSL_PREDICT_FALSE(!backing_->Permits(view_, true, gpa, size))) {
+    return backing_->Describe(view_, true, gpa, size, "write");
   }
   uint8_t* host = backing_->host(gpa);
   switch (size) {
@@ -134,9 +113,8 @@ absl::StatusOr<Word> GuestMemory::AtomicRmw(uint64_t gpa, const char* operation,
                                  backing_->name(), ViewName(view_), operation, gpa, sizeof(Word)));
   }
   AccessScope scope;
-  if (absl::Status status = backing_->Check(view_, true, gpa, sizeof(Word), operation);
-      !status.ok()) {
-    return status;
+  if (ABSL_PREDICT_FALSE(!backing_->Permits(view_, true, gpa, sizeof(Word)))) {
+    return backing_->Describe(view_, true, gpa, sizeof(Word), operation);
   }
   // seq_cst: these words are ring control words and event flags shared with another party;
   // callers build store-then-check handshakes on them.
@@ -248,6 +226,16 @@ absl::Status PinnedPages::CheckSpan(const char* operation, uint64_t offset, uint
   return absl::OkStatus();
 }
 
+size_t PinnedPages::ContiguousBytes(uint64_t position, size_t wanted) const {
+  size_t page = position >> kPageShift;
+  size_t bytes = kPageSize - (position & kPageMask);
+  while (bytes < wanted && page + 1 < gpns_.size() && gpns_[page + 1] == gpns_[page] + 1) {
+    ++page;
+    bytes += kPageSize;
+  }
+  return std::min(bytes, wanted);
+}
+
 absl::Status PinnedPages::Read(uint64_t offset, absl::Span<uint8_t> out) const {
   if (absl::Status status = CheckSpan("read", offset, out.size(), false); !status.ok()) {
     return status;
@@ -256,7 +244,7 @@ absl::Status PinnedPages::Read(uint64_t offset, absl::Span<uint8_t> out) const {
   while (done < out.size()) {
     const uint64_t position = offset + done;
     const uint64_t in_page = position & kPageMask;
-    const size_t chunk = std::min<uint64_t>(out.size() - done, kPageSize - in_page);
+    const size_t chunk = ContiguousBytes(position, out.size() - done);
     internal::RacyCopy(out.data() + done, page_host_address(position >> kPageShift) + in_page,
                        chunk);
     done += chunk;
@@ -272,7 +260,7 @@ absl::Status PinnedPages::Write(uint64_t offset, absl::Span<const uint8_t> in) c
   while (done < in.size()) {
     const uint64_t position = offset + done;
     const uint64_t in_page = position & kPageMask;
-    const size_t chunk = std::min<uint64_t>(in.size() - done, kPageSize - in_page);
+    const size_t chunk = ContiguousBytes(position, in.size() - done);
     internal::RacyStore(page_host_address(position >> kPageShift) + in_page, in.data() + done,
                         chunk);
     done += chunk;

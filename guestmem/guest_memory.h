@@ -25,12 +25,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "absl/base/optimization.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "guestmem/access_gate.h"
 #include "guestmem/memory_backing.h"
 #include "guestmem/page_state.h"
 #include "guestmem/paged_range.h"
+#include "guestmem/racy_copy.h"
 
 namespace cvmbus::guestmem {
 
@@ -132,6 +135,8 @@ class PinnedPages {
               std::vector<uint64_t> gpns)
       : backing_(std::move(backing)), view_(view), access_(access), gpns_(std::move(gpns)) {}
   absl::Status CheckSpan(const char* operation, uint64_t offset, uint64_t len, bool write) const;
+  // Bytes from `position` to copy in one piece: up to `wanted`, across GPA-contiguous pages.
+  size_t ContiguousBytes(uint64_t position, size_t wanted) const;
 
   std::shared_ptr<MemoryBacking> backing_;  // Null once moved from.
   View view_;
@@ -140,6 +145,29 @@ class PinnedPages {
 };
 
 // ---------------------------------------------------------------------------------------------
+
+// Read and Write are inline: their fixed cost decides small-copy throughput.
+inline absl::Status GuestMemory::Read(uint64_t gpa, absl::Span<uint8_t> out) const {
+  if (out.empty()) return absl::OkStatus();
+  if (ABSL_PREDICT_FALSE(backing_ == nullptr)) return NoBacking("read", gpa, out.size());
+  AccessScope scope;
+  if (ABSL_PREDICT_FALSE(!backing_->Permits(view_, false, gpa, out.size()))) {
+    return backing_->Describe(view_, false, gpa, out.size(), "read");
+  }
+  internal::RacyCopy(out.data(), backing_->host(gpa), out.size());
+  return absl::OkStatus();
+}
+
+inline absl::Status GuestMemory::Write(uint64_t gpa, absl::Span<const uint8_t> in) const {
+  if (in.empty()) return absl::OkStatus();
+  if (ABSL_PREDICT_FALSE(backing_ == nullptr)) return NoBacking("write", gpa, in.size());
+  AccessScope scope;
+  if (ABSL_PREDICT_FALSE(!backing_->Permits(view_, true, gpa, in.size()))) {
+    return backing_->Describe(view_, true, gpa, in.size(), "write");
+  }
+  internal::RacyStore(backing_->host(gpa), in.data(), in.size());
+  return absl::OkStatus();
+}
 
 template <typename T>
 absl::StatusOr<T> GuestMemory::ReadPlain(uint64_t gpa) const {

@@ -119,21 +119,6 @@ MemoryBacking::~MemoryBacking() {
   if (fd_ >= 0) close(fd_);
 }
 
-absl::Status MemoryBacking::Check(View view, bool write, uint64_t gpa, uint64_t len,
-                                  const char* operation) const {
-  if (len == 0) return absl::OkStatus();
-  const uint64_t end = gpa + len;
-  if (end < gpa || end > limit_) return Describe(view, write, gpa, len, operation);
-  const uint8_t required = page_state::RequiredBits(view, write);
-  const uint64_t last_page = (end - 1) >> kPageShift;
-  for (uint64_t page = gpa >> kPageShift; page <= last_page; ++page) {
-    if ((LoadState(page) & required) != required) {
-      return Describe(view, write, gpa, len, operation);
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status MemoryBacking::Describe(View view, bool write, uint64_t gpa, uint64_t len,
                                      const char* operation) const {
   const auto error = [&](ErrorKind kind, std::string_view detail) {
@@ -179,7 +164,7 @@ absl::Status MemoryBacking::SetStates(uint64_t gpa, uint64_t len,
   const uint64_t first = gpa >> kPageShift;
   const uint64_t count = len >> kPageShift;
   {
-    absl::MutexLock lock(&control_mu_);
+    MutexLock lock(&control_mu_);
     for (uint64_t page = first; page < first + count; ++page) {
       if ((LoadState(page) & page_state::kPresent) == 0) {
         return error(ErrorKind::kOutOfRange,
@@ -252,7 +237,7 @@ absl::Status MemoryBacking::RewriteUnviewed(uint64_t gpa, uint64_t len,
 
 absl::Status MemoryBacking::Pin(View view, Access access, absl::Span<const uint64_t> gpns) {
   const uint8_t required = page_state::RequiredBits(view, access == Access::kReadWrite);
-  absl::MutexLock lock(&control_mu_);
+  MutexLock lock(&control_mu_);
   for (size_t i = 0; i < gpns.size(); ++i) {
     const uint64_t gpn = gpns[i];
     if (gpn >= (limit_ >> kPageShift)) {
@@ -270,7 +255,7 @@ absl::Status MemoryBacking::Pin(View view, Access access, absl::Span<const uint6
 }
 
 void MemoryBacking::Unpin(absl::Span<const uint64_t> gpns) {
-  absl::MutexLock lock(&control_mu_);
+  MutexLock lock(&control_mu_);
   for (uint64_t gpn : gpns) {
     auto it = pin_counts_.find(gpn);
     if (it == pin_counts_.end()) continue;  // Unreachable: PinnedPages pins before it unpins.
