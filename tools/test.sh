@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, runs every test, then reruns the tests tagged
+# "concurrency" under ThreadSanitizer, and ends with one line "N passed, N failed" counting
+# individual test cases (a test target that did not build or run counts as one failure).
+#
+#   tools/test.sh            everything
+#   tools/test.sh //ring/... only these targets (the TSan pass is skipped)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+
+targets=("${@:-//...}")
+passed=0
+failed=0
+
+# Adds up test cases from Bazel's per-target summary (in file $1) and each target's test.xml.
+count_results() {
+  local log=$1; shift
+  local target line xml package name tests failures errors
+  for target in "$@"; do
+    line=$(grep -E "^$target +" "$log" | tail -1)
+    package=${target#//}; package=${package%%:*}; name=${target##*:}
+    xml="bazel-testlogs/$package/$name/test.xml"
+    if [[ "$line" != *PASSED* && "$line" != *FAILED* ]] || [[ "$line" == *"FAILED TO BUILD"* ]] ||
+       [[ ! -f "$xml" ]]; then
+      echo "no result: $target ${line##* }"
+      failed=$((failed + 1))
+      continue
+    fi
+    tests=$(grep -o -m1 '<testsuites [^>]*' "$xml" | grep -o ' tests="[0-9]*"' | tr -dc 0-9)
+    failures=$(grep -o -m1 '<testsuites [^>]*' "$xml" | grep -o ' failures="[0-9]*"' | tr -dc 0-9)
+    errors=$(grep -o -m1 '<testsuites [^>]*' "$xml" | grep -o ' errors="[0-9]*"' | tr -dc 0-9)
+    tests=${tests:-0}; failures=${failures:-0}; errors=${errors:-0}
+    [[ "$tests" -eq 0 ]] && tests=1  # Not a gtest XML: the target is one case.
+    if [[ "$line" == *FAILED* && $((failures + errors)) -eq 0 ]]; then
+      failures=1  # The cases passed but the process failed (a crash or sanitizer report).
+    fi
+    failed=$((failed + failures + errors))
+    passed=$((passed + tests - failures - errors))
+  done
+}
+
+run_pass() {
+  local label=$1; shift
+  local query=$1; shift
+  local tests log
+  mapfile -t tests < <(bazel query "$query" 2>/dev/null)
+  [[ ${#tests[@]} -eq 0 ]] && return
+  echo "== $label: ${#tests[@]} test targets"
+  log=$(mktemp)
+  bazel test --jobs=2 --keep_going "$@" "${tests[@]}" >"$log" 2>&1
+  grep -E "PASSED|FAILED|TIMEOUT|NO STATUS|^ERROR" "$log" | grep -v "^INFO" || true
+  count_results "$log" "${tests[@]}"
+  rm -f "$log"
+}
+
+run_pass "tests" "tests(set(${targets[*]}))"
+if [[ $# -eq 0 ]]; then
+  run_pass "tsan" "attr(tags, 'concurrency', tests(//...))" --config=tsan
+fi
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
