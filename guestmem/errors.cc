@@ -1,8 +1,6 @@
 #include "guestmem/errors.h"
 
-#include <string>
-
-#include "absl/strings/cord.h"
+#include "base/typed_error.h"
 
 namespace cvmbus::guestmem {
 namespace {
@@ -59,24 +57,11 @@ std::string_view ErrorKindName(ErrorKind kind) {
 }
 
 absl::Status MakeError(ErrorKind kind, std::string_view message) {
-  absl::Status status(CodeFor(kind), absl::string_view(message.data(), message.size()));
-  status.SetPayload(kKindPayloadUrl, absl::Cord(std::to_string(static_cast<int>(kind))));
-  return status;
+  return MakeTypedError(kKindPayloadUrl, kind, CodeFor(kind), message);
 }
 
 std::optional<ErrorKind> GetErrorKind(const absl::Status& status) {
-  if (status.ok()) return std::nullopt;
-  auto payload = status.GetPayload(kKindPayloadUrl);
-  if (!payload.has_value()) return std::nullopt;
-  const std::string text(*payload);
-  if (text.empty() || text.size() > 2) return std::nullopt;
-  int value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    value = value * 10 + (c - '0');
-  }
-  if (value > static_cast<int>(ErrorKind::kSystem)) return std::nullopt;
-  return static_cast<ErrorKind>(value);
+  return GetTypedError(kKindPayloadUrl, status, ErrorKind::kSystem);
 }
 
 }  // namespace cvmbus::guestmem
