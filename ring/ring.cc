@@ -1,0 +1,302 @@
+#include "ring/ring.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "base/format.h"
+#include "ring/errors.h"
+
+namespace cvmbus::ring {
+namespace {
+
+using std::memory_order_acquire;
+using std::memory_order_release;
+using std::memory_order_seq_cst;
+
+// Checks a peer index: inside the data area and 8-byte aligned.
+absl::Status CheckIndex(const char* which, uint32_t index, uint32_t data_size) {
+  if (index >= data_size) {
+    return MakeRingError(
+        RingError::kIndexOutOfRange,
+        fmt::format("{} {:#x} is outside the {:#x}-byte data area", which, index, data_size));
+  }
+  if (index % 8 != 0) {
+    return MakeRingError(RingError::kIndexUnaligned,
+                         fmt::format("{} {:#x} is not 8-byte aligned", which, index));
+  }
+  return absl::OkStatus();
+}
+
+// Prefixes a packet error with where in the ring the packet starts, keeping its kind.
+absl::Status AtPosition(uint32_t position, const absl::Status& error) {
+  return MakeRingError(GetRingError(error).value_or(RingError::kTruncated),
+                       fmt::format("incoming ring at {:#x}: {}", position, error.message()));
+}
+
+// Small packets are assembled privately and copied into the ring in one piece.
+constexpr uint32_t kAssembleLimit = 512;
+
+}  // namespace
+
+// --- OutgoingRing ------------------------------------------------------------------------------
+
+absl::StatusOr<OutgoingRing> OutgoingRing::Create(guestmem::RingMemory memory) {
+  OutgoingRing ring(std::move(memory));
+  const uint32_t size = ring.memory_.data_size();
+  const uint32_t write = ring.memory_.LoadControl(control::kWriteIndex, memory_order_acquire);
+  const uint32_t read = ring.memory_.LoadControl(control::kReadIndex, memory_order_acquire);
+  if (absl::Status status = CheckIndex("outgoing ring: write index", write, size); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = CheckIndex("outgoing ring: read index", read, size); !status.ok()) {
+    return status;
+  }
+  ring.committed_ = ring.next_ = write;
+  ring.read_cache_ = read;
+  const uint32_t features = ring.memory_.LoadControl(control::kFeatureBits, memory_order_acquire);
+  ring.memory_.StoreControl(control::kFeatureBits, features | control::kFeaturePendingSendSize,
+                            memory_order_release);
+  return ring;
+}
+
+absl::Status OutgoingRing::LoadReadIndex() {
+  // acquire: the reader's copies out of the bytes it released happen-before our overwrite.
+  const uint32_t read = memory_.LoadControl(control::kReadIndex, memory_order_acquire);
+  if (absl::Status status = CheckIndex("outgoing ring: read index", read, memory_.data_size());
+      !status.ok()) {
+    poisoned_ = status;
+    return status;
+  }
+  read_cache_ = read;
+  return absl::OkStatus();
+}
+
+bool OutgoingRing::Fits(uint32_t total_bytes) const {
+  // Strictly more free bytes than the packet: a full ring must not look empty.
+  const uint32_t free_bytes = memory_.data_size() - Distance(read_cache_, next_);
+  return free_bytes > total_bytes;
+}
+
+absl::StatusOr<uint32_t> OutgoingRing::FreeBytes() {
+  if (!poisoned_.ok()) return poisoned_;
+  if (absl::Status status = LoadReadIndex(); !status.ok()) return status;
+  return memory_.data_size() - Distance(read_cache_, next_);
+}
+
+absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length) {
+  const uint32_t size = memory_.data_size();
+  const uint32_t start = next_;
+  const uint32_t header_bytes = static_cast<uint32_t>(header_.size() * 8);
+  const uint32_t payload_bytes = static_cast<uint32_t>(packet.payload.size());
+  const uint32_t padding = length - header_bytes - payload_bytes;
+  const uint64_t trailer = TrailerFor(start);
+  const auto at = [&](uint32_t offset) { return (start + offset) % size; };
+  bool copied;
+  if (length + kTrailerBytes <= kAssembleLimit) {
+    alignas(8) uint8_t assembled[kAssembleLimit];
+    std::memcpy(assembled, header_.data(), header_bytes);
+    if (payload_bytes > 0) {
+      std::memcpy(assembled + header_bytes, packet.payload.data(), payload_bytes);
+    }
+    std::memset(assembled + header_bytes + payload_bytes, 0, padding);
+    std::memcpy(assembled + length, &trailer, sizeof(trailer));
+    copied = memory_.WriteData(start, assembled, length + kTrailerBytes);
+  } else {
+    uint8_t tail[16] = {};  // Padding (< 8 bytes) then the trailer.
+    std::memcpy(tail + padding, &trailer, sizeof(trailer));
+    copied = memory_.WriteData(start, header_.data(), header_bytes) &&
+             memory_.WriteData(at(header_bytes), packet.payload.data(), payload_bytes) &&
+             memory_.WriteData(at(header_bytes + payload_bytes), tail, padding + kTrailerBytes);
+  }
+  if (!copied) {  // Unreachable: every offset above is reduced modulo the data size.
+    return absl::InternalError("outgoing ring: copy outside the data area");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
+  if (!poisoned_.ok()) return poisoned_;
+  absl::StatusOr<uint32_t> length = EncodeHeader(packet, &header_);
+  if (!length.ok()) return length.status();
+  const uint32_t total = *length + kTrailerBytes;
+  if (total >= memory_.data_size()) {
+    return MakeRingError(RingError::kTooLarge,
+                         fmt::format("outgoing ring: a {}-byte packet can never fit a {:#x}-byte "
+                                     "ring",
+                                     total, memory_.data_size()));
+  }
+  if (!Fits(total)) {
+    if (absl::Status status = LoadReadIndex(); !status.ok()) return status;
+    if (!Fits(total)) {
+      return MakeRingError(RingError::kFull,
+                           fmt::format("outgoing ring: {} bytes needed, {} free", total,
+                                       memory_.data_size() - Distance(read_cache_, next_)));
+    }
+  }
+  if (absl::Status status = CopyIn(packet, *length); !status.ok()) return status;
+  next_ = (next_ + total) % memory_.data_size();
+  return absl::OkStatus();
+}
+
+bool OutgoingRing::Commit() {
+  if (next_ == committed_) return false;
+  const uint32_t before = committed_;
+  // seq_cst store, then seq_cst loads: the full barrier of the signalling rule. Either the
+  // reader sees our new index when it unmasks and re-checks, or we see its mask cleared.
+  memory_.StoreControl(control::kWriteIndex, next_, memory_order_seq_cst);
+  committed_ = next_;
+  if (space_requested_) CancelSpaceRequest();
+  if (memory_.LoadControl(control::kInterruptMask, memory_order_seq_cst) != 0) return false;
+  return memory_.LoadControl(control::kReadIndex, memory_order_seq_cst) == before;
+}
+
+absl::StatusOr<bool> OutgoingRing::Write(const OutgoingPacket& packet) {
+  if (absl::Status status = Append(packet); !status.ok()) return status;
+  return Commit();
+}
+
+absl::StatusOr<bool> OutgoingRing::RequestSpace(uint32_t packet_bytes) {
+  if (!poisoned_.ok()) return poisoned_;
+  // seq_cst store then seq_cst load: either the reader sees the request when it publishes its
+  // read index, or we see the space it freed.
+  memory_.StoreControl(control::kPendingSendSize, packet_bytes, memory_order_seq_cst);
+  space_requested_ = true;
+  const uint32_t read = memory_.LoadControl(control::kReadIndex, memory_order_seq_cst);
+  if (absl::Status status = CheckIndex("outgoing ring: read index", read, memory_.data_size());
+      !status.ok()) {
+    poisoned_ = status;
+    return status;
+  }
+  read_cache_ = read;
+  return Fits(packet_bytes);
+}
+
+void OutgoingRing::CancelSpaceRequest() {
+  memory_.StoreControl(control::kPendingSendSize, 0, memory_order_release);
+  space_requested_ = false;
+}
+
+// --- IncomingRing ------------------------------------------------------------------------------
+
+absl::StatusOr<IncomingRing> IncomingRing::Create(guestmem::RingMemory memory, Options options) {
+  const uint32_t size = memory.data_size();
+  const uint32_t limit = options.max_packet_bytes == 0 ? size : options.max_packet_bytes;
+  IncomingRing ring(std::move(memory), limit);
+  const uint32_t read = ring.memory_.LoadControl(control::kReadIndex, memory_order_acquire);
+  const uint32_t write = ring.memory_.LoadControl(control::kWriteIndex, memory_order_acquire);
+  if (absl::Status status = CheckIndex("incoming ring: read index", read, size); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = CheckIndex("incoming ring: write index", write, size); !status.ok()) {
+    return status;
+  }
+  ring.committed_ = ring.next_ = ring.write_cache_ = read;
+  ring.write_cache_ = write;
+  return ring;
+}
+
+absl::Status IncomingRing::Poison(absl::Status status) {
+  poisoned_ = status;
+  return status;
+}
+
+absl::Status IncomingRing::LoadWriteIndex() {
+  // acquire: the writer's packet bytes happen-before our copy of them. (seq_cst where the
+  // caller needs the store->load order of the unmask handshake: see Unmask.)
+  const uint32_t write = memory_.LoadControl(control::kWriteIndex, memory_order_seq_cst);
+  if (absl::Status status = CheckIndex("incoming ring: write index", write, memory_.data_size());
+      !status.ok()) {
+    return Poison(status);
+  }
+  // The writer may only add bytes: bytes we have read but not yet released stay available.
+  if (Distance(committed_, write) < Distance(committed_, next_)) {
+    return Poison(MakeRingError(
+        RingError::kIndexOutOfRange,
+        fmt::format("incoming ring: write index {:#x} moved back behind our read position {:#x}",
+                    write, next_)));
+  }
+  write_cache_ = write;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
+  if (!poisoned_.ok()) return poisoned_;
+  if (next_ == write_cache_) {
+    if (absl::Status status = LoadWriteIndex(); !status.ok()) return status;
+    if (next_ == write_cache_) return false;
+  }
+  const uint32_t size = memory_.data_size();
+  const uint32_t available = Distance(next_, write_cache_);
+  if (available < kMinPacketBytes) {
+    return Poison(MakeRingError(RingError::kTruncated,
+                                fmt::format("incoming ring at {:#x}: {} bytes available, a packet "
+                                            "needs at least {}",
+                                            next_, available, kMinPacketBytes)));
+  }
+  // The descriptor is copied once and every decision is made on that copy.
+  PacketDescriptor descriptor;
+  memory_.ReadData(next_, &descriptor, sizeof(descriptor));
+  absl::StatusOr<uint32_t> length = ValidateDescriptor(descriptor, available, max_packet_bytes_);
+  if (!length.ok()) return Poison(AtPosition(next_, length.status()));
+  std::vector<uint64_t>& words = buffer->words_;
+  const uint32_t total_words = (*length + kTrailerBytes) / 8;
+  if (words.size() < total_words) words.resize(total_words);
+  std::memcpy(words.data(), &descriptor, sizeof(descriptor));
+  memory_.ReadData((next_ + kDescriptorBytes) % size, words.data() + 2,
+                   *length + kTrailerBytes - kDescriptorBytes);
+  const uint64_t trailer = words[*length / 8];
+  if (trailer != TrailerFor(next_)) {
+    return Poison(MakeRingError(RingError::kBadTrailer,
+                                fmt::format("incoming ring at {:#x}: trailer {:#x}, expected "
+                                            "{:#x}",
+                                            next_, trailer, TrailerFor(next_))));
+  }
+  absl::Status parsed = ParsePacketBody(
+      descriptor, absl::Span<const uint64_t>(words.data(), *length / 8), &buffer->packet_);
+  if (!parsed.ok()) return Poison(AtPosition(next_, parsed));
+  next_ = (next_ + *length + kTrailerBytes) % size;
+  return true;
+}
+
+bool IncomingRing::Commit() {
+  if (next_ == committed_) return false;
+  const uint32_t size = memory_.data_size();
+  const uint32_t released = Distance(committed_, next_);
+  // seq_cst store, then seq_cst loads: the full barrier of the pending_send_sz rule.
+  memory_.StoreControl(control::kReadIndex, next_, memory_order_seq_cst);
+  committed_ = next_;
+  if ((memory_.LoadControl(control::kFeatureBits, memory_order_seq_cst) &
+       control::kFeaturePendingSendSize) == 0) {
+    return false;
+  }
+  // Some writers store size - 1; whole 8-byte units are what count.
+  const uint32_t pending =
+      memory_.LoadControl(control::kPendingSendSize, memory_order_seq_cst) & ~7u;
+  if (pending == 0) return false;
+  const uint32_t write = memory_.LoadControl(control::kWriteIndex, memory_order_seq_cst);
+  if (write >= size) return false;  // Corrupt; the next Read reports it.
+  const uint32_t free_now = size - Distance(committed_, write);
+  const uint32_t free_before = free_now - released;
+  return free_before <= pending && free_now > pending;
+}
+
+void IncomingRing::Mask() {
+  memory_.StoreControl(control::kInterruptMask, 1, memory_order_release);
+}
+
+absl::StatusOr<bool> IncomingRing::Unmask() {
+  // seq_cst store then the seq_cst load in LoadWriteIndex: either the writer sees the mask
+  // clear and signals, or we see its packet here.
+  memory_.StoreControl(control::kInterruptMask, 0, memory_order_seq_cst);
+  return HasPackets();
+}
+
+absl::StatusOr<bool> IncomingRing::HasPackets() {
+  if (!poisoned_.ok()) return poisoned_;
+  if (next_ != write_cache_) return true;
+  if (absl::Status status = LoadWriteIndex(); !status.ok()) return status;
+  return next_ != write_cache_;
+}
+
+}  // namespace cvmbus::ring

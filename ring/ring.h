@@ -1,0 +1,147 @@
+// The two ends of a VMBus ring buffer: OutgoingRing (we write, the peer reads) and IncomingRing
+// (the peer writes, we read), over a guestmem::RingMemory in either view.
+//
+// Signalling. Neither class signals anyone: each operation that may need the peer woken
+// returns `true` for "signal the peer now", and the caller signals through whatever it has
+// (an eventfd, io_uring MSG_RING, a KVM irqfd). The rules (vmbus-facts.md, Linux
+// drivers/hv/ring_buffer.c, DPDK vmbus_bufring.c):
+//   - writer, after publishing its write index: full barrier, then signal iff the reader's
+//     interrupt_mask is 0 and the read index equals the write index before this commit (the
+//     empty -> non-empty edge);
+//   - reader, after publishing its read index: full barrier, then, if the writer set its
+//     pending_send_sz feature bit and pending_send_sz (low 3 bits ignored) is nonzero, signal
+//     iff the free space went from <= pending_send_sz to > it. interrupt_mask does not gate it.
+//
+// Trust. The peer's index and control words are loaded once per use, validated (in range,
+// 8-aligned) and cached; our own index lives in private memory and is only ever published,
+// never read back. Packets are copied into a private PacketBuffer once and parsed there. A
+// corrupt ring returns a typed RingError (ring/errors.h), and every later call returns the
+// same error: a ring that lied once is not trusted again.
+//
+// Threads. Each object is used by one thread at a time; the peer runs concurrently on the other
+// end of the shared memory.
+#ifndef CVMBUS_RING_RING_H_
+#define CVMBUS_RING_RING_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "guestmem/ring_memory.h"
+#include "ring/packet.h"
+#include "ring/protocol.h"
+
+namespace cvmbus::ring {
+
+// A reusable private buffer for incoming packets: its storage grows to the largest packet seen
+// and is reused, so steady-state reads do not allocate.
+class PacketBuffer {
+ public:
+  const Packet& packet() const { return packet_; }
+
+ private:
+  friend class IncomingRing;
+  std::vector<uint64_t> words_;  // The packet's private copy, trailer included.
+  Packet packet_;
+};
+
+class OutgoingRing {
+ public:
+  // Starts writing at the write index the control page holds (0 for a new ring; the saved
+  // position after a restore), validated. Sets our pending_send_sz feature bit.
+  static absl::StatusOr<OutgoingRing> Create(guestmem::RingMemory memory);
+
+  // Writes `packet` and publishes it. Returns "signal the peer". kFull if it does not fit now,
+  // kTooLarge if it never can; nothing is written in either case.
+  absl::StatusOr<bool> Write(const OutgoingPacket& packet);
+
+  // Batching: Append writes without publishing; Commit publishes everything appended and
+  // returns "signal the peer" (one signal at most for the whole batch).
+  absl::Status Append(const OutgoingPacket& packet);
+  bool Commit();
+
+  // Bytes a write may use now (the ring holds free_bytes - 1 at most: full != empty).
+  absl::StatusOr<uint32_t> FreeBytes();
+
+  // Flow control for a writer that got kFull: asks the reader to signal once `packet_bytes`
+  // (a packet's length plus its trailer) fit, then re-checks. Returns true if they already fit
+  // (retry now, do not sleep). Cleared by the next successful write or CancelSpaceRequest.
+  absl::StatusOr<bool> RequestSpace(uint32_t packet_bytes);
+  void CancelSpaceRequest();
+
+  uint32_t data_size() const { return memory_.data_size(); }
+  // Bytes appended but not yet committed.
+  uint32_t uncommitted_bytes() const { return Distance(committed_, next_); }
+
+ private:
+  explicit OutgoingRing(guestmem::RingMemory memory) : memory_(std::move(memory)) {}
+  uint32_t Distance(uint32_t from, uint32_t to) const {
+    return to >= from ? to - from : to + memory_.data_size() - from;
+  }
+  // Refreshes the cached read index from the control page; validates it.
+  absl::Status LoadReadIndex();
+  bool Fits(uint32_t total_bytes) const;
+  absl::Status CopyIn(const OutgoingPacket& packet, uint32_t length);
+
+  guestmem::RingMemory memory_;
+  uint32_t committed_ = 0;   // The write index we last published.
+  uint32_t next_ = 0;        // Where the next append goes (== committed_ with no batch).
+  uint32_t read_cache_ = 0;  // The reader's index as last loaded and validated.
+  bool space_requested_ = false;
+  absl::Status poisoned_;         // Set once the reader corrupted the ring.
+  std::vector<uint64_t> header_;  // Scratch for EncodeHeader.
+};
+
+class IncomingRing {
+ public:
+  struct Options {
+    // Largest packet accepted (length8 * 8); larger ones are kTooLarge. 0 = the data size.
+    uint32_t max_packet_bytes = 0;
+  };
+
+  // Starts reading at the read index the control page holds, validated.
+  static absl::StatusOr<IncomingRing> Create(guestmem::RingMemory memory, Options options);
+  static absl::StatusOr<IncomingRing> Create(guestmem::RingMemory memory) {
+    return Create(std::move(memory), Options());
+  }
+
+  // Copies the next packet into `buffer` and parses it; returns false if the ring is empty.
+  // The packet stays unconsumed until Commit (so a batch costs one publication).
+  absl::StatusOr<bool> Read(PacketBuffer* buffer);
+
+  // Publishes everything read since the last Commit; returns "signal the peer" (the
+  // pending_send_sz rule).
+  bool Commit();
+
+  // Interrupt masking while draining: Mask() tells the writer not to signal; Unmask() clears
+  // it and then re-checks the ring, returning true if packets arrived meanwhile (drain again
+  // before sleeping, or a wake-up is lost).
+  void Mask();
+  absl::StatusOr<bool> Unmask();
+
+  // True if packets are available now (loads the writer's index).
+  absl::StatusOr<bool> HasPackets();
+
+  uint32_t data_size() const { return memory_.data_size(); }
+
+ private:
+  IncomingRing(guestmem::RingMemory memory, uint32_t max_packet_bytes)
+      : memory_(std::move(memory)), max_packet_bytes_(max_packet_bytes) {}
+  uint32_t Distance(uint32_t from, uint32_t to) const {
+    return to >= from ? to - from : to + memory_.data_size() - from;
+  }
+  absl::Status LoadWriteIndex();
+  absl::Status Poison(absl::Status status);
+
+  guestmem::RingMemory memory_;
+  uint32_t max_packet_bytes_;
+  uint32_t committed_ = 0;    // The read index we last published.
+  uint32_t next_ = 0;         // Where the next packet starts.
+  uint32_t write_cache_ = 0;  // The writer's index as last loaded and validated.
+  absl::Status poisoned_;
+};
+
+}  // namespace cvmbus::ring
+
+#endif  // CVMBUS_RING_RING_H_
