@@ -325,7 +325,8 @@ TEST(RingTest, PrivateViewRingWorksAndUntrustedPagesAreRefused) {
   ASSERT_TRUE(writer.ok());
   ASSERT_TRUE(writer->Write(InBand(Bytes(5, 5))).ok());
   ASSERT_TRUE(ring.backing()
-                  ->SetAccess(ring.spare_gpn() * 4096, 4096, guestmem::Access::kNone, guestmem::Access::kReadWrite)
+                  ->SetAccess(ring.spare_gpn() * 4096, 4096, guestmem::Access::kNone,
+                              guestmem::Access::kReadWrite)
                   .ok());
   const std::vector<uint64_t> gpns = {ring.spare_gpn() + 1, ring.spare_gpn()};
   EXPECT_TRUE(guestmem::IsError(
