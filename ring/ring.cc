@@ -34,6 +34,12 @@ absl::Status AtPosition(uint32_t position, const absl::Status& error) {
                        fmt::format("incoming ring at {:#x}: {}", position, error.message()));
 }
 
+// (a + b) modulo `size` for a < size and b <= size, without a division (a hot-path cost).
+inline uint32_t Advance(uint32_t a, uint32_t b, uint32_t size) {
+  const uint32_t sum = a + b;
+  return sum >= size ? sum - size : sum;
+}
+
 // Small packets are assembled privately and copied into the ring in one piece.
 constexpr uint32_t kAssembleLimit = 512;
 
@@ -91,7 +97,7 @@ absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length)
   const uint32_t payload_bytes = static_cast<uint32_t>(packet.payload.size());
   const uint32_t padding = length - header_bytes - payload_bytes;
   const uint64_t trailer = TrailerFor(start);
-  const auto at = [&](uint32_t offset) { return (start + offset) % size; };
+  const auto at = [&](uint32_t offset) { return Advance(start, offset, size); };
   bool copied;
   if (length + kTrailerBytes <= kAssembleLimit) {
     alignas(8) uint8_t assembled[kAssembleLimit];
@@ -129,13 +135,14 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
   if (!Fits(total)) {
     if (absl::Status status = LoadReadIndex(); !status.ok()) return status;
     if (!Fits(total)) {
-      return MakeRingError(RingError::kFull,
-                           fmt::format("outgoing ring: {} bytes needed, {} free", total,
-                                       memory_.data_size() - Distance(read_cache_, next_)));
+      // A writer may spin on a full ring: this status is built once, not formatted per call.
+      static const absl::Status* const kFullStatus = new absl::Status(
+          MakeRingError(RingError::kFull, "outgoing ring: full (FreeBytes() tells how full)"));
+      return *kFullStatus;
     }
   }
   if (absl::Status status = CopyIn(packet, *length); !status.ok()) return status;
-  next_ = (next_ + total) % memory_.data_size();
+  next_ = Advance(next_, total, memory_.data_size());
   return absl::OkStatus();
 }
 
@@ -243,7 +250,7 @@ absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
   const uint32_t total_words = (*length + kTrailerBytes) / 8;
   if (words.size() < total_words) words.resize(total_words);
   std::memcpy(words.data(), &descriptor, sizeof(descriptor));
-  memory_.ReadData((next_ + kDescriptorBytes) % size, words.data() + 2,
+  memory_.ReadData(Advance(next_, kDescriptorBytes, size), words.data() + 2,
                    *length + kTrailerBytes - kDescriptorBytes);
   const uint64_t trailer = words[*length / 8];
   if (trailer != TrailerFor(next_)) {
@@ -255,7 +262,7 @@ absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
   absl::Status parsed = ParsePacketBody(
       descriptor, absl::Span<const uint64_t>(words.data(), *length / 8), &buffer->packet_);
   if (!parsed.ok()) return Poison(AtPosition(next_, parsed));
-  next_ = (next_ + *length + kTrailerBytes) % size;
+  next_ = Advance(next_, *length + kTrailerBytes, size);
   return true;
 }
 

@@ -330,6 +330,8 @@ struct DpdkPeer::Channel {
 
 void DpdkPeer::FreeDeleter::operator()(void* memory) const { std::free(memory); }
 
+void* DpdkPeer::raw_channel() const { return AsDpdk(channel_->layout); }
+
 absl::StatusOr<std::unique_ptr<DpdkPeer>> DpdkPeer::Create(RawRing tx, RawRing rx,
                                                            uint8_t monitor_id) {
   if (monitor_id >= kMonitorIds) {

@@ -158,6 +158,11 @@ class DpdkPeer {
 
   [[nodiscard]] uint8_t monitor_id() const { return monitor_id_; }
 
+  // DPDK's own `struct vmbus_channel *` for this peer, for a benchmark that calls
+  // rte_vmbus_chan_* directly, without this wrapper's checks and error formatting. The caller
+  // then owns the safety checks; valid for the DpdkPeer's lifetime.
+  [[nodiscard]] void* raw_channel() const;
+
  private:
   struct Channel;  // DPDK 22.11's struct vmbus_channel, defined in dpdk_peer.cc.
   struct FreeDeleter {
