@@ -1,0 +1,309 @@
+#include "hw/uring/event_loop.h"
+
+#include <fmt/format.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace cvmbus::hw {
+namespace {
+
+// user_data tags. Plain values are operation ids (never zero, below 2^62).
+constexpr uint64_t kMessageTag = uint64_t{1} << 63;   // A MSG_RING message from another loop.
+constexpr uint64_t kInternalTag = uint64_t{1} << 62;  // Completions we do not track.
+constexpr uint64_t kMaxMessage = (uint64_t{1} << 62) - 1;
+
+absl::Status Errno(const char* what, int error) {
+  return absl::InternalError(fmt::format("event loop: {}: {}", what, std::strerror(error)));
+}
+
+__kernel_timespec ToTimespec(std::chrono::nanoseconds duration) {
+  const int64_t ns = std::max<int64_t>(duration.count(), 0);
+  return __kernel_timespec{ns / 1000000000, ns % 1000000000};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(Options options) {
+  std::unique_ptr<EventLoop> loop(new EventLoop());
+  if (absl::Status status = loop->Init(options); !status.ok()) return status;
+  return loop;
+}
+
+absl::Status EventLoop::Init(const Options& options) {
+  struct Attempt {
+    unsigned flags;
+    const char* name;
+  };
+  std::vector<Attempt> attempts;
+  if (options.allow_defer_taskrun) {
+    attempts.push_back(
+        {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "single_issuer+defer_taskrun"});
+  }
+  attempts.push_back({IORING_SETUP_COOP_TASKRUN, "coop_taskrun"});
+  attempts.push_back({0, "plain"});
+  int result = -EINVAL;
+  for (const Attempt& attempt : attempts) {
+    io_uring_params params{};
+    params.flags = attempt.flags;
+    result = io_uring_queue_init_params(options.entries, &ring_, &params);
+    if (result == 0) {
+      setup_description_ = attempt.name;
+      break;
+    }
+  }
+  if (result != 0) return Errno("io_uring_queue_init_params", -result);
+  ring_ready_ = true;
+
+  post_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (post_fd_ < 0) return Errno("eventfd", errno);
+  absl::StatusOr<Id> watch = WatchEventFd(post_fd_, [this](uint64_t) { DrainPosted(); });
+  return watch.status();
+}
+
+EventLoop::~EventLoop() {
+  if (ring_ready_) {
+    CancelAll();
+    io_uring_queue_exit(&ring_);
+  }
+  if (post_fd_ >= 0) close(post_fd_);
+}
+
+io_uring_sqe* EventLoop::GetSqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {  // Submission queue full: hand what we have to the kernel first.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+EventLoop::Id EventLoop::Submit(Operation operation,
+                                const std::function<void(io_uring_sqe*, Operation&)>& prep) {
+  const Id id = next_id_++;
+  auto stored = std::make_unique<Operation>(std::move(operation));
+  io_uring_sqe* sqe = GetSqe();
+  if (sqe == nullptr) return 0;  // The kernel accepts no more: caller reports the failure.
+  prep(sqe, *stored);
+  io_uring_sqe_set_data64(sqe, id);
+  operations_.emplace(id, std::move(stored));
+  return id;
+}
+
+absl::StatusOr<EventLoop::Id> EventLoop::WatchEventFd(int fd, std::function<void(uint64_t)> fn) {
+  Operation operation{.kind = Kind::kWatch, .fd = fd, .on_event = std::move(fn)};
+  const Id id = Submit(std::move(operation), [fd](io_uring_sqe* sqe, Operation&) {
+    io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+  });
+  if (id == 0) return absl::ResourceExhaustedError("event loop: submission queue full");
+  return id;
+}
+
+void EventLoop::Unwatch(Id id) {
+  auto it = operations_.find(id);
+  if (it == operations_.end() || it->second->cancelled) return;
+  it->second->cancelled = true;  // No more callbacks, even for completions already queued.
+  if (io_uring_sqe* sqe = GetSqe()) {
+    io_uring_prep_cancel64(sqe, id, 0);
+    io_uring_sqe_set_data64(sqe, kInternalTag);
+  }
+}
+
+absl::StatusOr<EventLoop::Id> EventLoop::AddTimer(std::chrono::nanoseconds delay,
+                                                  std::function<void()> fn) {
+  Operation operation{.kind = Kind::kTimer, .on_timer = std::move(fn)};
+  operation.timeout = ToTimespec(delay);
+  const Id id = Submit(std::move(operation), [](io_uring_sqe* sqe, Operation& stored) {
+    io_uring_prep_timeout(sqe, &stored.timeout, 0, 0);
+  });
+  if (id == 0) return absl::ResourceExhaustedError("event loop: submission queue full");
+  return id;
+}
+
+void EventLoop::CancelTimer(Id id) {
+  auto it = operations_.find(id);
+  if (it == operations_.end() || it->second->kind != Kind::kTimer) return;
+  it->second->cancelled = true;
+  if (io_uring_sqe* sqe = GetSqe()) {
+    io_uring_prep_timeout_remove(sqe, id, 0);
+    io_uring_sqe_set_data64(sqe, kInternalTag);
+  }
+}
+
+absl::Status EventLoop::SendMessage(int target_ring_fd, uint64_t value) {
+  if (value > kMaxMessage) return absl::InvalidArgumentError("event loop: message >= 2^62");
+  io_uring_sqe* sqe = GetSqe();
+  if (sqe == nullptr) return absl::ResourceExhaustedError("event loop: submission queue full");
+  io_uring_prep_msg_ring(sqe, target_ring_fd, 0, kMessageTag | value, 0);
+  io_uring_sqe_set_data64(sqe, kInternalTag);
+  // Submit now: a signal must not wait for our next wait.
+  const int submitted = io_uring_submit(&ring_);
+  if (submitted < 0) return Errno("io_uring_submit (MSG_RING)", -submitted);
+  return absl::OkStatus();
+}
+
+void EventLoop::PollAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  Operation operation{.kind = Kind::kPoll, .fd = fd, .waiter = handle, .result = &status};
+  const int poll_fd = fd;
+  if (loop->Submit(std::move(operation), [poll_fd](io_uring_sqe* sqe, Operation&) {
+        io_uring_prep_poll_add(sqe, poll_fd, POLLIN);
+      }) == 0) {
+    status = absl::ResourceExhaustedError("event loop: submission queue full");
+    loop->Post([handle] { handle.resume(); });
+  }
+}
+
+void EventLoop::SleepAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  Operation operation{.kind = Kind::kSleep, .waiter = handle};
+  operation.timeout = ToTimespec(delay);
+  if (loop->Submit(std::move(operation), [](io_uring_sqe* sqe, Operation& stored) {
+        io_uring_prep_timeout(sqe, &stored.timeout, 0, 0);
+      }) == 0) {
+    loop->Post([handle] { handle.resume(); });
+  }
+}
+
+void EventLoop::Post(std::function<void()> fn) {
+  {
+    MutexLock lock(&post_mu_);
+    posted_.push_back(std::move(fn));
+  }
+  const uint64_t one = 1;
+  (void)!write(post_fd_, &one, sizeof(one));
+}
+
+void EventLoop::Stop() {
+  stop_from_other_thread_.store(true, std::memory_order_release);
+  const uint64_t one = 1;
+  (void)!write(post_fd_, &one, sizeof(one));
+}
+
+void EventLoop::DrainPosted() {
+  std::deque<std::function<void()>> batch;
+  {
+    MutexLock lock(&post_mu_);
+    batch.swap(posted_);
+  }
+  for (auto& fn : batch) fn();
+  if (stop_from_other_thread_.exchange(false, std::memory_order_acq_rel)) stop_requested_ = true;
+}
+
+void EventLoop::Dispatch(const io_uring_cqe& cqe) {
+  const uint64_t data = cqe.user_data;
+  if (data & kMessageTag) {
+    if (on_message_) on_message_(data & kMaxMessage);
+    return;
+  }
+  if (data & kInternalTag) return;
+  auto it = operations_.find(data);
+  if (it == operations_.end()) return;
+  Operation& operation = *it->second;
+  const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+  switch (operation.kind) {
+    case Kind::kWatch: {
+      if (!operation.cancelled && cqe.res >= 0) {
+        uint64_t count = 0;
+        if (read(operation.fd, &count, sizeof(count)) == sizeof(count) && count > 0) {
+          operation.on_event(count);  // May Unwatch this very operation: `it` stays valid.
+        }
+      }
+      if (!more) {
+        auto again = operations_.find(data);
+        if (again == operations_.end()) return;
+        if (again->second->cancelled || cqe.res < 0) {
+          operations_.erase(again);
+        } else if (io_uring_sqe* sqe = GetSqe()) {  // The kernel ended the multishot: re-arm.
+          io_uring_prep_poll_multishot(sqe, again->second->fd, POLLIN);
+          io_uring_sqe_set_data64(sqe, data);
+        }
+      }
+      return;
+    }
+    case Kind::kTimer: {
+      std::unique_ptr<Operation> owned = std::move(it->second);
+      operations_.erase(it);
+      if (!owned->cancelled && cqe.res == -ETIME) owned->on_timer();
+      return;
+    }
+    case Kind::kPoll:
+    case Kind::kSleep: {
+      std::unique_ptr<Operation> owned = std::move(it->second);
+      operations_.erase(it);
+      if (owned->kind == Kind::kPoll && cqe.res < 0) {
+        *owned->result = Errno("poll", -cqe.res);
+      }
+      owned->waiter.resume();
+      return;
+    }
+    case Kind::kSendMessage:
+    case Kind::kCancel:
+      operations_.erase(it);
+      return;
+  }
+}
+
+absl::Status EventLoop::RunOnce(std::chrono::nanoseconds timeout) {
+  __kernel_timespec wait = ToTimespec(timeout);
+  io_uring_cqe* first = nullptr;
+  const int result = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &wait, nullptr);
+  if (result < 0 && result != -ETIME && result != -EINTR) {
+    return Errno("io_uring_submit_and_wait_timeout", -result);
+  }
+  // Dispatch a snapshot of the ready completions; callbacks may submit more.
+  std::vector<io_uring_cqe> ready;
+  unsigned head;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) { ready.push_back(*cqe); }
+  io_uring_cq_advance(&ring_, static_cast<unsigned>(ready.size()));
+  for (const io_uring_cqe& completion : ready) Dispatch(completion);
+  return absl::OkStatus();
+}
+
+absl::Status EventLoop::Run() {
+  stop_requested_ = false;
+  while (!stop_requested_) {
+    if (absl::Status status = RunOnce(std::chrono::seconds(1)); !status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+void EventLoop::CancelAll() {
+  for (auto& [id, operation] : operations_) operation->cancelled = true;
+  if (io_uring_sqe* sqe = GetSqe()) {
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data64(sqe, kInternalTag);
+  }
+  // Reap until every operation has completed (cancelled). Suspended coroutines are destroyed,
+  // never resumed. Bounded: a kernel that never completes a cancel must not hang teardown.
+  for (int round = 0; round < 100 && !operations_.empty(); ++round) {
+    __kernel_timespec wait = ToTimespec(std::chrono::milliseconds(10));
+    io_uring_cqe* first = nullptr;
+    io_uring_submit_and_wait_timeout(&ring_, &first, 1, &wait, nullptr);
+    unsigned head;
+    io_uring_cqe* cqe;
+    std::vector<uint64_t> finished;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      if (!(cqe->user_data & (kMessageTag | kInternalTag)) && !(cqe->flags & IORING_CQE_F_MORE)) {
+        finished.push_back(cqe->user_data);
+      }
+    }
+    io_uring_cq_advance(&ring_, io_uring_cq_ready(&ring_));
+    for (uint64_t id : finished) {
+      auto it = operations_.find(id);
+      if (it == operations_.end()) continue;
+      std::unique_ptr<Operation> owned = std::move(it->second);
+      operations_.erase(it);
+      if (owned->waiter) owned->waiter.destroy();
+    }
+  }
+  for (auto& [id, operation] : operations_) {
+    if (operation->waiter) operation->waiter.destroy();
+  }
+  operations_.clear();
+}
+
+}  // namespace cvmbus::hw

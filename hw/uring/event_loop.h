@@ -1,0 +1,139 @@
+// EventLoop: one io_uring per thread that waits on many eventfds at once, runs timers, accepts
+// work and messages from other threads and loops, and resumes coroutines (task.h).
+//
+// Setup: IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them (completions run
+// only when this thread waits, with no cross-CPU task work), else COOP_TASKRUN, else plain. The
+// loop must be created on the thread that runs it ("one loop per thread"); everything but
+// Post(), Stop() and ring_fd() must be called on that thread.
+//
+// Signalling another party: a plain write(2) to an eventfd (EventFdSignal) or an io_uring
+// MSG_RING to another loop (MsgRingSignal). IORING_OP_WRITE on an eventfd is not used: it is
+// punted to an io-wq worker (163 us here, limits.md).
+//
+// Teardown: the destructor cancels every operation in flight (IORING_ASYNC_CANCEL_ANY), reaps
+// their completions, closes nothing it does not own, and destroys suspended coroutines.
+#ifndef CVMBUS_HW_URING_EVENT_LOOP_H_
+#define CVMBUS_HW_URING_EVENT_LOOP_H_
+
+#include <liburing.h>
+
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "base/mutex.h"
+
+namespace cvmbus::hw {
+
+class EventLoop {
+ public:
+  struct Options {
+    unsigned entries = 256;
+    bool allow_defer_taskrun = true;  // Off: measure or debug the fallback.
+  };
+  using Id = uint64_t;
+
+  // Creates the loop for the calling thread.
+  static absl::StatusOr<std::unique_ptr<EventLoop>> Create(Options options);
+  static absl::StatusOr<std::unique_ptr<EventLoop>> Create() { return Create(Options()); }
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Which setup flags the kernel accepted, e.g. "single_issuer+defer_taskrun".
+  const std::string& setup_description() const { return setup_description_; }
+  int ring_fd() const { return ring_.ring_fd; }
+
+  // Dispatches completions until Stop(). RunOnce waits at most `timeout` for one batch.
+  absl::Status Run();
+  absl::Status RunOnce(std::chrono::nanoseconds timeout);
+  // Thread-safe. Makes Run() return after the current batch.
+  void Stop();
+
+  // Thread-safe: runs `fn` on the loop thread, in order of posting.
+  void Post(std::function<void()> fn);
+
+  // Calls `fn(count)` on the loop thread each time eventfd `fd` is signalled (the counter is
+  // read and reset first; `fd` should be EFD_NONBLOCK). `fd` is not owned and must outlive the
+  // watch. Multishot poll: one submission for any number of signals.
+  absl::StatusOr<Id> WatchEventFd(int fd, std::function<void(uint64_t count)> fn);
+  void Unwatch(Id id);
+
+  // Calls `fn` once after `delay` unless cancelled first.
+  absl::StatusOr<Id> AddTimer(std::chrono::nanoseconds delay, std::function<void()> fn);
+  void CancelTimer(Id id);
+
+  // Messages from other loops (MsgRingSignal): `fn(value)` runs for each; value < 2^62.
+  void OnMessage(std::function<void(uint64_t value)> fn) { on_message_ = std::move(fn); }
+  // Sends `value` (< 2^62) to the loop whose ring is `target_ring_fd` with IORING_OP_MSG_RING.
+  absl::Status SendMessage(int target_ring_fd, uint64_t value);
+
+  // Awaitables for tasks. `co_await loop.Readable(fd)` resumes once `fd` is readable (one-shot
+  // poll; an eventfd's counter is left for the caller to read). `co_await loop.Sleep(d)`.
+  struct PollAwaiter {
+    EventLoop* loop;
+    int fd;
+    absl::Status status;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> handle);
+    absl::Status await_resume() const noexcept { return status; }
+  };
+  PollAwaiter Readable(int fd) { return PollAwaiter{this, fd, absl::OkStatus()}; }
+  struct SleepAwaiter {
+    EventLoop* loop;
+    std::chrono::nanoseconds delay;
+    bool await_ready() const noexcept { return delay.count() <= 0; }
+    void await_suspend(std::coroutine_handle<> handle);
+    void await_resume() const noexcept {}
+  };
+  SleepAwaiter Sleep(std::chrono::nanoseconds delay) { return SleepAwaiter{this, delay}; }
+
+  // Operations in flight (for tests of teardown and leaks).
+  size_t operations_in_flight() const { return operations_.size(); }
+
+ private:
+  enum class Kind { kWatch, kTimer, kPoll, kSleep, kSendMessage, kCancel };
+  struct Operation {
+    Kind kind;
+    int fd = -1;
+    std::function<void(uint64_t)> on_event;  // kWatch
+    std::function<void()> on_timer;          // kTimer
+    std::coroutine_handle<> waiter;          // kPoll, kSleep
+    absl::Status* result = nullptr;          // kPoll: where to put the outcome
+    __kernel_timespec timeout{};             // kTimer, kSleep: must outlive the SQE
+    bool cancelled = false;
+  };
+
+  EventLoop() = default;
+  absl::Status Init(const Options& options);
+  io_uring_sqe* GetSqe();
+  Id Submit(Operation operation, const std::function<void(io_uring_sqe*, Operation&)>& prep);
+  void Dispatch(const io_uring_cqe& cqe);
+  void DrainPosted();
+  void CancelAll();
+
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  std::string setup_description_;
+  Id next_id_ = 1;
+  absl::flat_hash_map<Id, std::unique_ptr<Operation>> operations_;
+  std::function<void(uint64_t)> on_message_;
+  bool stop_requested_ = false;  // Loop thread only.
+
+  // Cross-thread posting: a queue and an eventfd the loop watches.
+  int post_fd_ = -1;
+  Mutex post_mu_;
+  std::deque<std::function<void()>> posted_ ABSL_GUARDED_BY(post_mu_);
+  std::atomic<bool> stop_from_other_thread_{false};
+};
+
+}  // namespace cvmbus::hw
+
+#endif  // CVMBUS_HW_URING_EVENT_LOOP_H_

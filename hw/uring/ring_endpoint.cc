@@ -1,0 +1,115 @@
+#include "hw/uring/ring_endpoint.h"
+
+#include <unistd.h>
+
+#include "ring/errors.h"
+
+namespace cvmbus::hw {
+
+uint64_t DrainEventFd(int fd) {
+  uint64_t count = 0;
+  return read(fd, &count, sizeof(count)) == sizeof(count) ? count : 0;
+}
+
+absl::Status RingReader::Release() {
+  if (!ring_.Commit()) return absl::OkStatus();
+  ++stats_.signals_sent;
+  return peer_->Raise();
+}
+
+bool RingReader::ReadableAwaiter::await_ready() {
+  ring::IncomingRing& ring = reader->ring_;
+  // Mask while the device drains: the writer need not signal a reader that is reading.
+  ring.Mask();
+  absl::StatusOr<bool> has = ring.HasPackets();
+  if (!has.ok() || *has) {
+    status = has.status();
+    return true;
+  }
+  for (uint32_t i = 0; i < reader->spin_.polls_before_sleep; ++i) {
+    has = ring.HasPackets();
+    if (!has.ok() || *has) {
+      if (has.ok()) ++reader->stats_.spin_hits;
+      status = has.status();
+      return true;
+    }
+  }
+  // About to sleep: unmask, then re-check. A packet published before the writer could see the
+  // cleared mask is caught here instead of being slept through.
+  has = ring.Unmask();
+  if (!has.ok() || *has) {
+    if (has.ok()) ring.Mask();
+    status = has.status();
+    return true;
+  }
+  return false;
+}
+
+void RingReader::ReadableAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  ++reader->stats_.sleeps;
+  poll = reader->loop_->Readable(reader->wake_fd_);
+  poll.await_suspend(handle);
+}
+
+absl::Status RingReader::ReadableAwaiter::await_resume() {
+  if (!status.ok()) return status;
+  if (poll.loop != nullptr) {  // We slept: consume the wake-up, mask again for the drain.
+    if (!poll.status.ok()) return poll.status;
+    DrainEventFd(reader->wake_fd_);
+    reader->ring_.Mask();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RingWriter::Flush() {
+  if (!ring_.Commit()) return absl::OkStatus();
+  ++stats_.signals_sent;
+  return peer_->Raise();
+}
+
+bool RingWriter::WritableAwaiter::await_ready() {
+  ring::OutgoingRing& ring = writer->ring_;
+  absl::StatusOr<uint32_t> free_bytes = ring.FreeBytes();
+  if (!free_bytes.ok()) {
+    status = free_bytes.status();
+    return true;
+  }
+  if (*free_bytes > packet_bytes) return true;
+  if (packet_bytes >= ring.data_size()) {
+    status = ring::MakeRingError(ring::RingError::kTooLarge,
+                                 "ring writer: a packet larger than the ring never fits");
+    return true;
+  }
+  for (uint32_t i = 0; i < writer->spin_.polls_before_sleep; ++i) {
+    free_bytes = ring.FreeBytes();
+    if (!free_bytes.ok() || *free_bytes > packet_bytes) {
+      if (free_bytes.ok()) ++writer->stats_.spin_hits;
+      status = free_bytes.status();
+      return true;
+    }
+  }
+  // Ask the reader to signal when the packet fits, then re-check (no lost wake-up).
+  absl::StatusOr<bool> fits = ring.RequestSpace(packet_bytes);
+  if (!fits.ok() || *fits) {
+    status = fits.status();
+    return true;
+  }
+  return false;
+}
+
+void RingWriter::WritableAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  ++writer->stats_.sleeps;
+  poll = writer->loop_->Readable(writer->wake_fd_);
+  poll.await_suspend(handle);
+}
+
+absl::Status RingWriter::WritableAwaiter::await_resume() {
+  if (!status.ok()) return status;
+  if (poll.loop != nullptr) {
+    if (!poll.status.ok()) return poll.status;
+    DrainEventFd(writer->wake_fd_);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace cvmbus::hw

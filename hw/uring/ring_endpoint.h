@@ -1,0 +1,118 @@
+// Async ring endpoints: ring/'s IncomingRing and OutgoingRing driven by an EventLoop.
+//
+// RingReader:
+//   absl::Status status = co_await reader.Readable();   // packets are available (or error)
+//   while (*reader.ring().Read(&buffer)) { ... }          // drain
+//   reader.Release();                                      // publish; signals if the rules say
+// Readable() keeps interrupt_mask set while the device drains, and before sleeping clears it
+// and re-checks the ring (no lost wake-up); with a spin budget it polls a bounded number of
+// times before sleeping.
+//
+// RingWriter:
+//   co_await writer.Write(packet)  // waits for space: pending_send_sz, then sleeps until the
+//                                   // reader signals; signals the reader when the rules say.
+//
+// Both wait on `wake_fd`, the eventfd the peer signals (one per channel is normal: VMBus uses a
+// single interrupt for "packets arrived" and "space freed"), and signal the peer through a
+// Signal. Several endpoints on one loop share nothing but the loop.
+//
+// Threads: an endpoint and its tasks belong to the loop's thread.
+#ifndef CVMBUS_HW_URING_RING_ENDPOINT_H_
+#define CVMBUS_HW_URING_RING_ENDPOINT_H_
+
+#include <coroutine>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "hw/uring/event_loop.h"
+#include "hw/uring/signal.h"
+#include "ring/ring.h"
+
+namespace cvmbus::hw {
+
+struct SpinPolicy {
+  // Polls of the ring before sleeping on the wake fd (0: sleep at once). Bounded so an idle
+  // channel costs no CPU.
+  uint32_t polls_before_sleep = 0;
+};
+
+struct EndpointStats {
+  uint64_t signals_sent = 0;  // Signals raised to the peer.
+  uint64_t sleeps = 0;        // Times we waited on the wake fd.
+  uint64_t spin_hits = 0;     // Times spinning found work and avoided a sleep.
+};
+
+class RingReader {
+ public:
+  RingReader(EventLoop* loop, ring::IncomingRing ring, int wake_fd, Signal* peer,
+             SpinPolicy spin = {})
+      : loop_(loop), ring_(std::move(ring)), wake_fd_(wake_fd), peer_(peer), spin_(spin) {}
+
+  ring::IncomingRing& ring() { return ring_; }
+  const EndpointStats& stats() const { return stats_; }
+
+  // Publishes what was read; raises the peer's signal if the pending_send_sz rule says so.
+  absl::Status Release();
+
+  struct ReadableAwaiter {
+    RingReader* reader;
+    absl::Status status;
+    EventLoop::PollAwaiter poll{nullptr, -1, absl::OkStatus()};
+    bool await_ready();
+    void await_suspend(std::coroutine_handle<> handle);
+    absl::Status await_resume();
+  };
+  // Completes when the ring has packets (or is corrupt: the error).
+  ReadableAwaiter Readable() { return ReadableAwaiter{this, absl::OkStatus()}; }
+
+ private:
+  EventLoop* loop_;
+  ring::IncomingRing ring_;
+  int wake_fd_;
+  Signal* peer_;
+  SpinPolicy spin_;
+  EndpointStats stats_;
+};
+
+class RingWriter {
+ public:
+  RingWriter(EventLoop* loop, ring::OutgoingRing ring, int wake_fd, Signal* peer,
+             SpinPolicy spin = {})
+      : loop_(loop), ring_(std::move(ring)), wake_fd_(wake_fd), peer_(peer), spin_(spin) {}
+
+  ring::OutgoingRing& ring() { return ring_; }
+  const EndpointStats& stats() const { return stats_; }
+
+  // Publishes appended packets (ring().Append) and signals if the rules say so.
+  absl::Status Flush();
+
+  struct WritableAwaiter {
+    RingWriter* writer;
+    uint32_t packet_bytes;
+    absl::Status status;
+    EventLoop::PollAwaiter poll{nullptr, -1, absl::OkStatus()};
+    bool await_ready();
+    void await_suspend(std::coroutine_handle<> handle);
+    absl::Status await_resume();
+  };
+  // Completes when a packet of `packet_bytes` (length + trailer) fits.
+  WritableAwaiter Writable(uint32_t packet_bytes) {
+    return WritableAwaiter{this, packet_bytes, absl::OkStatus()};
+  }
+
+ private:
+  friend struct WritableAwaiter;
+  EventLoop* loop_;
+  ring::OutgoingRing ring_;
+  int wake_fd_;
+  Signal* peer_;
+  SpinPolicy spin_;
+  EndpointStats stats_;
+};
+
+// Reads and discards an eventfd's counter (EFD_NONBLOCK); returns the count (0 if none).
+uint64_t DrainEventFd(int fd);
+
+}  // namespace cvmbus::hw
+
+#endif  // CVMBUS_HW_URING_RING_ENDPOINT_H_
