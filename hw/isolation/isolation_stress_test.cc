@@ -16,10 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include "base/mutex.h"
 #include "absl/time/clock.h"
-#include "guestmem/errors.h"
 #include "base/mutex.h"
+#include "guestmem/errors.h"
 #include "hw/isolation/hostile_host.h"
 #include "hw/isolation/snp_model.h"
 #include "hw/isolation/tdx_model.h"

@@ -9,9 +9,9 @@
 #include <utility>
 
 #include "base/format.h"
+#include "base/mutex.h"
 #include "base/status_macros.h"
 #include "guestmem/errors.h"
-#include "base/mutex.h"
 #include "hw/isolation/ciphertext.h"
 #include "hw/isolation/errors.h"
 

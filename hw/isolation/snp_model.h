@@ -45,8 +45,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "base/mutex.h"
 #include "absl/types/span.h"
+#include "base/mutex.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/memory_backing.h"
 #include "hw/isolation/snp_defs.h"

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "base/format.h"
+#include "base/mutex.h"
 #include "base/status_macros.h"
 #include "guestmem/errors.h"
-#include "base/mutex.h"
 #include "hw/isolation/errors.h"
 #include "hw/isolation/snp_model.h"
 

@@ -36,8 +36,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "base/mutex.h"
 #include "absl/types/span.h"
+#include "base/mutex.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/memory_backing.h"
 #include "hw/isolation/tdx_defs.h"
