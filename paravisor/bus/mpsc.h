@@ -1,0 +1,135 @@
+// A channel from many senders to one receiver that wakes the receiver's io_uring loop:
+// the server sends ChannelRequests to a device, the device sends ChannelServerRequests back.
+//
+//   auto [sender, receiver] = MakeChannel<ChannelRequest>();
+//   sender.Send(request);                                  // any thread
+//   std::optional<T> next = co_await receiver.Next(loop);  // nullopt: every sender is gone
+//
+// Send fails (kFailedPrecondition) once the receiver is gone. Senders are copyable.
+#ifndef CVMBUS_PARAVISOR_BUS_MPSC_H_
+#define CVMBUS_PARAVISOR_BUS_MPSC_H_
+
+#include <coroutine>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "base/mutex.h"
+#include "hw/uring/event_loop.h"
+
+namespace cvmbus::paravisor {
+
+namespace internal {
+template <typename T>
+struct ChannelState {
+  Mutex mu;
+  std::deque<T> queue ABSL_GUARDED_BY(mu);
+  int senders ABSL_GUARDED_BY(mu) = 0;
+  bool receiver_alive ABSL_GUARDED_BY(mu) = true;
+  std::function<void()> waker ABSL_GUARDED_BY(mu);
+
+  void Wake() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (waker) {
+      auto wake = std::move(waker);
+      waker = nullptr;
+      wake();  // Only posts to a loop: safe under the lock.
+    }
+  }
+};
+}  // namespace internal
+
+template <typename T>
+class Sender {
+ public:
+  explicit Sender(std::shared_ptr<internal::ChannelState<T>> state) : state_(std::move(state)) {
+    MutexLock lock(&state_->mu);
+    ++state_->senders;
+  }
+  Sender(const Sender& other) : Sender(other.state_) {}
+  Sender(Sender&& other) noexcept : state_(std::move(other.state_)) {}
+  Sender& operator=(Sender other) noexcept {
+    std::swap(state_, other.state_);
+    return *this;
+  }
+  ~Sender() {
+    if (!state_) return;
+    MutexLock lock(&state_->mu);
+    if (--state_->senders == 0) state_->Wake();
+  }
+
+  absl::Status Send(T value) const {
+    if (!state_) return absl::FailedPreconditionError("channel: sender was moved from");
+    MutexLock lock(&state_->mu);
+    if (!state_->receiver_alive) {
+      return absl::FailedPreconditionError("channel: the receiver is gone");
+    }
+    state_->queue.push_back(std::move(value));
+    state_->Wake();
+    return absl::OkStatus();
+  }
+
+ private:
+  std::shared_ptr<internal::ChannelState<T>> state_;
+};
+
+template <typename T>
+class Receiver {
+ public:
+  explicit Receiver(std::shared_ptr<internal::ChannelState<T>> state) : state_(std::move(state)) {}
+  Receiver(Receiver&&) noexcept = default;
+  Receiver& operator=(Receiver&&) noexcept = default;
+  ~Receiver() {
+    if (!state_) return;
+    MutexLock lock(&state_->mu);
+    state_->receiver_alive = false;
+    state_->queue.clear();  // Pending Rpcs are dropped here: their callers see kCancelled.
+  }
+
+  // The next value if one is queued.
+  std::optional<T> TryNext() {
+    MutexLock lock(&state_->mu);
+    if (state_->queue.empty()) return std::nullopt;
+    T value = std::move(state_->queue.front());
+    state_->queue.pop_front();
+    return value;
+  }
+  bool closed() {
+    MutexLock lock(&state_->mu);
+    return state_->queue.empty() && state_->senders == 0;
+  }
+
+  struct Awaiter {
+    Receiver* receiver;
+    hw::EventLoop* loop;
+    bool await_ready() {
+      MutexLock lock(&receiver->state_->mu);
+      return !receiver->state_->queue.empty() || receiver->state_->senders == 0;
+    }
+    bool await_suspend(std::coroutine_handle<> handle) {
+      MutexLock lock(&receiver->state_->mu);
+      if (!receiver->state_->queue.empty() || receiver->state_->senders == 0) return false;
+      hw::EventLoop* target = loop;
+      receiver->state_->waker = [target, handle] { target->Post([handle] { handle.resume(); }); };
+      return true;
+    }
+    std::optional<T> await_resume() { return receiver->TryNext(); }
+  };
+  // Completes with the next value, or nullopt once every sender is gone and the queue is empty.
+  Awaiter Next(hw::EventLoop* loop) { return Awaiter{this, loop}; }
+
+ private:
+  std::shared_ptr<internal::ChannelState<T>> state_;
+};
+
+template <typename T>
+std::pair<Sender<T>, Receiver<T>> MakeChannel() {
+  auto state = std::make_shared<internal::ChannelState<T>>();
+  return {Sender<T>(state), Receiver<T>(state)};
+}
+
+}  // namespace cvmbus::paravisor
+
+#endif  // CVMBUS_PARAVISOR_BUS_MPSC_H_
