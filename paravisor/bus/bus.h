@@ -46,6 +46,7 @@ class Interrupt {
     return signal_->Raise();
   }
   bool connected() const { return signal_ != nullptr; }
+  const std::shared_ptr<hw::Signal>& signal() const { return signal_; }
 
  private:
   std::shared_ptr<hw::Signal> signal_;

@@ -44,6 +44,7 @@ struct ChannelState {
 template <typename T>
 class Sender {
  public:
+  Sender() = default;  // Connected to nothing: Send fails.
   explicit Sender(std::shared_ptr<internal::ChannelState<T>> state) : state_(std::move(state)) {
     MutexLock lock(&state_->mu);
     ++state_->senders;

@@ -1,0 +1,155 @@
+// VmbusServer: the paravisor's VMBus server. It speaks the channel control protocol with the
+// guest over a MessagePort and implements ParentBus for the devices it offers.
+//
+// Protocol: versions 0.13 through 6.0, negotiated from the guest's INITIATE_CONTACT (any known
+// version is accepted as asked; others get version_supported = 0 so the guest retries lower).
+// Feature flags are granted as asked, masked by what the server supports; confidential
+// channels (0x10) only on a trusted port. Offer flags 0x2/0x4 (confidential ring / external
+// memory) are cleared from offers when the feature was not negotiated.
+//
+// Channels: offered in a stable order (interface id, offer_order, instance, subchannel index)
+// after REQUESTOFFERS, then ALLOFFERS_DELIVERED; later offers go out at once. At most 2047
+// channels (relids 1..2047). GPADLs are assembled from GPADL_HEADER + GPADL_BODY, validated,
+// and handed to the device; open, close, modify and teardown are Rpcs to the device. Revoke
+// rescinds (subchannels before their primary); the relid is reused after RELID_RELEASED.
+// UNLOAD closes everything and answers UNLOAD_RESPONSE.
+//
+// Guest mistakes get the protocol's answer (a failure status where the message has one) and a
+// log line, never a crash or a leak.
+//
+// Threads: the server runs on `loop`'s thread; AddChild and CloneBus may be called from any
+// thread (they post to the loop).
+#ifndef CVMBUS_PARAVISOR_SERVER_SERVER_H_
+#define CVMBUS_PARAVISOR_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "guestmem/guest_memory.h"
+#include "hw/uring/event_loop.h"
+#include "hw/uring/task.h"
+#include "paravisor/bus/bus.h"
+#include "paravisor/protocol/codec.h"
+#include "paravisor/server/message_port.h"
+
+namespace cvmbus::paravisor {
+
+inline constexpr uint32_t kMaxChannels = 2047;
+
+struct ServerOptions {
+  guestmem::GuestMemory untrusted_memory;
+  std::optional<guestmem::GuestMemory> private_memory;  // Set on a hardware-isolated VM.
+  uint32_t max_version = protocol::kVersionWin10V6_0;
+  // Receives one line per guest mistake or notable event. Default: stderr.
+  std::function<void(const std::string&)> log;
+};
+
+struct ServerStats {
+  uint64_t messages_handled = 0;
+  uint64_t guest_errors = 0;  // Messages refused or answered with a failure.
+};
+
+class VmbusServer {
+ public:
+  // Attaches to `port` on `loop`'s thread (call from that thread).
+  VmbusServer(hw::EventLoop* loop, MessagePort* port, ServerOptions options);
+  ~VmbusServer();
+  VmbusServer(const VmbusServer&) = delete;
+  VmbusServer& operator=(const VmbusServer&) = delete;
+
+  // A ParentBus handle on this server (thread-safe; the server must outlive it).
+  std::unique_ptr<ParentBus> Bus();
+
+  const ServerStats& stats() const { return stats_; }
+  uint32_t version() const { return version_; }
+  uint32_t feature_flags() const { return features_; }
+  size_t channel_count() const { return channels_.size(); }
+
+ private:
+  class BusHandle;
+  enum class GpadlState { kInProgress, kOffered, kAccepted, kTearingDown };
+  struct Gpadl {
+    GpadlState state = GpadlState::kInProgress;
+    uint16_t range_count = 0;
+    size_t expected_words = 0;
+    std::vector<uint64_t> words;
+  };
+  enum class ChannelState { kClosed, kOpening, kOpen, kClosing };
+  struct Channel {
+    uint32_t relid = 0;
+    OfferParams params;
+    uint16_t offer_flags = 0;  // As offered (before masking by the connection's features).
+    Sender<ChannelRequest> requests;
+    std::shared_ptr<Receiver<ChannelServerRequest>> server_requests;
+    ChannelState state = ChannelState::kClosed;
+    bool offered_to_guest = false;
+    bool revoked = false;  // Rescinded; waiting for RELID_RELEASED.
+    std::optional<uint8_t> monitor_id;
+    std::map<uint32_t, Gpadl> gpadls;
+    std::optional<uint32_t> ring_gpadl;  // While open.
+    std::vector<ReplyFuture<Unit>> revoke_replies;
+  };
+
+  absl::StatusOr<OfferResources> AddChild(OfferInput input);
+  void OnMessage(uint32_t connection_id, std::vector<uint8_t> bytes);
+  void Dispatch(const protocol::ParsedMessage& message);
+  void Log(const std::string& line);
+  void GuestError(const std::string& line);
+  void Send(const std::vector<uint8_t>& bytes);
+  template <typename T>
+  void SendMessage(const T& message) {
+    Send(protocol::Encode(message));
+  }
+
+  void HandleInitiateContact(const protocol::ParsedMessage& message);
+  void HandleRequestOffers();
+  void HandleOpen(const protocol::OpenChannel& open, bool has_tail);
+  void HandleClose(uint32_t relid);
+  void HandleGpadlHeader(const protocol::ParsedMessage& message);
+  void HandleGpadlBody(const protocol::ParsedMessage& message);
+  void HandleGpadlTeardown(const protocol::GpadlTeardown& teardown);
+  void HandleRelIdReleased(uint32_t relid);
+  void HandleUnload();
+  void HandleModify(const protocol::ModifyChannel& modify);
+
+  void SendOffer(Channel& channel);
+  void FinishGpadl(Channel& channel, uint32_t gpadl_id);
+  void Revoke(uint32_t relid);
+  void ResetConnection();
+  uint16_t VisibleOfferFlags(const Channel& channel) const;
+  Channel* FindChannel(uint32_t relid, const char* operation);
+  hw::Task WatchServerRequests(uint32_t relid, std::shared_ptr<Receiver<ChannelServerRequest>> r);
+  hw::Task AwaitOpen(uint32_t relid, uint32_t open_id, uint32_t connection_id,
+                     ReplyFuture<std::optional<OpenResult>> reply);
+  hw::Task AwaitGpadl(uint32_t relid, uint32_t gpadl_id, ReplyFuture<bool> reply);
+  hw::Task AwaitTeardown(uint32_t relid, uint32_t gpadl_id, ReplyFuture<Unit> reply);
+  hw::Task AwaitModify(uint32_t relid, ReplyFuture<int32_t> reply);
+  hw::Task AwaitClose(uint32_t relid, ReplyFuture<Unit> reply);
+
+  hw::EventLoop* const loop_;
+  MessagePort* const port_;
+  ServerOptions options_;
+  ServerStats stats_;
+  uint32_t version_ = 0;  // 0: not connected.
+  uint32_t features_ = 0;
+  bool offers_requested_ = false;
+  std::map<uint32_t, Channel> channels_;  // By relid.
+  std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
+  uint32_t next_relid_ = 1;
+  uint64_t monitor_ids_[2] = {0, 0};      // 128 monitor ids.
+  // Shared with tasks still awaiting replies: they check it before touching the server.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// The connection id the guest signals for channel `relid` (in the offer).
+constexpr uint32_t ChannelConnectionId(uint32_t relid) { return 0x10000 + relid; }
+
+}  // namespace cvmbus::paravisor
+
+#endif  // CVMBUS_PARAVISOR_SERVER_SERVER_H_
