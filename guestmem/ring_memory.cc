@@ -132,6 +132,7 @@ void RingMemory::ForEachPiece(uint32_t offset, size_t len, Fn&& fn) const {
 
 bool RingMemory::ReadData(uint32_t offset, void* out, size_t len) const {
   if (offset >= data_size_ || len > data_size_) return false;
+  if (len == 0) return true;  // `out` may be null for an empty span; memcpy must not see it.
   auto* bytes = static_cast<uint8_t*>(out);
   ForEachPiece(offset, len, [&](const uint8_t* host, size_t at, size_t piece) {
     internal::RacyCopy(bytes + at, host, piece);
@@ -141,6 +142,7 @@ bool RingMemory::ReadData(uint32_t offset, void* out, size_t len) const {
 
 bool RingMemory::WriteData(uint32_t offset, const void* in, size_t len) const {
   if (offset >= data_size_ || len > data_size_) return false;
+  if (len == 0) return true;  // `in` may be null for an empty span; memcpy must not see it.
   auto* bytes = static_cast<const uint8_t*>(in);
   ForEachPiece(offset, len, [&](uint8_t* host, size_t at, size_t piece) {
     internal::RacyStore(host, bytes + at, piece);

@@ -77,6 +77,9 @@ TEST(RingMemoryTest, RefusesCopiesOutsideTheDataArea) {
   EXPECT_FALSE(ring->WriteData(0, &byte, 4097));
   EXPECT_TRUE(ring->ReadData(4095, &byte, 1));
   EXPECT_TRUE(ring->ReadData(0, &byte, 0));
+  // Empty spans have null data: a zero-length copy must not hand null to memcpy (UBSan).
+  EXPECT_TRUE(ring->WriteData(8, nullptr, 0));
+  EXPECT_TRUE(ring->ReadData(8, nullptr, 0));
 }
 
 TEST(RingMemoryTest, ControlWordsAreTheControlPage) {

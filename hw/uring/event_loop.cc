@@ -67,6 +67,15 @@ absl::Status EventLoop::Init(const Options& options) {
 
 EventLoop::~EventLoop() {
   if (ring_ready_) {
+    // Work posted but not run yet is often a coroutine resumption (a closed channel, a dropped
+    // reply): run it so those tasks finish and free their frames, instead of leaking them.
+    for (int round = 0; round < 16; ++round) {
+      {
+        MutexLock lock(&post_mu_);
+        if (posted_.empty()) break;
+      }
+      DrainPosted();
+    }
     CancelAll();
     io_uring_queue_exit(&ring_);
   }

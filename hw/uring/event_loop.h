@@ -10,8 +10,11 @@
 // MSG_RING to another loop (MsgRingSignal). IORING_OP_WRITE on an eventfd is not used: it is
 // punted to an io-wq worker (163 us here, limits.md).
 //
-// Teardown: the destructor cancels every operation in flight (IORING_ASYNC_CANCEL_ANY), reaps
-// their completions, closes nothing it does not own, and destroys suspended coroutines.
+// Teardown: the destructor first runs work already posted (so tasks woken by a closing channel
+// finish), then cancels every operation in flight (IORING_ASYNC_CANCEL_ANY), reaps their
+// completions, closes nothing it does not own, and destroys coroutines still suspended in them.
+// The destructor may run on another thread once the loop's own thread has finished with it;
+// the kernel then cancels what is left when the ring closes.
 #ifndef CVMBUS_HW_URING_EVENT_LOOP_H_
 #define CVMBUS_HW_URING_EVENT_LOOP_H_
 

@@ -84,9 +84,11 @@ class Receiver {
   Receiver& operator=(Receiver&&) noexcept = default;
   ~Receiver() {
     if (!state_) return;
+    std::deque<T> dropped;  // Pending Rpcs are dropped here: their callers see kCancelled.
     MutexLock lock(&state_->mu);
     state_->receiver_alive = false;
-    state_->queue.clear();  // Pending Rpcs are dropped here: their callers see kCancelled.
+    dropped.swap(state_->queue);
+    state_->Wake();  // A task still waiting resumes, finds the channel closed, and returns.
   }
 
   // The next value if one is queued.
@@ -102,24 +104,32 @@ class Receiver {
     return state_->queue.empty() && state_->senders == 0;
   }
 
+  // Holds the channel state, not the Receiver: a task may be resumed after its owner (and the
+  // Receiver) is gone, and must then find a closed channel, not freed memory.
   struct Awaiter {
-    Receiver* receiver;
+    std::shared_ptr<internal::ChannelState<T>> state;
     hw::EventLoop* loop;
     bool await_ready() {
-      MutexLock lock(&receiver->state_->mu);
-      return !receiver->state_->queue.empty() || receiver->state_->senders == 0;
+      MutexLock lock(&state->mu);
+      return !state->queue.empty() || state->senders == 0 || !state->receiver_alive;
     }
     bool await_suspend(std::coroutine_handle<> handle) {
-      MutexLock lock(&receiver->state_->mu);
-      if (!receiver->state_->queue.empty() || receiver->state_->senders == 0) return false;
+      MutexLock lock(&state->mu);
+      if (!state->queue.empty() || state->senders == 0 || !state->receiver_alive) return false;
       hw::EventLoop* target = loop;
-      receiver->state_->waker = [target, handle] { target->Post([handle] { handle.resume(); }); };
+      state->waker = [target, handle] { target->Post([handle] { handle.resume(); }); };
       return true;
     }
-    std::optional<T> await_resume() { return receiver->TryNext(); }
+    std::optional<T> await_resume() {
+      MutexLock lock(&state->mu);
+      if (state->queue.empty()) return std::nullopt;
+      T value = std::move(state->queue.front());
+      state->queue.pop_front();
+      return value;
+    }
   };
   // Completes with the next value, or nullopt once every sender is gone and the queue is empty.
-  Awaiter Next(hw::EventLoop* loop) { return Awaiter{this, loop}; }
+  Awaiter Next(hw::EventLoop* loop) { return Awaiter{state_, loop}; }
 
  private:
   std::shared_ptr<internal::ChannelState<T>> state_;

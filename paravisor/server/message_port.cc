@@ -44,9 +44,8 @@ void MessagePort::AttachGuest(hw::EventLoop* loop,
 
 absl::Status MessagePort::PostToGuest(absl::Span<const uint8_t> message) {
   if (message.size() > kMaxPayloadBytes) {
-    return absl::InvalidArgumentError(
-        fmt::format("message port: a {}-byte message exceeds the 240-byte SynIC payload",
-                    message.size()));
+    return absl::InvalidArgumentError(fmt::format(
+        "message port: a {}-byte message exceeds the 240-byte SynIC payload", message.size()));
   }
   MutexLock lock(&mu_);
   if (guest_loop_ == nullptr) {
@@ -62,9 +61,8 @@ absl::Status MessagePort::PostToGuest(absl::Span<const uint8_t> message) {
 
 absl::Status MessagePort::PostToHost(uint32_t connection_id, absl::Span<const uint8_t> message) {
   if (message.size() > kMaxPayloadBytes) {
-    return absl::InvalidArgumentError(
-        fmt::format("message port: a {}-byte message exceeds the 240-byte SynIC payload",
-                    message.size()));
+    return absl::InvalidArgumentError(fmt::format(
+        "message port: a {}-byte message exceeds the 240-byte SynIC payload", message.size()));
   }
   MutexLock lock(&mu_);
   if (server_loop_ == nullptr) {

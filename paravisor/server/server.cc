@@ -48,7 +48,8 @@ class VmbusServer::BusHandle : public ParentBus {
 VmbusServer::VmbusServer(hw::EventLoop* loop, MessagePort* port, ServerOptions options)
     : loop_(loop), port_(port), options_(std::move(options)) {
   port_->AttachServer(
-      loop_, [this](uint32_t connection_id, std::vector<uint8_t> bytes) {
+      loop_,
+      [this](uint32_t connection_id, std::vector<uint8_t> bytes) {
         OnMessage(connection_id, std::move(bytes));
       },
       [this](uint32_t connection_id) {
@@ -149,8 +150,8 @@ hw::Task VmbusServer::WatchServerRequests(uint32_t relid,
       co_return;
     }
     if (auto* restore = std::get_if<RestoreChannel>(&*request)) {
-      std::move(restore->rpc).Reply(
-          absl::UnimplementedError("vmbus server: save/restore is not implemented yet"));
+      std::move(restore->rpc)
+          .Reply(absl::UnimplementedError("vmbus server: save/restore is not implemented yet"));
     }
   }
 }
@@ -168,8 +169,8 @@ void VmbusServer::OnMessage(uint32_t connection_id, std::vector<uint8_t> bytes) 
   const protocol::NegotiatedConnection connection{version_, features_};
   if (absl::Status allowed = protocol::CheckAllowed(*parsed, protocol::Sender::kGuest, connection);
       !allowed.ok()) {
-    GuestError(fmt::format("{} refused: {}", protocol::MessageTypeName(parsed->type),
-                           allowed.message()));
+    GuestError(
+        fmt::format("{} refused: {}", protocol::MessageTypeName(parsed->type), allowed.message()));
     return;
   }
   if (version_ == 0 && parsed->type != MessageType::kInitiateContact) {
@@ -475,8 +476,7 @@ void VmbusServer::FinishGpadl(Channel& channel, uint32_t gpadl_id) {
   created.gpadl = gpadl_id;
   absl::Status valid = protocol::ValidateGpaRanges(gpadl.range_count, gpadl.words);
   if (!valid.ok()) {
-    GuestError(fmt::format("GPADL {} on channel {}: {}", gpadl_id, channel.relid,
-                           valid.message()));
+    GuestError(fmt::format("GPADL {} on channel {}: {}", gpadl_id, channel.relid, valid.message()));
     channel.gpadls.erase(gpadl_id);
     created.creation_status = protocol::kStatusUnsuccessful;
     return SendMessage(created);
@@ -489,8 +489,8 @@ void VmbusServer::FinishGpadl(Channel& channel, uint32_t gpadl_id) {
     return SendMessage(created);
   }
   gpadl.state = GpadlState::kOffered;
-  auto [rpc, reply] = MakeRpc<GpadlRequest, bool>(
-      GpadlRequest{gpadl_id, gpadl.range_count, gpadl.words});
+  auto [rpc, reply] =
+      MakeRpc<GpadlRequest, bool>(GpadlRequest{gpadl_id, gpadl.range_count, gpadl.words});
   if (!channel.requests.Send(CreateGpadl{std::move(rpc)}).ok()) {
     channel.gpadls.erase(gpadl_id);
     created.creation_status = protocol::kStatusUnsuccessful;
@@ -528,12 +528,16 @@ void VmbusServer::HandleGpadlTeardown(const protocol::GpadlTeardown& teardown) {
     return;
   }
   if (it->second.state != GpadlState::kAccepted) {
-    GuestError(fmt::format("GPADL_TEARDOWN: GPADL {} is not accepted (in progress or tearing "
-                           "down)",
-                           teardown.gpadl));
+    GuestError(
+        fmt::format("GPADL_TEARDOWN: GPADL {} is not accepted (in progress or tearing "
+                    "down)",
+                    teardown.gpadl));
     return;
   }
-  if (channel->ring_gpadl == teardown.gpadl && channel->state != ChannelState::kClosed) {
+  // Linux tears the ring GPADL down right after CLOSECHANNEL, before the close completes: the
+  // device gets the close first (its requests are ordered), so only an open ring is refused.
+  if (channel->ring_gpadl == teardown.gpadl &&
+      (channel->state == ChannelState::kOpen || channel->state == ChannelState::kOpening)) {
     GuestError(fmt::format("GPADL_TEARDOWN: GPADL {} is the ring of open channel {}",
                            teardown.gpadl, teardown.child_relid));
     return;

@@ -142,7 +142,7 @@ class VmbusServer {
   std::map<uint32_t, Channel> channels_;  // By relid.
   std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
   uint32_t next_relid_ = 1;
-  uint64_t monitor_ids_[2] = {0, 0};      // 128 monitor ids.
+  uint64_t monitor_ids_[2] = {0, 0};  // 128 monitor ids.
   // Shared with tasks still awaiting replies: they check it before touching the server.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
