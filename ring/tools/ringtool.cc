@@ -1,0 +1,462 @@
+// ringtool: prints and builds VMBus ring images, for people debugging a ring.
+//
+//   ringtool dump FILE [--max-payload-bytes=N]
+//   ringtool fill FILE --data-bytes=N [--packets=SPEC[,SPEC...]] [--start-index=N]
+//
+// FILE is one ring exactly as it lies in memory: the 4096-byte control page, then the data area
+// (a multiple of 4096 bytes, at least 4096). Both commands run the production ring code
+// (IncomingRing / OutgoingRing) over a private memfd-backed copy of the ring, so dump reports
+// exactly what the paravisor would, and never changes the user's file (nor commits a read).
+//
+// Exit codes: 0 success; 1 dump found a corrupt ring (after printing every packet before the
+// corruption); 2 bad arguments or an unusable file. Errors are one line on stderr.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "base/format.h"
+#include "base/status_macros.h"
+#include "guestmem/ring_memory.h"
+#include "ring/errors.h"
+#include "ring/packet.h"
+#include "ring/protocol.h"
+#include "ring/ring.h"
+#include "ring/tools/ring_image.h"
+
+namespace cvmbus::ring::tools {
+namespace {
+
+constexpr int kExitCorrupt = 1;
+constexpr int kExitUsage = 2;
+constexpr uint32_t kPage = control::kPageBytes;
+constexpr uint64_t kFirstGpn = 0x1000;  // Page numbers fill puts in GPA-direct ranges.
+
+constexpr char kUsage[] = R"(usage:
+  ringtool dump FILE [--max-payload-bytes=N]
+      Prints the control page and every packet from read_index to write_index, stopping at
+      the first corruption (exit 1). Shows the first N payload bytes (default 16).
+  ringtool fill FILE --data-bytes=N [--packets=SPEC[,SPEC...]] [--start-index=N]
+      Creates or overwrites FILE with a fresh ring of an N-byte data area (a multiple of 4096)
+      and writes the packets, starting at --start-index (default 0) to test wrapping.
+      SPEC: inband:SIZE | completion:SIZE | gpa:SIZE:PAGES | xfer:RANGES, then optionally
+      @XID (transaction id) and +c (completion requested). SIZE is the payload in bytes.
+FILE is a ring as in memory: the 4096-byte control page, then the data area.
+Numbers are decimal or 0x-hex. Exit codes: 0 ok, 1 corrupt ring, 2 bad arguments or file.
+)";
+
+// Parses a decimal or 0x-prefixed hexadecimal number no larger than `max`.
+std::optional<uint64_t> ParseNumber(std::string_view text, uint64_t max) {
+  int base = 10;
+  if (text.starts_with("0x") || text.starts_with("0X")) {
+    text.remove_prefix(2);
+    base = 16;
+  }
+  uint64_t value = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value, base);
+  if (text.empty() || error != std::errc() || stop != end || value > max) return std::nullopt;
+  return value;
+}
+
+absl::Status Usage(std::string message) { return absl::InvalidArgumentError(message); }
+std::string_view Message(const absl::Status& status) {
+  return std::string_view(status.message().data(), status.message().size());
+}
+
+// --- dump -----------------------------------------------------------------------------------
+
+std::string TypeName(uint16_t type) {
+  switch (static_cast<PacketType>(type)) {
+    case PacketType::kDataInBand:
+      return "in-band";
+    case PacketType::kDataUsingTransferPages:
+      return "transfer-pages";
+    case PacketType::kDataUsingGpaDirect:
+      return "gpa-direct";
+    case PacketType::kCompletion:
+      return "completion";
+  }
+  return "unknown";
+}
+
+// "name|name|unknown 0x.." for the set bits of `bits`; "none" when zero.
+std::string BitNames(uint32_t bits, uint32_t known_bit, std::string_view known_name) {
+  if (bits == 0) return "none";
+  std::string names;
+  if ((bits & known_bit) != 0) names = known_name;
+  if ((bits & ~known_bit) != 0) {
+    names += fmt::format("{}unknown {:#x}", names.empty() ? "" : "|", bits & ~known_bit);
+  }
+  return names;
+}
+
+void PrintDescriptor(uint32_t offset, const PacketDescriptor& descriptor, std::string_view note) {
+  fmt::print(
+      "packet at {:#x}{}: type {:#x} ({}), data_offset8 {}, length8 {}, flags {:#x} ({}), "
+      "transaction_id {:#x}\n",
+      offset, note, descriptor.type, TypeName(descriptor.type), descriptor.data_offset8,
+      descriptor.length8, descriptor.flags,
+      BitNames(descriptor.flags, kFlagCompletionRequested, "completion-requested"),
+      descriptor.transaction_id);
+}
+
+void PrintTrailer(uint32_t offset, uint64_t found) {
+  const uint64_t expected = TrailerFor(offset);
+  fmt::print("  trailer {:#x}: {}\n", found,
+             found == expected ? "ok" : fmt::format("BAD, expected {:#x}", expected));
+}
+
+void PrintBody(const Packet& packet, uint32_t max_payload_bytes) {
+  constexpr size_t kMaxListed = 32;  // Page numbers per GPA range, transfer-page ranges.
+  if (packet.type == PacketType::kDataUsingGpaDirect) {
+    fmt::print("  gpa ranges: {}\n", packet.gpa_ranges.size());
+    for (size_t i = 0; i < packet.gpa_ranges.size(); ++i) {
+      const GpaRange& range = packet.gpa_ranges[i];
+      std::string pages;
+      for (size_t p = 0; p < range.gpns.size() && p < kMaxListed; ++p) {
+        pages += fmt::format(" {:#x}", range.gpns[p]);
+      }
+      if (range.gpns.size() > kMaxListed) {
+        pages += fmt::format(" ... ({} more)", range.gpns.size() - kMaxListed);
+      }
+      fmt::print("    [{}] byte_count {:#x}, byte_offset {:#x}, {} pages:{}\n", i, range.byte_count,
+                 range.byte_offset, range.gpns.size(), pages);
+    }
+  }
+  if (packet.type == PacketType::kDataUsingTransferPages) {
+    fmt::print("  transfer pages: set {:#x}, sender_owns {}, ranges {}\n",
+               packet.transfer_page_set_id, packet.sender_owns_set ? 1 : 0,
+               packet.transfer_ranges.size());
+    for (size_t i = 0; i < packet.transfer_ranges.size() && i < kMaxListed; ++i) {
+      fmt::print("    [{}] byte_count {:#x}, byte_offset {:#x}\n", i,
+                 packet.transfer_ranges[i].byte_count, packet.transfer_ranges[i].byte_offset);
+    }
+    if (packet.transfer_ranges.size() > kMaxListed) {
+      fmt::print("    ... ({} more)\n", packet.transfer_ranges.size() - kMaxListed);
+    }
+  }
+  std::string hex;
+  const size_t shown = std::min<size_t>(packet.payload.size(), max_payload_bytes);
+  for (size_t i = 0; i < shown; ++i) hex += fmt::format(" {:02x}", packet.payload[i]);
+  if (shown < packet.payload.size()) hex += " ...";
+  fmt::print("  payload {} bytes:{}\n", packet.payload.size(), hex);
+}
+
+// The one-line description of a ring error: where, which kind, and the parser's own words.
+std::string DescribeError(const absl::Status& status, uint32_t offset) {
+  const std::optional<RingError> kind = GetRingError(status);
+  const std::string kind_name(kind.has_value() ? RingErrorName(*kind) : "error");
+  std::string_view detail = Message(status);
+  const std::string packet_prefix = fmt::format("incoming ring at {:#x}: ", offset);
+  if (detail.starts_with(packet_prefix)) {
+    detail.remove_prefix(packet_prefix.size());
+    return fmt::format("packet at {:#x}: {}: {}", offset, kind_name, detail);
+  }
+  constexpr std::string_view kControlPrefix = "incoming ring: ";
+  if (detail.starts_with(kControlPrefix)) detail.remove_prefix(kControlPrefix.size());
+  return fmt::format("control page: {}: {}", kind_name, detail);
+}
+
+int Dump(const std::string& path, uint32_t max_payload_bytes) {
+  const auto fail = [&](int code, std::string_view message) {
+    std::fflush(stdout);
+    fmt::print(stderr, "ringtool: {}: {}\n", path, message);
+    return code;
+  };
+  absl::StatusOr<RingImage> image = LoadImage(path);
+  if (!image.ok()) return fail(kExitUsage, Message(image.status()));
+  // Two ends over the same copy: `raw` for the fields Packet does not carry (lengths, trailer).
+  absl::StatusOr<guestmem::RingMemory> raw = image->Open();
+  absl::StatusOr<guestmem::RingMemory> reader_memory = image->Open();
+  if (!raw.ok()) return fail(kExitUsage, Message(raw.status()));
+  if (!reader_memory.ok()) return fail(kExitUsage, Message(reader_memory.status()));
+
+  const uint32_t size = raw->data_size();
+  const auto load = [&](uint32_t word) {
+    return raw->LoadControl(word, std::memory_order_acquire);
+  };
+  const uint32_t read_index = load(control::kReadIndex);
+  const uint32_t features = load(control::kFeatureBits);
+  fmt::print(
+      "ring {}: data area {:#x} bytes ({} pages)\n  write_index     {:#x}\n  read_index      "
+      "{:#x}\n"
+      "  interrupt_mask  {:#x}\n  pending_send_sz {:#x}\n  feature_bits    {:#x} ({})\n",
+      path, size, size / kPage, load(control::kWriteIndex), read_index,
+      load(control::kInterruptMask), load(control::kPendingSendSize), features,
+      BitNames(features, control::kFeaturePendingSendSize, "pending_send_sz"));
+
+  absl::StatusOr<IncomingRing> ring = IncomingRing::Create(*std::move(reader_memory));
+  if (!ring.ok()) return fail(kExitCorrupt, DescribeError(ring.status(), read_index));
+  PacketBuffer buffer;
+  uint32_t offset = read_index;
+  uint64_t packets = 0;
+  uint64_t bytes = 0;
+  for (;;) {
+    // Read copies and validates the packet at `offset` exactly as the paravisor would; nothing
+    // is committed, and the image is a private copy anyway.
+    const absl::StatusOr<bool> got = ring->Read(&buffer);
+    PacketDescriptor descriptor;
+    raw->ReadData(offset, &descriptor, sizeof(descriptor));
+    uint64_t trailer = 0;
+    raw->ReadData((offset + uint32_t{descriptor.length8} * 8) % size, &trailer, sizeof(trailer));
+    if (!got.ok()) {
+      const std::optional<RingError> kind = GetRingError(got.status());
+      if (kind != RingError::kIndexOutOfRange && kind != RingError::kIndexUnaligned) {
+        PrintDescriptor(offset, descriptor, " (rejected)");
+        if (kind == RingError::kBadTrailer || kind == RingError::kBadRanges) {
+          PrintTrailer(offset, trailer);
+        }
+      }
+      return fail(kExitCorrupt, DescribeError(got.status(), offset));
+    }
+    if (!*got) break;
+    PrintDescriptor(offset, descriptor, "");
+    PrintTrailer(offset, trailer);
+    PrintBody(buffer.packet(), max_payload_bytes);
+    const uint32_t total = uint32_t{descriptor.length8} * 8 + kTrailerBytes;
+    offset = (offset + total) % size;
+    ++packets;
+    bytes += total;
+  }
+  fmt::print("{} packets, {:#x} bytes\n", packets, bytes);
+  return 0;
+}
+
+// --- fill -----------------------------------------------------------------------------------
+
+struct PacketSpec {
+  std::string text;
+  PacketType type = PacketType::kDataInBand;
+  uint32_t payload_bytes = 0;
+  uint32_t count = 0;  // GPA-direct: pages in the one range; transfer pages: ranges.
+  uint64_t transaction_id = 0;
+  uint16_t flags = 0;
+};
+
+// The fill spec kinds: name, usage form and packet type.
+struct SpecKind {
+  std::string_view name;
+  std::string_view form;
+  PacketType type;
+};
+constexpr SpecKind kSpecKinds[] = {
+    {"inband", "inband:SIZE", PacketType::kDataInBand},
+    {"completion", "completion:SIZE", PacketType::kCompletion},
+    {"gpa", "gpa:SIZE:PAGES", PacketType::kDataUsingGpaDirect},
+    {"xfer", "xfer:RANGES", PacketType::kDataUsingTransferPages},
+};
+constexpr uint64_t kMaxSpecPayload = 1 << 20;  // Beyond what length8 can describe anyway.
+constexpr uint64_t kMaxSpecCount = 0xffff;     // PAGES and RANGES.
+
+absl::StatusOr<PacketSpec> ParseSpec(std::string_view text) {
+  PacketSpec spec{.text = std::string(text)};
+  const auto bad = [&](std::string_view why) {
+    return Usage(fmt::format("bad packet spec '{}': {}", text, why));
+  };
+  // Suffixes, in either order: @XID and +c.
+  bool have_xid = false;
+  const std::string_view body = text.substr(0, text.find_first_of("@+"));
+  for (std::string_view rest = text.substr(body.size()); !rest.empty();) {
+    const std::string_view suffix = rest.substr(0, rest.find_first_of("@+", 1));
+    rest.remove_prefix(suffix.size());
+    if (suffix == "+c" && spec.flags == 0) {
+      spec.flags = kFlagCompletionRequested;
+    } else if (suffix[0] == '@' && !have_xid) {
+      const std::optional<uint64_t> xid = ParseNumber(suffix.substr(1), UINT64_MAX);
+      if (!xid.has_value()) return bad("@XID must be a 64-bit number");
+      spec.transaction_id = *xid;
+      have_xid = true;
+    } else {
+      return bad(fmt::format("unexpected suffix '{}' (want @XID and/or +c, once each)", suffix));
+    }
+  }
+  const std::string_view name = body.substr(0, body.find(':'));
+  const SpecKind* kind = nullptr;
+  for (const SpecKind& candidate : kSpecKinds) {
+    if (candidate.name == name) kind = &candidate;
+  }
+  if (kind == nullptr) return bad("the kind must be inband, completion, gpa or xfer");
+  spec.type = kind->type;
+  std::vector<uint64_t> numbers;
+  for (std::string_view rest = body.substr(name.size()); !rest.empty();) {
+    rest.remove_prefix(1);  // The ':'.
+    const std::string_view field = rest.substr(0, rest.find(':'));
+    rest.remove_prefix(field.size());
+    const std::optional<uint64_t> number = ParseNumber(field, kMaxSpecPayload);
+    if (!number.has_value()) {
+      return bad(fmt::format("'{}' is not a number up to {}", field, kMaxSpecPayload));
+    }
+    numbers.push_back(*number);
+  }
+  if (numbers.size() !=
+      static_cast<size_t>(std::count(kind->form.begin(), kind->form.end(), ':'))) {
+    return bad(fmt::format("want {}", kind->form));
+  }
+  if (spec.type == PacketType::kDataUsingTransferPages) {
+    spec.count = static_cast<uint32_t>(numbers[0]);
+  } else {
+    spec.payload_bytes = static_cast<uint32_t>(numbers[0]);
+  }
+  if (spec.type == PacketType::kDataUsingGpaDirect) spec.count = static_cast<uint32_t>(numbers[1]);
+  if (spec.type == PacketType::kDataUsingGpaDirect &&
+      (spec.count == 0 || spec.count > kMaxSpecCount)) {
+    return bad(fmt::format("PAGES must be 1 to {}", kMaxSpecCount));
+  }
+  if (spec.count > kMaxSpecCount)
+    return bad(fmt::format("RANGES must be at most {}", kMaxSpecCount));
+  return spec;
+}
+
+// Writes one packet of `spec`; payload byte i of packet n is (16 * n + i) mod 256.
+absl::Status WriteSpec(const PacketSpec& spec, size_t n, OutgoingRing* ring) {
+  std::vector<uint8_t> payload(spec.payload_bytes);
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<uint8_t>(16 * n + i);
+  std::vector<uint64_t> gpns;
+  std::vector<GpaRange> gpa_ranges;
+  std::vector<TransferPageRange> transfer_ranges;
+  OutgoingPacket packet{.type = spec.type,
+                        .flags = spec.flags,
+                        .transaction_id = spec.transaction_id,
+                        .payload = payload};
+  if (spec.type == PacketType::kDataUsingGpaDirect) {
+    for (uint64_t i = 0; i < spec.count; ++i) gpns.push_back(kFirstGpn + i);
+    gpa_ranges.push_back({spec.count * kPage, 0, gpns});
+    packet.gpa_ranges = gpa_ranges;
+  }
+  if (spec.type == PacketType::kDataUsingTransferPages) {
+    for (uint32_t i = 0; i < spec.count; ++i) transfer_ranges.push_back({kPage / 2, i * kPage / 2});
+    packet.transfer_page_set_id = 1;
+    packet.transfer_ranges = transfer_ranges;
+  }
+  const absl::StatusOr<bool> written = ring->Write(packet);
+  if (written.ok()) return absl::OkStatus();
+  const std::optional<RingError> kind = GetRingError(written.status());
+  return Usage(fmt::format("packet {} ({}): {}: {}", n, spec.text,
+                           kind.has_value() ? RingErrorName(*kind) : "error",
+                           written.status().message()));
+}
+
+absl::Status Fill(const std::string& path, uint64_t data_bytes, uint64_t start_index,
+                  const std::vector<PacketSpec>& specs) {
+  if (data_bytes == 0 || data_bytes % kPage != 0 || data_bytes > guestmem::kMaxRingDataBytes) {
+    return Usage(fmt::format("--data-bytes={}: must be a nonzero multiple of {} up to {}",
+                             data_bytes, kPage, guestmem::kMaxRingDataBytes));
+  }
+  if (start_index >= data_bytes || start_index % 8 != 0) {
+    return Usage(
+        fmt::format("--start-index={:#x}: must be 8-aligned and below --data-bytes", start_index));
+  }
+  CVMBUS_ASSIGN_OR_RETURN(const RingImage image, NewImage(data_bytes));
+  CVMBUS_ASSIGN_OR_RETURN(guestmem::RingMemory memory, image.Open());
+  const auto start = static_cast<uint32_t>(start_index);
+  memory.StoreControl(control::kWriteIndex, start, std::memory_order_relaxed);
+  memory.StoreControl(control::kReadIndex, start, std::memory_order_relaxed);
+  CVMBUS_ASSIGN_OR_RETURN(OutgoingRing ring, OutgoingRing::Create(std::move(memory)));
+  for (size_t n = 0; n < specs.size(); ++n) {
+    CVMBUS_RETURN_IF_ERROR(WriteSpec(specs[n], n, &ring));
+  }
+  CVMBUS_RETURN_IF_ERROR(SaveImage(image, path));
+  fmt::print("wrote {}: {} packets, data area {:#x} bytes, read_index {:#x}, write_index {:#x}\n",
+             path, specs.size(), data_bytes, start,
+             image.memory().ReadPlain<uint32_t>(control::kWriteIndex).value_or(0));
+  return absl::OkStatus();
+}
+
+// --- Command line ---------------------------------------------------------------------------
+
+struct Flag {
+  std::string_view name;
+  std::string_view value;
+};
+
+int Main(int argc, char** argv) {
+  const auto usage_error = [](std::string_view message) {
+    fmt::print(stderr, "ringtool: {}\n", message);
+    return kExitUsage;
+  };
+  std::vector<std::string_view> positional;
+  std::vector<Flag> flags;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h" || arg == "help") {
+      fmt::print("{}", kUsage);
+      return 0;
+    }
+    if (!arg.starts_with("--")) {
+      positional.push_back(arg);
+      continue;
+    }
+    const size_t equals = arg.find('=');
+    if (equals == std::string_view::npos) {
+      return usage_error(fmt::format("flag '{}' needs a value: {}=...", arg, arg));
+    }
+    flags.push_back({arg.substr(0, equals), arg.substr(equals + 1)});
+  }
+  if (positional.empty()) return usage_error("missing command: dump or fill");
+  const std::string_view command = positional[0];
+  if (command != "dump" && command != "fill") {
+    return usage_error(fmt::format("unknown command '{}': want dump or fill", command));
+  }
+  if (positional.size() != 2) {
+    return usage_error(
+        fmt::format("{} takes exactly one FILE, got {}", command, positional.size() - 1));
+  }
+  const std::string path(positional[1]);
+
+  uint64_t max_payload_bytes = 16, data_bytes = 0, start_index = 0;
+  bool have_data_bytes = false;
+  std::vector<PacketSpec> specs;
+  for (const Flag& flag : flags) {
+    const auto number = [&](uint64_t* out) {
+      const std::optional<uint64_t> value = ParseNumber(flag.value, UINT32_MAX);
+      if (value.has_value()) *out = *value;
+      return value.has_value();
+    };
+    const auto not_a_number = [&] {
+      return usage_error(
+          fmt::format("{}={}: not a number (decimal or 0x-hex, < 2^32)", flag.name, flag.value));
+    };
+    if (command == "dump" && flag.name == "--max-payload-bytes") {
+      if (!number(&max_payload_bytes)) return not_a_number();
+    } else if (command == "fill" && flag.name == "--data-bytes") {
+      if (!number(&data_bytes)) return not_a_number();
+      have_data_bytes = true;
+    } else if (command == "fill" && flag.name == "--start-index") {
+      if (!number(&start_index)) return not_a_number();
+    } else if (command == "fill" && flag.name == "--packets") {
+      for (size_t start = 0; start <= flag.value.size() && !flag.value.empty();) {
+        const size_t comma = std::min(flag.value.find(',', start), flag.value.size());
+        absl::StatusOr<PacketSpec> spec = ParseSpec(flag.value.substr(start, comma - start));
+        if (!spec.ok()) return usage_error(Message(spec.status()));
+        specs.push_back(*std::move(spec));
+        start = comma + 1;
+      }
+    } else {
+      return usage_error(fmt::format("unknown flag '{}' for {}", flag.name, command));
+    }
+  }
+  if (command == "dump") return Dump(path, static_cast<uint32_t>(max_payload_bytes));
+  if (!have_data_bytes) return usage_error("fill needs --data-bytes=N");
+  if (absl::Status status = Fill(path, data_bytes, start_index, specs); !status.ok()) {
+    fmt::print(stderr, "ringtool: {}\n", status.message());
+    return kExitUsage;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace cvmbus::ring::tools
+
+int main(int argc, char** argv) { return cvmbus::ring::tools::Main(argc, argv); }
