@@ -1,0 +1,247 @@
+#include "paravisor/client/guest_client.h"
+
+#include <fmt/format.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "base/format.h"
+#include "hw/uring/signal.h"
+
+namespace cvmbus::paravisor {
+namespace {
+using protocol::MessageType;
+constexpr auto kTimeout = std::chrono::seconds(10);
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<GuestClient>> GuestClient::Create(MessagePort* port) {
+  std::unique_ptr<GuestClient> client(new GuestClient(port));
+  GuestClient* raw = client.get();
+  std::atomic<int> ready{0};  // 1 ok, -1 failed.
+  raw->thread_ = std::thread([raw, &ready] {
+    auto loop = hw::EventLoop::Create();
+    if (!loop.ok()) {
+      ready = -1;
+      return;
+    }
+    raw->loop_ = *std::move(loop);
+    raw->port_->AttachGuest(
+        raw->loop_.get(), [raw](std::vector<uint8_t> bytes) { raw->OnMessage(std::move(bytes)); });
+    ready = 1;
+    (void)raw->loop_->Run();
+    raw->port_->AttachGuest(nullptr, nullptr);  // No more deliveries to a stopped loop.
+  });
+  while (ready.load() == 0) std::this_thread::yield();
+  if (ready.load() < 0) {
+    raw->thread_.join();
+    return absl::InternalError("guest client: cannot create its event loop");
+  }
+  return client;
+}
+
+GuestClient::~GuestClient() {
+  if (loop_) loop_->Stop();
+  if (thread_.joinable()) thread_.join();
+  // Destroy the loop while the members its leftover posted handlers touch are alive. (Its
+  // thread has ended, so no other thread can be inside Stop() or Post() any more.)
+  loop_.reset();
+  MutexLock lock(&mu_);
+  for (auto& [relid, fd] : event_fds_) {
+    port_->SetGuestInterruptTarget(relid, nullptr);
+    close(fd);
+  }
+}
+
+void GuestClient::OnMessage(std::vector<uint8_t> bytes) {
+  absl::StatusOr<protocol::ParsedMessage> parsed = protocol::ParseMessage(bytes);
+  if (!parsed.ok()) return;  // A malformed host message: a real guest would log and drop it.
+  MutexLock lock(&mu_);
+  if (const auto* offer = parsed->As<protocol::OfferChannel>()) {
+    connection_ids_[offer->child_relid] = offer->connection_id;
+  }
+  inbox_.push_back(*std::move(parsed));
+  arrived_.notify_all();
+}
+
+absl::Status GuestClient::Post(const std::vector<uint8_t>& bytes) {
+  return port_->PostToHost(message_connection_id_, bytes);
+}
+
+absl::Status GuestClient::SendRaw(const std::vector<uint8_t>& bytes) { return Post(bytes); }
+
+absl::StatusOr<protocol::ParsedMessage> GuestClient::WaitFor(MessageType type,
+                                                             std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  MutexLock lock(&mu_);
+  std::unique_lock<Mutex> wait_lock(mu_, std::adopt_lock);
+  while (true) {
+    for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
+      if (it->type == type) {
+        protocol::ParsedMessage message = std::move(*it);
+        inbox_.erase(it);
+        wait_lock.release();
+        return message;
+      }
+    }
+    if (arrived_.wait_until(wait_lock, deadline) == std::cv_status::timeout) {
+      wait_lock.release();
+      return absl::DeadlineExceededError(
+          fmt::format("guest client: no {} from the host", protocol::MessageTypeName(type)));
+    }
+  }
+}
+
+bool GuestClient::NothingArrives(MessageType type, std::chrono::milliseconds quiet) {
+  return !WaitFor(type, quiet).ok();
+}
+
+absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
+                                                               uint32_t features) {
+  protocol::InitiateContact contact{};
+  contact.vmbus_version_requested = version;
+  if (version >= protocol::kVersionWin10V5) {
+    contact.interrupt_page_or_target.target.message_sint = protocol::kMessageSint;
+  }
+  if (version >= protocol::kVersionWin10V6_0) {
+    contact.interrupt_page_or_target.target.feature_flags = features;
+  }
+  if (absl::Status status = Post(protocol::EncodeInitiateContact(contact)); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<protocol::ParsedMessage> reply =
+      WaitFor(MessageType::kVersionResponse,
+              std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  if (!reply.ok()) return reply.status();
+  const protocol::VersionResponse response = *reply->As<protocol::VersionResponse>();
+  if (!response.version_supported) {
+    return absl::UnavailableError(fmt::format("host does not support version {:#x}", version));
+  }
+  version_ = version;
+  return response;
+}
+
+absl::StatusOr<std::vector<protocol::OfferChannel>> GuestClient::RequestOffers() {
+  if (absl::Status status = Post(protocol::Encode(protocol::RequestOffers{})); !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = WaitFor(MessageType::kAllOffersDelivered,
+                                    std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout))
+                                .status();
+      !status.ok()) {
+    return status;
+  }
+  std::vector<protocol::OfferChannel> offers;
+  MutexLock lock(&mu_);
+  for (auto it = inbox_.begin(); it != inbox_.end();) {
+    if (it->type == MessageType::kOfferChannel) {
+      offers.push_back(*it->As<protocol::OfferChannel>());
+      it = inbox_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return offers;
+}
+
+absl::StatusOr<uint32_t> GuestClient::CreateGpadl(uint32_t relid, uint32_t gpadl_id,
+                                                  const std::vector<uint64_t>& gpns) {
+  std::vector<uint64_t> words;
+  words.push_back(uint64_t{static_cast<uint32_t>(gpns.size() * 4096)});  // byte_count, offset 0
+  words.insert(words.end(), gpns.begin(), gpns.end());
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> messages =
+      protocol::EncodeGpadl(relid, gpadl_id, 1, words);
+  if (!messages.ok()) return messages.status();
+  for (const auto& message : *messages) {
+    if (absl::Status status = Post(message); !status.ok()) return status;
+  }
+  auto created = WaitFor(MessageType::kGpadlCreated,
+                         std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  if (!created.ok()) return created.status();
+  return created->As<protocol::GpadlCreated>()->creation_status;
+}
+
+absl::Status GuestClient::TeardownGpadl(uint32_t relid, uint32_t gpadl_id) {
+  protocol::GpadlTeardown teardown{};
+  teardown.child_relid = relid;
+  teardown.gpadl = gpadl_id;
+  if (absl::Status status = Post(protocol::Encode(teardown)); !status.ok()) return status;
+  return WaitFor(MessageType::kGpadlTorndown,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout))
+      .status();
+}
+
+absl::StatusOr<uint32_t> GuestClient::OpenChannel(uint32_t relid, uint32_t ring_gpadl,
+                                                  uint32_t downstream_page_offset,
+                                                  uint32_t target_vp) {
+  protocol::OpenChannel open{};
+  open.child_relid = relid;
+  open.open_id = relid;
+  open.ring_buffer_gpadl = ring_gpadl;
+  open.target_vp = target_vp;
+  open.downstream_page_offset = downstream_page_offset;
+  if (absl::Status status = Post(protocol::EncodeOpenChannel(open, false)); !status.ok()) {
+    return status;
+  }
+  auto result = WaitFor(MessageType::kOpenChannelResult,
+                        std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  if (!result.ok()) return result.status();
+  return result->As<protocol::OpenResult>()->status;
+}
+
+absl::Status GuestClient::CloseChannel(uint32_t relid) {
+  protocol::CloseChannel close{};
+  close.child_relid = relid;
+  return Post(protocol::Encode(close));
+}
+
+absl::StatusOr<uint32_t> GuestClient::ModifyChannel(uint32_t relid, uint32_t target_vp) {
+  protocol::ModifyChannel modify{};
+  modify.child_relid = relid;
+  modify.target_vp = target_vp;
+  if (absl::Status status = Post(protocol::Encode(modify)); !status.ok()) return status;
+  auto response = WaitFor(MessageType::kModifyChannelResponse,
+                          std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  if (!response.ok()) return response.status();
+  return response->As<protocol::ModifyChannelResponse>()->status;
+}
+
+absl::Status GuestClient::ReleaseRelid(uint32_t relid) {
+  protocol::RelIdReleased released{};
+  released.child_relid = relid;
+  return Post(protocol::Encode(released));
+}
+
+absl::Status GuestClient::Unload() {
+  if (absl::Status status = Post(protocol::Encode(protocol::Unload{})); !status.ok()) {
+    return status;
+  }
+  return WaitFor(MessageType::kUnloadResponse,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout))
+      .status();
+}
+
+int GuestClient::ChannelEventFd(uint32_t relid) {
+  MutexLock lock(&mu_);
+  auto it = event_fds_.find(relid);
+  if (it != event_fds_.end()) return it->second;
+  const int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  event_fds_[relid] = fd;
+  port_->SetGuestInterruptTarget(relid, std::make_shared<hw::EventFdSignal>(fd));
+  return fd;
+}
+
+absl::Status GuestClient::SignalHost(uint32_t relid) {
+  uint32_t connection_id;
+  {
+    MutexLock lock(&mu_);
+    auto it = connection_ids_.find(relid);
+    if (it == connection_ids_.end()) {
+      return absl::NotFoundError(fmt::format("guest client: no offer for channel {}", relid));
+    }
+    connection_id = it->second;
+  }
+  return port_->SignalHost(connection_id);
+}
+
+}  // namespace cvmbus::paravisor

@@ -1,0 +1,86 @@
+// GuestClient: a guest-side VMBus client for tests and the demo. It negotiates a version,
+// receives offers, creates GPADLs for rings and buffers, opens and closes channels, and tears
+// things down, speaking the channel control protocol over a MessagePort exactly as a guest
+// kernel would (the same bytes Linux's vmbus driver sends).
+//
+// The client runs its own EventLoop thread to receive host messages; its public methods are
+// blocking calls (each waits, with a timeout, for the host's answer) and may be called from
+// one test or demo thread at a time.
+#ifndef CVMBUS_PARAVISOR_CLIENT_GUEST_CLIENT_H_
+#define CVMBUS_PARAVISOR_CLIENT_GUEST_CLIENT_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "base/mutex.h"
+#include "hw/uring/event_loop.h"
+#include "paravisor/protocol/codec.h"
+#include "paravisor/server/message_port.h"
+
+namespace cvmbus::paravisor {
+
+class GuestClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<GuestClient>> Create(MessagePort* port);
+  ~GuestClient();
+
+  // INITIATE_CONTACT for `version` with `features`; the host's VERSION_RESPONSE.
+  // kUnavailable if the host does not support the version.
+  absl::StatusOr<protocol::VersionResponse> Connect(uint32_t version, uint32_t features);
+  // REQUESTOFFERS; the offers up to ALLOFFERS_DELIVERED.
+  absl::StatusOr<std::vector<protocol::OfferChannel>> RequestOffers();
+  // GPADL_HEADER (+ bodies) for one range over `gpns` covering whole pages; the GPADL's
+  // GPADL_CREATED status (kStatusSuccess or a failure) or a transport error.
+  absl::StatusOr<uint32_t> CreateGpadl(uint32_t relid, uint32_t gpadl_id,
+                                       const std::vector<uint64_t>& gpns);
+  absl::Status TeardownGpadl(uint32_t relid, uint32_t gpadl_id);  // Waits for GPADL_TORNDOWN.
+  // OPENCHANNEL; the OPENCHANNEL_RESULT status.
+  absl::StatusOr<uint32_t> OpenChannel(uint32_t relid, uint32_t ring_gpadl,
+                                       uint32_t downstream_page_offset, uint32_t target_vp = 0);
+  absl::Status CloseChannel(uint32_t relid);
+  absl::StatusOr<uint32_t> ModifyChannel(uint32_t relid, uint32_t target_vp);
+  absl::Status ReleaseRelid(uint32_t relid);
+  absl::Status Unload();  // Waits for UNLOAD_RESPONSE.
+
+  // Raw access for protocol tests: send any bytes; wait for the next host message of `type`
+  // (messages of other types that arrive meanwhile are kept for later waits).
+  absl::Status SendRaw(const std::vector<uint8_t>& bytes);
+  absl::StatusOr<protocol::ParsedMessage> WaitFor(protocol::MessageType type,
+                                                  std::chrono::milliseconds timeout);
+  // True if no message of `type` arrives within `quiet` (for "the host said nothing" checks).
+  bool NothingArrives(protocol::MessageType type, std::chrono::milliseconds quiet);
+
+  // The eventfd the channel's host -> guest interrupt signals (created on first call).
+  int ChannelEventFd(uint32_t relid);
+  // HvSignalEvent for the channel (the connection id its offer named).
+  absl::Status SignalHost(uint32_t relid);
+
+  uint32_t version() const { return version_; }
+
+ private:
+  explicit GuestClient(MessagePort* port) : port_(port) {}
+  void OnMessage(std::vector<uint8_t> bytes);
+  absl::Status Post(const std::vector<uint8_t>& bytes);
+
+  MessagePort* port_;
+  std::unique_ptr<hw::EventLoop> loop_;
+  std::thread thread_;
+  uint32_t version_ = 0;
+  uint32_t message_connection_id_ = protocol::kMessageConnectionId;
+  Mutex mu_;
+  std::condition_variable_any arrived_;
+  std::deque<protocol::ParsedMessage> inbox_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, uint32_t> connection_ids_ ABSL_GUARDED_BY(mu_);  // relid ->
+  absl::flat_hash_map<uint32_t, int> event_fds_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace cvmbus::paravisor
+
+#endif  // CVMBUS_PARAVISOR_CLIENT_GUEST_CLIENT_H_

@@ -1,0 +1,189 @@
+#include "paravisor/devices/echo_device.h"
+
+#include <fmt/format.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "base/format.h"
+#include "guestmem/paged_range.h"
+#include "guestmem/ring_memory.h"
+#include "ring/errors.h"
+#include "ring/ring.h"
+
+namespace cvmbus::paravisor {
+
+// One open of the channel: its rings, endpoints and wake-up fd. Shared by the echo task and
+// the close path; the task owns the last reference while it runs.
+struct EchoDevice::OpenChannelState {
+  int wake_fd = -1;
+  std::unique_ptr<hw::RingReader> reader;
+  std::unique_ptr<hw::RingWriter> writer;
+  std::shared_ptr<hw::Signal> guest_interrupt;
+  bool closing = false;
+  std::optional<Rpc<Unit, Unit>> close_rpc;  // Replied when the echo task has stopped.
+  ~OpenChannelState() {
+    if (wake_fd >= 0) close(wake_fd);
+  }
+};
+
+EchoDevice::~EchoDevice() { *alive_ = false; }
+
+absl::Status EchoDevice::Start() {
+  auto [request_send, request_recv] = MakeChannel<ChannelRequest>();
+  auto [server_send, server_recv] = MakeChannel<ChannelServerRequest>();
+  absl::StatusOr<OfferResources> resources =
+      bus_->AddChild(OfferInput{params_, std::move(request_send), std::move(server_recv)});
+  if (!resources.ok()) return resources.status();
+  resources_ = *std::move(resources);
+  requests_ = std::make_unique<Receiver<ChannelRequest>>(std::move(request_recv));
+  to_server_ = std::move(server_send);
+  ServeRequests();
+  return absl::OkStatus();
+}
+
+absl::Status EchoDevice::Revoke() {
+  if (!to_server_.has_value()) return absl::FailedPreconditionError("echo device: not started");
+  auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
+  return to_server_->Send(RevokeChannel{std::move(rpc)});
+}
+
+hw::Task EchoDevice::ServeRequests() {
+  std::shared_ptr<bool> alive = alive_;
+  while (true) {
+    std::optional<ChannelRequest> request = co_await requests_->Next(loop_);
+    if (!*alive || !request.has_value()) co_return;
+    if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
+      const GpadlRequest& input = gpadl->rpc.input();
+      const bool valid = guestmem::ParseGpaRanges(input.buf, input.count).ok();
+      if (valid) {
+        gpadls_[input.id] = input;
+        ++stats_.gpadls;
+      }
+      std::move(gpadl->rpc).Reply(valid);
+    } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
+      gpadls_.erase(teardown->rpc.input());
+      std::move(teardown->rpc).Reply(Unit{});
+    } else if (auto* open = std::get_if<OpenChannel>(&*request)) {
+      std::optional<OpenResult> result = Open(open->rpc.input());
+      std::move(open->rpc).Reply(std::move(result));
+    } else if (auto* close = std::get_if<CloseChannel>(&*request)) {
+      Close(std::move(close->rpc));
+    } else if (auto* modify = std::get_if<ModifyChannel>(&*request)) {
+      std::move(modify->rpc).Reply(0);
+    }
+  }
+}
+
+std::optional<OpenResult> EchoDevice::Open(const OpenRequest& request) {
+  ++stats_.opens;
+  stats_.last_open = request;
+  const auto fail = [&](absl::Status status) -> std::optional<OpenResult> {
+    stats_.last_error = status;
+    return std::nullopt;
+  };
+  if (open_) return fail(absl::FailedPreconditionError("echo device: already open"));
+  absl::StatusOr<guestmem::GuestMemory> ring_memory = resources_->ring_memory(request);
+  if (!ring_memory.ok()) return fail(ring_memory.status());
+  absl::StatusOr<guestmem::GuestMemory> data_memory = resources_->guest_memory(request);
+  if (!data_memory.ok()) return fail(data_memory.status());
+  stats_.ring_view = ring_memory->view();
+  stats_.data_view = data_memory->view();
+
+  auto gpadl = gpadls_.find(request.open_data.ring_gpadl_id);
+  if (gpadl == gpadls_.end()) return fail(absl::NotFoundError("echo device: no ring GPADL"));
+  absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
+      guestmem::ParseGpaRanges(gpadl->second.buf, gpadl->second.count);
+  if (!ranges.ok() || ranges->size() != 1) {
+    return fail(absl::InvalidArgumentError("echo device: the ring GPADL must be one range"));
+  }
+  const absl::Span<const uint64_t> pages = (*ranges)[0].gpns();
+  const uint32_t split = request.open_data.ring_offset;
+  // Guest -> host ring first, host -> guest ring at ring_offset; each needs 2+ pages.
+  if (split < 2 || pages.size() < split + 2) {
+    return fail(absl::InvalidArgumentError(
+        fmt::format("echo device: ring offset {} splits {} pages badly", split, pages.size())));
+  }
+  absl::StatusOr<guestmem::RingMemory> in_memory =
+      guestmem::RingMemory::Create(*ring_memory, pages.subspan(0, split));
+  if (!in_memory.ok()) return fail(in_memory.status());
+  absl::StatusOr<guestmem::RingMemory> out_memory =
+      guestmem::RingMemory::Create(*ring_memory, pages.subspan(split));
+  if (!out_memory.ok()) return fail(out_memory.status());
+  absl::StatusOr<ring::IncomingRing> incoming = ring::IncomingRing::Create(*std::move(in_memory));
+  if (!incoming.ok()) return fail(incoming.status());
+  absl::StatusOr<ring::OutgoingRing> outgoing = ring::OutgoingRing::Create(*std::move(out_memory));
+  if (!outgoing.ok()) return fail(outgoing.status());
+
+  auto channel = std::make_shared<OpenChannelState>();
+  channel->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (channel->wake_fd < 0) return fail(absl::InternalError("echo device: eventfd failed"));
+  channel->guest_interrupt = request.interrupt.signal();
+  if (!channel->guest_interrupt) {
+    return fail(absl::FailedPreconditionError("echo device: no guest interrupt"));
+  }
+  channel->reader = std::make_unique<hw::RingReader>(loop_, *std::move(incoming), channel->wake_fd,
+                                                     channel->guest_interrupt.get());
+  channel->writer = std::make_unique<hw::RingWriter>(loop_, *std::move(outgoing), channel->wake_fd,
+                                                     channel->guest_interrupt.get());
+  open_ = channel;
+  Echo(channel);
+  stats_.last_error = absl::OkStatus();
+  return OpenResult{Interrupt(std::make_shared<hw::EventFdSignal>(channel->wake_fd))};
+}
+
+void EchoDevice::Close(Rpc<Unit, Unit> rpc) {
+  ++stats_.closes;
+  if (!open_) {
+    std::move(rpc).Reply(Unit{});
+    return;
+  }
+  open_->closing = true;
+  open_->close_rpc = std::move(rpc);
+  const uint64_t one = 1;
+  (void)!write(open_->wake_fd, &one, sizeof(one));  // Wake the echo task so it sees `closing`.
+  open_.reset();
+}
+
+hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
+  std::shared_ptr<bool> alive = alive_;
+  ring::PacketBuffer buffer;
+  while (!channel->closing) {
+    absl::Status readable = co_await channel->reader->Readable();
+    if (!*alive) co_return;
+    if (!readable.ok() || channel->closing) {
+      if (!readable.ok()) stats_.last_error = readable;
+      break;
+    }
+    while (!channel->closing) {
+      absl::StatusOr<bool> got = channel->reader->ring().Read(&buffer);
+      if (!got.ok()) {
+        stats_.last_error = got.status();  // A corrupt ring: stop serving it.
+        channel->closing = true;
+        break;
+      }
+      if (!*got) break;
+      const ring::Packet& packet = buffer.packet();
+      const ring::OutgoingPacket answer{.type = ring::PacketType::kCompletion,
+                                        .transaction_id = packet.transaction_id,
+                                        .payload = packet.payload};
+      const uint32_t needed = static_cast<uint32_t>(packet.payload.size()) + 24;
+      while (true) {
+        absl::Status appended = channel->writer->ring().Append(answer);
+        if (appended.ok()) break;
+        if (!ring::IsRingError(appended, ring::RingError::kFull)) {
+          stats_.last_error = appended;
+          channel->closing = true;
+          break;
+        }
+        (void)channel->writer->Flush();
+        if (!(co_await channel->writer->Writable(needed)).ok() || !*alive) co_return;
+      }
+      ++stats_.packets_echoed;
+    }
+    (void)channel->reader->Release();
+    (void)channel->writer->Flush();
+  }
+  if (channel->close_rpc.has_value()) std::move(*channel->close_rpc).Reply(Unit{});
+}
+
+}  // namespace cvmbus::paravisor

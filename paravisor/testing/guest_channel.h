@@ -1,0 +1,53 @@
+// The guest's end of an open channel, for tests and the demo: it lays out the two rings in
+// guest pages it owns (guest -> host ring first, host -> guest ring at `ring_pages`), creates
+// the GPADL, opens the channel, and then sends packets and waits for answers the way a guest
+// driver does (ring rules, HvSignalEvent, the channel's interrupt).
+#ifndef CVMBUS_PARAVISOR_TESTING_GUEST_CHANNEL_H_
+#define CVMBUS_PARAVISOR_TESTING_GUEST_CHANNEL_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "paravisor/testing/vm_fixture.h"
+#include "ring/ring.h"
+
+namespace cvmbus::paravisor::testing {
+
+struct GuestChannelOptions {
+  uint32_t relid = 0;
+  uint32_t gpadl_id = 0;
+  uint64_t first_gpn = 0;     // 2 * ring_pages pages from here hold both rings.
+  uint32_t ring_pages = 4;    // Per ring, control page included.
+  bool confidential = false;  // Pages private (validated) and rings in the private view.
+};
+
+class GuestChannel {
+ public:
+  // Creates the GPADL and opens the channel. Errors carry the host's failure status.
+  static absl::StatusOr<std::unique_ptr<GuestChannel>> Open(VirtualMachine* vm,
+                                                            GuestChannelOptions options);
+  // Writes one in-band packet and signals the host if the ring rules say so.
+  absl::Status Send(absl::Span<const uint8_t> payload, uint64_t transaction_id);
+  // Waits (up to `timeout`) for the next packet from the host; copies it into `packet`.
+  absl::Status Receive(ring::PacketBuffer* buffer, std::chrono::milliseconds timeout);
+  absl::Status Close();
+
+  uint64_t signals_sent() const { return signals_sent_; }
+
+ private:
+  GuestChannel(VirtualMachine* vm, GuestChannelOptions options, ring::OutgoingRing out,
+               ring::IncomingRing in)
+      : vm_(vm), options_(options), out_(std::move(out)), in_(std::move(in)) {}
+  VirtualMachine* vm_;
+  GuestChannelOptions options_;
+  ring::OutgoingRing out_;
+  ring::IncomingRing in_;
+  uint64_t signals_sent_ = 0;
+};
+
+}  // namespace cvmbus::paravisor::testing
+
+#endif  // CVMBUS_PARAVISOR_TESTING_GUEST_CHANNEL_H_

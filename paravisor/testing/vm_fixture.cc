@@ -1,0 +1,85 @@
+#include "paravisor/testing/vm_fixture.h"
+
+#include <atomic>
+
+namespace cvmbus::paravisor::testing {
+
+absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions options) {
+  std::unique_ptr<VirtualMachine> vm(new VirtualMachine());
+  guestmem::MemoryOptions memory;
+  memory.name = "vm";
+  memory.regions = {{0, options.memory_bytes}};
+  absl::StatusOr<std::shared_ptr<guestmem::MemoryBacking>> backing =
+      guestmem::MemoryBacking::Create(memory);
+  if (!backing.ok()) return backing.status();
+  vm->backing_ = *backing;
+  if (options.isolated) {
+    absl::StatusOr<std::unique_ptr<hw::isolation::SnpModel>> snp =
+        hw::isolation::SnpModel::Create(vm->backing_);
+    if (!snp.ok()) return snp.status();
+    vm->snp_ = *std::move(snp);
+  }
+  vm->port_ = std::make_unique<MessagePort>(options.trusted_port);
+  std::promise<absl::Status> started;
+  VirtualMachine* raw = vm.get();
+  vm->thread_ = std::thread([raw, &started, isolated = options.isolated] {
+    auto loop = hw::EventLoop::Create();
+    if (!loop.ok()) {
+      started.set_value(loop.status());
+      return;
+    }
+    raw->loop_ = *std::move(loop);
+    ServerOptions server_options;
+    server_options.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
+    if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);
+    server_options.log = [raw](const std::string& line) {
+      MutexLock lock(&raw->log_mu_);
+      raw->log_.push_back(line);
+    };
+    raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
+                                                 std::move(server_options));
+    raw->bus_ = raw->server_->Bus();
+    started.set_value(absl::OkStatus());
+    (void)raw->loop_->Run();
+    raw->bus_.reset();
+    raw->server_.reset();
+  });
+  if (absl::Status status = started.get_future().get(); !status.ok()) {
+    vm->thread_.join();
+    return status;
+  }
+  absl::StatusOr<std::unique_ptr<GuestClient>> guest = GuestClient::Create(vm->port_.get());
+  if (!guest.ok()) return guest.status();
+  vm->guest_ = *std::move(guest);
+  return vm;
+}
+
+VirtualMachine::~VirtualMachine() {
+  guest_.reset();
+  if (loop_) loop_->Stop();
+  if (thread_.joinable()) thread_.join();
+  loop_.reset();  // After the join: no thread can be in Stop() or Post() any more.
+}
+
+void VirtualMachine::OnServer(std::function<void()> fn) {
+  std::promise<void> done;
+  loop_->Post([&] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+absl::Status VirtualMachine::MakePrivate(uint64_t gpa, uint64_t len) {
+  if (snp_ == nullptr) return absl::OkStatus();
+  return snp_->ConvertToPrivate(gpa, len);
+}
+
+std::vector<std::string> VirtualMachine::TakeLog() {
+  MutexLock lock(&log_mu_);
+  std::vector<std::string> out;
+  out.swap(log_);
+  return out;
+}
+
+}  // namespace cvmbus::paravisor::testing
