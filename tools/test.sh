@@ -57,6 +57,13 @@ run_pass() {
 run_pass "tests" "tests(set(${targets[*]}))"
 if [[ $# -eq 0 ]]; then
   run_pass "tsan" "attr(tags, 'concurrency', tests(//...))" --config=tsan
+  # The ring fuzzer (clang, libFuzzer + ASan + UBSan): its corpus plus 20000 runs, one case.
+  echo "== fuzz smoke"
+  if ring/fuzz/fuzz_smoke.sh 20000 >/tmp/cvmbus_fuzz_smoke.log 2>&1; then
+    passed=$((passed + 1)); tail -1 /tmp/cvmbus_fuzz_smoke.log
+  else
+    failed=$((failed + 1)); tail -20 /tmp/cvmbus_fuzz_smoke.log
+  fi
 fi
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
