@@ -26,9 +26,16 @@ struct EchoDevice::OpenChannelState {
   }
 };
 
-EchoDevice::~EchoDevice() { *alive_ = false; }
+EchoDevice::~EchoDevice() {
+  *alive_ = false;
+  if (open_) {  // Wake the echo task so it ends now instead of waiting on a ring nobody serves.
+    open_->closing = true;
+    const uint64_t one = 1;
+    (void)!write(open_->wake_fd, &one, sizeof(one));
+  }
+}
 
-absl::Status EchoDevice::Start() {
+absl::Status EchoDevice::Offer() {
   auto [request_send, request_recv] = MakeChannel<ChannelRequest>();
   auto [server_send, server_recv] = MakeChannel<ChannelServerRequest>();
   absl::StatusOr<OfferResources> resources =
@@ -37,8 +44,53 @@ absl::Status EchoDevice::Start() {
   resources_ = *std::move(resources);
   requests_ = std::make_unique<Receiver<ChannelRequest>>(std::move(request_recv));
   to_server_ = std::move(server_send);
+  return absl::OkStatus();
+}
+
+absl::Status EchoDevice::Start() {
+  if (absl::Status status = Offer(); !status.ok()) return status;
   ServeRequests();
   return absl::OkStatus();
+}
+
+absl::Status EchoDevice::StartRestored(bool was_open) {
+  if (absl::Status status = Offer(); !status.ok()) return status;
+  std::shared_ptr<OpenChannelState> channel;
+  std::optional<OpenResult> open_result;
+  if (was_open) {
+    channel = NewChannelState();
+    if (channel == nullptr) return absl::InternalError("echo device: eventfd failed");
+    open_result = OpenResult{Interrupt(std::make_shared<hw::EventFdSignal>(channel->wake_fd))};
+  }
+  auto [rpc, reply] =
+      MakeRpc<std::optional<OpenResult>, absl::StatusOr<RestoreResult>>(std::move(open_result));
+  if (absl::Status status = to_server_->Send(RestoreChannel{std::move(rpc)}); !status.ok()) {
+    return status;
+  }
+  FinishRestore(std::move(reply), std::move(channel));
+  ServeRequests();
+  return absl::OkStatus();
+}
+
+hw::Task EchoDevice::FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
+                                   std::shared_ptr<OpenChannelState> channel) {
+  std::shared_ptr<bool> alive = alive_;
+  absl::StatusOr<RestoreResult> result = Flatten(co_await reply.On(loop_));
+  if (!*alive) co_return;
+  if (!result.ok()) {
+    stats_.last_error = result.status();
+    co_return;
+  }
+  for (const RestoredGpadl& gpadl : result->gpadls) {
+    // Not accepted: the server offers it to us again as a new GPADL request.
+    if (gpadl.accepted) gpadls_[gpadl.request.id] = gpadl.request;
+  }
+  if (result->open_request.has_value() && channel != nullptr) {
+    stats_.last_open = *result->open_request;
+    if (absl::Status status = AttachRings(*result->open_request, channel); !status.ok()) {
+      stats_.last_error = status;  // A restore that cannot bring the rings back is fatal.
+    }
+  }
 }
 
 absl::Status EchoDevice::Revoke() {
@@ -74,52 +126,68 @@ hw::Task EchoDevice::ServeRequests() {
   }
 }
 
+std::shared_ptr<EchoDevice::OpenChannelState> EchoDevice::NewChannelState() {
+  auto channel = std::make_shared<OpenChannelState>();
+  channel->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  return channel->wake_fd < 0 ? nullptr : channel;
+}
+
 std::optional<OpenResult> EchoDevice::Open(const OpenRequest& request) {
   ++stats_.opens;
   stats_.last_open = request;
-  const auto fail = [&](absl::Status status) -> std::optional<OpenResult> {
+  if (open_) {
+    stats_.last_error = absl::FailedPreconditionError("echo device: already open");
+    return std::nullopt;
+  }
+  std::shared_ptr<OpenChannelState> channel = NewChannelState();
+  if (channel == nullptr) {
+    stats_.last_error = absl::InternalError("echo device: eventfd failed");
+    return std::nullopt;
+  }
+  if (absl::Status status = AttachRings(request, channel); !status.ok()) {
     stats_.last_error = status;
     return std::nullopt;
-  };
-  if (open_) return fail(absl::FailedPreconditionError("echo device: already open"));
+  }
+  stats_.last_error = absl::OkStatus();
+  return OpenResult{Interrupt(std::make_shared<hw::EventFdSignal>(channel->wake_fd))};
+}
+
+absl::Status EchoDevice::AttachRings(const OpenRequest& request,
+                                     std::shared_ptr<OpenChannelState> channel) {
   absl::StatusOr<guestmem::GuestMemory> ring_memory = resources_->ring_memory(request);
-  if (!ring_memory.ok()) return fail(ring_memory.status());
+  if (!ring_memory.ok()) return ring_memory.status();
   absl::StatusOr<guestmem::GuestMemory> data_memory = resources_->guest_memory(request);
-  if (!data_memory.ok()) return fail(data_memory.status());
+  if (!data_memory.ok()) return data_memory.status();
   stats_.ring_view = ring_memory->view();
   stats_.data_view = data_memory->view();
 
   auto gpadl = gpadls_.find(request.open_data.ring_gpadl_id);
-  if (gpadl == gpadls_.end()) return fail(absl::NotFoundError("echo device: no ring GPADL"));
+  if (gpadl == gpadls_.end()) return absl::NotFoundError("echo device: no ring GPADL");
   absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
       guestmem::ParseGpaRanges(gpadl->second.buf, gpadl->second.count);
   if (!ranges.ok() || ranges->size() != 1) {
-    return fail(absl::InvalidArgumentError("echo device: the ring GPADL must be one range"));
+    return absl::InvalidArgumentError("echo device: the ring GPADL must be one range");
   }
   const absl::Span<const uint64_t> pages = (*ranges)[0].gpns();
   const uint32_t split = request.open_data.ring_offset;
   // Guest -> host ring first, host -> guest ring at ring_offset; each needs 2+ pages.
   if (split < 2 || pages.size() < split + 2) {
-    return fail(absl::InvalidArgumentError(
-        fmt::format("echo device: ring offset {} splits {} pages badly", split, pages.size())));
+    return absl::InvalidArgumentError(
+        fmt::format("echo device: ring offset {} splits {} pages badly", split, pages.size()));
   }
   absl::StatusOr<guestmem::RingMemory> in_memory =
       guestmem::RingMemory::Create(*ring_memory, pages.subspan(0, split));
-  if (!in_memory.ok()) return fail(in_memory.status());
+  if (!in_memory.ok()) return in_memory.status();
   absl::StatusOr<guestmem::RingMemory> out_memory =
       guestmem::RingMemory::Create(*ring_memory, pages.subspan(split));
-  if (!out_memory.ok()) return fail(out_memory.status());
+  if (!out_memory.ok()) return out_memory.status();
   absl::StatusOr<ring::IncomingRing> incoming = ring::IncomingRing::Create(*std::move(in_memory));
-  if (!incoming.ok()) return fail(incoming.status());
+  if (!incoming.ok()) return incoming.status();
   absl::StatusOr<ring::OutgoingRing> outgoing = ring::OutgoingRing::Create(*std::move(out_memory));
-  if (!outgoing.ok()) return fail(outgoing.status());
-
-  auto channel = std::make_shared<OpenChannelState>();
-  channel->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (channel->wake_fd < 0) return fail(absl::InternalError("echo device: eventfd failed"));
+  if (!outgoing.ok()) return outgoing.status();
   channel->guest_interrupt = request.interrupt.signal();
   if (!channel->guest_interrupt) {
-    return fail(absl::FailedPreconditionError("echo device: no guest interrupt"));
+    return absl::FailedPreconditionError("echo device: no guest interrupt");
   }
   channel->reader = std::make_unique<hw::RingReader>(loop_, *std::move(incoming), channel->wake_fd,
                                                      channel->guest_interrupt.get());
@@ -127,8 +195,7 @@ std::optional<OpenResult> EchoDevice::Open(const OpenRequest& request) {
                                                      channel->guest_interrupt.get());
   open_ = channel;
   Echo(channel);
-  stats_.last_error = absl::OkStatus();
-  return OpenResult{Interrupt(std::make_shared<hw::EventFdSignal>(channel->wake_fd))};
+  return absl::OkStatus();
 }
 
 void EchoDevice::Close(Rpc<Unit, Unit> rpc) {

@@ -39,6 +39,10 @@ class EchoDevice {
 
   // Offers the channel and starts serving requests.
   absl::Status Start();
+  // After servicing: offers the channel again and asks the server to restore it (with an
+  // OpenResult if it was open). The reply's open request and GPADLs bring the rings back,
+  // reading their indices from the ring control pages, so traffic resumes where it stopped.
+  absl::Status StartRestored(bool was_open);
   // Revokes the channel; the server rescinds it from the guest.
   absl::Status Revoke();
 
@@ -49,6 +53,11 @@ class EchoDevice {
   hw::Task ServeRequests();
   hw::Task Echo(std::shared_ptr<OpenChannelState> channel);
   std::optional<OpenResult> Open(const OpenRequest& request);
+  absl::Status Offer();
+  std::shared_ptr<OpenChannelState> NewChannelState();
+  absl::Status AttachRings(const OpenRequest& request, std::shared_ptr<OpenChannelState> channel);
+  hw::Task FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
+                         std::shared_ptr<OpenChannelState> channel);
   void Close(Rpc<Unit, Unit> rpc);
 
   hw::EventLoop* loop_;

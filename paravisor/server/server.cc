@@ -92,7 +92,10 @@ absl::StatusOr<OfferResources> VmbusServer::AddChild(OfferInput input) {
     if (!*alive) return;
     OfferInput& offer = *boxed;
     uint32_t relid;
-    if (!free_relids_.empty()) {
+    auto restored = pending_restores_.find(offer.params.key());
+    if (restored != pending_restores_.end()) {
+      relid = restored->second.relid();  // Servicing: the device keeps its channel id.
+    } else if (!free_relids_.empty()) {
       relid = free_relids_.front();
       free_relids_.erase(free_relids_.begin());
     } else if (next_relid_ <= kMaxChannels) {
@@ -128,8 +131,12 @@ absl::StatusOr<OfferResources> VmbusServer::AddChild(OfferInput input) {
         }
       }
     }
+    if (restored != pending_restores_.end()) {
+      ApplySaved(restored->second, &channel);
+      pending_restores_.erase(restored);
+    }
     WatchServerRequests(relid, channel.server_requests);
-    if (offers_requested_) SendOffer(channel);
+    if (offers_requested_ && !channel.offered_to_guest) SendOffer(channel);
   });
   return resources;
 }
@@ -150,8 +157,7 @@ hw::Task VmbusServer::WatchServerRequests(uint32_t relid,
       co_return;
     }
     if (auto* restore = std::get_if<RestoreChannel>(&*request)) {
-      std::move(restore->rpc)
-          .Reply(absl::UnimplementedError("vmbus server: save/restore is not implemented yet"));
+      std::move(restore->rpc).Reply(RestoreChannelState(relid, restore->rpc.input()));
     }
   }
 }
@@ -349,6 +355,7 @@ void VmbusServer::HandleOpen(const protocol::OpenChannel& open, bool has_tail) {
   if (!channel->requests.Send(OpenChannel{std::move(rpc)}).ok()) return fail("device is gone");
   channel->state = ChannelState::kOpening;
   channel->ring_gpadl = open.ring_buffer_gpadl;
+  channel->open_data = data;
   AwaitOpen(channel->relid, open.open_id, data.connection_id, std::move(reply));
 }
 

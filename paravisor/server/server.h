@@ -37,6 +37,7 @@
 #include "paravisor/bus/bus.h"
 #include "paravisor/protocol/codec.h"
 #include "paravisor/server/message_port.h"
+#include "paravisor/server/saved_state.pb.h"
 
 namespace cvmbus::paravisor {
 
@@ -66,6 +67,15 @@ class VmbusServer {
   // A ParentBus handle on this server (thread-safe; the server must outlive it).
   std::unique_ptr<ParentBus> Bus();
 
+  // Servicing. Save() captures the connection, every channel and GPADL (call on the loop
+  // thread). Restore() loads that into a fresh server before the guest or devices talk to it:
+  // a device offering a saved key gets its old relid back, and must then send RestoreChannel
+  // (with an OpenResult if it was open); the reply carries the OpenRequest and the GPADLs, each
+  // marked accepted or not as bus.rs's RestoredGpadl rule says, and both directions of a
+  // restored open channel are signalled once so that no interrupt is lost.
+  absl::StatusOr<saved::Server> Save() const;
+  absl::Status Restore(const saved::Server& state);
+
   const ServerStats& stats() const { return stats_; }
   uint32_t version() const { return version_; }
   uint32_t feature_flags() const { return features_; }
@@ -93,7 +103,8 @@ class VmbusServer {
     std::optional<uint8_t> monitor_id;
     std::map<uint32_t, Gpadl> gpadls;
     std::optional<uint32_t> ring_gpadl;  // While open.
-    std::vector<ReplyFuture<Unit>> revoke_replies;
+    OpenData open_data;                  // As of the last open.
+    bool awaiting_restore = false;       // Restored from saved state; the device must confirm.
   };
 
   absl::StatusOr<OfferResources> AddChild(OfferInput input);
@@ -119,6 +130,9 @@ class VmbusServer {
   void HandleModify(const protocol::ModifyChannel& modify);
 
   void SendOffer(Channel& channel);
+  absl::StatusOr<RestoreResult> RestoreChannelState(uint32_t relid,
+                                                    const std::optional<OpenResult>& open);
+  static void ApplySaved(const saved::Channel& saved, Channel* channel);
   void FinishGpadl(Channel& channel, uint32_t gpadl_id);
   void Revoke(uint32_t relid);
   void ResetConnection();
@@ -143,6 +157,7 @@ class VmbusServer {
   std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
   uint32_t next_relid_ = 1;
   uint64_t monitor_ids_[2] = {0, 0};  // 128 monitor ids.
+  std::map<OfferKey, saved::Channel> pending_restores_;  // Saved channels not yet re-offered.
   // Shared with tasks still awaiting replies: they check it before touching the server.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -313,3 +313,101 @@ TEST_F(ServerTest, ConfidentialRingInSharedPagesFailsTheOpen) {
 
 }  // namespace
 }  // namespace cvmbus::paravisor
+
+namespace cvmbus::paravisor {
+namespace {
+
+// Servicing: save the server, replace it (and the device), restore, and the guest's open
+// channel carries on: same relid, same rings, no new offer, no lost interrupt.
+TEST(ServicingTest, OpenChannelSurvivesSaveAndRestore) {
+  auto vm = *testing::VirtualMachine::Create();
+  OfferParams params = Params(1, 1);
+  std::unique_ptr<EchoDevice> device;
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->Start().ok());
+  });
+  ASSERT_TRUE(vm->guest()
+                  .Connect(protocol::kVersionWin10V6_0, protocol::kFeatureConfidentialChannels)
+                  .ok());
+  const uint32_t relid = (*vm->guest().RequestOffers())[0].child_relid;
+  auto channel = testing::GuestChannel::Open(
+      vm.get(),
+      {.relid = relid, .gpadl_id = 1, .first_gpn = 0x800, .ring_pages = 4, .confidential = true});
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  // A second GPADL, accepted before the save.
+  ASSERT_EQ(*vm->guest().CreateGpadl(relid, 2, {0x900, 0x901}), protocol::kStatusSuccess);
+  ring::PacketBuffer buffer;
+  const std::vector<uint8_t> payload = {9, 8, 7};
+  for (uint64_t i = 1; i <= 100; ++i) {
+    ASSERT_TRUE((*channel)->Send(payload, i).ok());
+    ASSERT_TRUE((*channel)->Receive(&buffer, 5s).ok());
+  }
+
+  auto state = vm->SaveAndStopServer();
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_EQ(state->channels_size(), 1);
+  EXPECT_EQ(state->channels(0).state(), 2u);  // Open.
+  EXPECT_EQ(state->channels(0).gpadls_size(), 2);
+  // The saved state survives serialization.
+  saved::Server reloaded;
+  ASSERT_TRUE(reloaded.ParseFromString(state->SerializeAsString()));
+  vm->OnServer([&] { device.reset(); });
+  ASSERT_TRUE(vm->StartRestoredServer(reloaded).ok());
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->StartRestored(/*was_open=*/true).ok());
+  });
+  // No new offer: the guest never saw the paravisor change.
+  EXPECT_TRUE(vm->guest().NothingArrives(MessageType::kOfferChannel, 100ms));
+  for (uint64_t i = 101; i <= 200; ++i) {
+    ASSERT_TRUE((*channel)->Send(payload, i).ok());
+    ASSERT_TRUE((*channel)->Receive(&buffer, 5s).ok()) << i;
+    ASSERT_EQ(buffer.packet().transaction_id, i);
+  }
+  vm->OnServer([&] {
+    ASSERT_TRUE(device->stats().last_error.ok()) << device->stats().last_error;
+    EXPECT_EQ(device->stats().packets_echoed, 100u);  // The restored device's share.
+    ASSERT_TRUE(device->stats().last_open.has_value());
+    EXPECT_TRUE(device->stats().last_open->use_confidential_ring);
+  });
+  // The restored server still knows the GPADLs: tear one down, close, unload.
+  ASSERT_TRUE(vm->guest().TeardownGpadl(relid, 2).ok());
+  ASSERT_TRUE((*channel)->Close().ok());
+  ASSERT_TRUE(vm->guest().TeardownGpadl(relid, 1).ok());
+  ASSERT_TRUE(vm->guest().Unload().ok());
+  vm->OnServer([&] { device.reset(); });
+}
+
+TEST(ServicingTest, RestoreRefusesADeviceThatDisagreesAndMalformedState) {
+  auto vm = *testing::VirtualMachine::Create();
+  OfferParams params = Params(1, 1);
+  std::unique_ptr<EchoDevice> device;
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->Start().ok());
+  });
+  ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
+  ASSERT_TRUE(vm->guest().RequestOffers().ok());
+  auto state = vm->SaveAndStopServer();
+  ASSERT_TRUE(state.ok());
+  vm->OnServer([&] { device.reset(); });
+  saved::Server broken = *state;
+  broken.mutable_channels(0)->set_interface_id("short");
+  EXPECT_EQ(vm->StartRestoredServer(broken).code(), absl::StatusCode::kDataLoss);
+  ASSERT_TRUE(vm->SaveAndStopServer().ok());
+  ASSERT_TRUE(vm->StartRestoredServer(*state).ok());
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->StartRestored(/*was_open=*/true).ok());  // It was saved closed.
+  });
+  vm->OnServer([] {});
+  vm->OnServer([&] {
+    EXPECT_EQ(device->stats().last_error.code(), absl::StatusCode::kFailedPrecondition)
+        << device->stats().last_error;
+    device.reset();
+  });
+}
+
+}  // namespace
+}  // namespace cvmbus::paravisor

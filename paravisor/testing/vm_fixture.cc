@@ -36,6 +36,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
       MutexLock lock(&raw->log_mu_);
       raw->log_.push_back(line);
     };
+    raw->server_options_ = server_options;
     raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
                                                  std::move(server_options));
     raw->bus_ = raw->server_->Bus();
@@ -73,6 +74,26 @@ void VirtualMachine::OnServer(std::function<void()> fn) {
 absl::Status VirtualMachine::MakePrivate(uint64_t gpa, uint64_t len) {
   if (snp_ == nullptr) return absl::OkStatus();
   return snp_->ConvertToPrivate(gpa, len);
+}
+
+absl::StatusOr<saved::Server> VirtualMachine::SaveAndStopServer() {
+  absl::StatusOr<saved::Server> state = absl::UnknownError("not run");
+  OnServer([&] {
+    state = server_->Save();
+    bus_.reset();
+    server_.reset();
+  });
+  return state;
+}
+
+absl::Status VirtualMachine::StartRestoredServer(const saved::Server& state) {
+  absl::Status status;
+  OnServer([&] {
+    server_ = std::make_unique<VmbusServer>(loop_.get(), port_.get(), server_options_);
+    bus_ = server_->Bus();
+    status = server_->Restore(state);
+  });
+  return status;
 }
 
 std::vector<std::string> VirtualMachine::TakeLog() {

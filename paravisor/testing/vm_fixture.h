@@ -36,6 +36,11 @@ class VirtualMachine {
   // Makes [gpa, gpa + len) private (SNP page-state change + PVALIDATE) or keeps it shared.
   absl::Status MakePrivate(uint64_t gpa, uint64_t len);
 
+  // Servicing: saves the server's state and destroys the server (devices stay; drop them
+  // next), then starts a new server on the same loop and port from that state.
+  absl::StatusOr<saved::Server> SaveAndStopServer();
+  absl::Status StartRestoredServer(const saved::Server& state);
+
   hw::EventLoop* server_loop() { return loop_.get(); }
   VmbusServer& server() { return *server_; }
   ParentBus& bus() { return *bus_; }
@@ -57,6 +62,7 @@ class VirtualMachine {
   std::thread thread_;
   Mutex log_mu_;
   std::vector<std::string> log_ ABSL_GUARDED_BY(log_mu_);
+  ServerOptions server_options_;  // Kept for restarts.
 };
 
 }  // namespace cvmbus::paravisor::testing
