@@ -41,7 +41,7 @@ inline uint32_t Advance(uint32_t a, uint32_t b, uint32_t size) {
 }
 
 // Small packets are assembled privately and copied into the ring in one piece.
-constexpr uint32_t kAssembleLimit = 512;
+constexpr uint32_t kAssembleLimit = 128;
 
 }  // namespace
 
