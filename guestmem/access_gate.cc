@@ -13,7 +13,7 @@
 
 namespace cvmbus::guestmem {
 namespace internal {
-thread_local AccessSlot* this_thread_access_slot = nullptr;
+constinit thread_local AccessSlot* this_thread_access_slot = nullptr;
 bool access_gate_uses_membarrier = false;
 }  // namespace internal
 

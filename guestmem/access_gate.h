@@ -34,7 +34,8 @@ struct alignas(64) AccessSlot {
 };
 
 namespace internal {
-extern thread_local AccessSlot* this_thread_access_slot;  // Null until registered.
+// Null until registered. constinit: no dynamic initialisation, so no TLS-init call per access.
+extern constinit thread_local AccessSlot* this_thread_access_slot;
 AccessSlot* RegisterThisThreadForAccess();
 extern bool access_gate_uses_membarrier;  // Set once, before any thread's first access.
 }  // namespace internal

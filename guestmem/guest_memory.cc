@@ -245,8 +245,8 @@ absl::Status PinnedPages::Read(uint64_t offset, absl::Span<uint8_t> out) const {
     const uint64_t position = offset + done;
     const uint64_t in_page = position & kPageMask;
     const size_t chunk = ContiguousBytes(position, out.size() - done);
-    internal::RacyCopy(out.data() + done, page_host_address(position >> kPageShift) + in_page,
-                       chunk);
+    internal::RacyCopyBounded(out.data() + done,
+                              page_host_address(position >> kPageShift) + in_page, chunk);
     done += chunk;
   }
   return absl::OkStatus();
@@ -261,8 +261,8 @@ absl::Status PinnedPages::Write(uint64_t offset, absl::Span<const uint8_t> in) c
     const uint64_t position = offset + done;
     const uint64_t in_page = position & kPageMask;
     const size_t chunk = ContiguousBytes(position, in.size() - done);
-    internal::RacyStore(page_host_address(position >> kPageShift) + in_page, in.data() + done,
-                        chunk);
+    internal::RacyStoreBounded(page_host_address(position >> kPageShift) + in_page,
+                               in.data() + done, chunk);
     done += chunk;
   }
   return absl::OkStatus();

@@ -3,8 +3,8 @@
 #if !defined(CVMBUS_TSAN)
 namespace cvmbus::guestmem::internal {
 
-void RacyCopy(void* dst, const void* src, size_t len) { std::memcpy(dst, src, len); }
-void RacyStore(void* dst, const void* src, size_t len) { std::memcpy(dst, src, len); }
+void RacyCopyBounded(void* dst, const void* src, size_t len) { std::memcpy(dst, src, len); }
+void RacyStoreBounded(void* dst, const void* src, size_t len) { std::memcpy(dst, src, len); }
 void RacyFill(void* dst, uint8_t value, size_t len) { std::memset(dst, value, len); }
 
 }  // namespace cvmbus::guestmem::internal
