@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 #include <mutex>
 #include <vector>
 
@@ -58,6 +60,9 @@ void ChooseBarrierOnce() {
   static std::once_flag once;
   std::call_once(once, [] {
 #if !defined(CVMBUS_TSAN)
+    // CVMBUS_ACCESS_GATE=rmw selects the RMW scheme (to compare the two; see copy_bench).
+    const char* choice = std::getenv("CVMBUS_ACCESS_GATE");
+    if (choice != nullptr && std::string_view(choice) == "rmw") return;
     const long supported = Membarrier(MEMBARRIER_CMD_QUERY);
     internal::access_gate_uses_membarrier =
         supported > 0 && (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
