@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <string_view>
 #include <mutex>
+#include <string_view>
 #include <vector>
 
 #include "base/mutex.h"

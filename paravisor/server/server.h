@@ -156,7 +156,7 @@ class VmbusServer {
   std::map<uint32_t, Channel> channels_;  // By relid.
   std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
   uint32_t next_relid_ = 1;
-  uint64_t monitor_ids_[2] = {0, 0};  // 128 monitor ids.
+  uint64_t monitor_ids_[2] = {0, 0};                     // 128 monitor ids.
   std::map<OfferKey, saved::Channel> pending_restores_;  // Saved channels not yet re-offered.
   // Shared with tasks still awaiting replies: they check it before touching the server.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -52,8 +52,8 @@ absl::StatusOr<saved::Server> VmbusServer::Save() const {
     open->set_ring_gpadl_id(channel.open_data.ring_gpadl_id);
     open->set_event_flag(channel.open_data.event_flag);
     open->set_connection_id(channel.open_data.connection_id);
-    open->set_user_data(std::string(channel.open_data.user_data.begin(),
-                                    channel.open_data.user_data.end()));
+    open->set_user_data(
+        std::string(channel.open_data.user_data.begin(), channel.open_data.user_data.end()));
     for (const auto& [id, gpadl] : channel.gpadls) {
       saved::Gpadl* g = out->add_gpadls();
       g->set_id(id);
@@ -78,8 +78,8 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
     if (!instance_id.ok()) return instance_id.status();
     if (channel.relid() == 0 || channel.relid() > kMaxChannels || channel.state() > 3 ||
         channel.subchannel_index() > 0xffff || channel.monitor_id() >= 128) {
-      return absl::DataLossError(fmt::format("saved state: channel {} is malformed",
-                                             channel.relid()));
+      return absl::DataLossError(
+          fmt::format("saved state: channel {} is malformed", channel.relid()));
     }
     const OfferKey key{*interface_id, *instance_id,
                        static_cast<uint16_t>(channel.subchannel_index())};

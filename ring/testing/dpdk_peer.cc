@@ -148,8 +148,8 @@ absl::Status CheckIndex(absl::StatusCode code, std::string_view function, std::s
 
 // Mirrors vmbus_chan_create (STAILQ_INIT, ids, monitor page) and vmbus_br_setup (vbr = ring,
 // windex = vbr->windex, dsize = ring bytes - page size) for one channel over `tx` and `rx`.
-void SetUpChannel(ChannelLayout& channel, const RawRing& tx, const RawRing& rx,
-                  uint8_t monitor_id, uint8_t* monitor_page) {
+void SetUpChannel(ChannelLayout& channel, const RawRing& tx, const RawRing& rx, uint8_t monitor_id,
+                  uint8_t* monitor_page) {
   channel = ChannelLayout{};
   channel.subchannel_first = nullptr;
   channel.subchannel_last = &channel.subchannel_first;
