@@ -92,6 +92,11 @@ absl::StatusOr<protocol::ParsedMessage> GuestClient::WaitFor(MessageType type,
   }
 }
 
+void GuestClient::DiscardInbox() {
+  MutexLock lock(&mu_);
+  inbox_.clear();
+}
+
 bool GuestClient::NothingArrives(MessageType type, std::chrono::milliseconds quiet) {
   return !WaitFor(type, quiet).ok();
 }

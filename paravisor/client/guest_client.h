@@ -54,6 +54,8 @@ class GuestClient {
   absl::Status SendRaw(const std::vector<uint8_t>& bytes);
   absl::StatusOr<protocol::ParsedMessage> WaitFor(protocol::MessageType type,
                                                   std::chrono::milliseconds timeout);
+  // Drops every message received and not yet waited for.
+  void DiscardInbox();
   // True if no message of `type` arrives within `quiet` (for "the host said nothing" checks).
   bool NothingArrives(protocol::MessageType type, std::chrono::milliseconds quiet);
 
