@@ -144,6 +144,89 @@ TEST(RingEndpointTest, NoLostWakeupWithSpinThenSleep) {
   RunExchange(/*count=*/1000000, SpinPolicy{.polls_before_sleep = 200}, /*data_pages=*/2);
 }
 
+// Many channels share one loop on each side: 32 rings, each with its own pair of eventfds.
+// (The coroutines are captureless lambdas: a capture would die with the lambda object while the
+// coroutine is still suspended.)
+constexpr int kChannels = 32;
+constexpr uint64_t kPackets = 20000;
+
+TEST(RingEndpointTest, ManyChannelsOnOneLoop) {
+  std::vector<std::unique_ptr<TestRing>> rings;
+  std::vector<std::unique_ptr<EventFd>> to_consumer, to_producer;
+  for (int i = 0; i < kChannels; ++i) {
+    rings.push_back(std::make_unique<TestRing>(1));
+    to_consumer.push_back(std::make_unique<EventFd>());
+    to_producer.push_back(std::make_unique<EventFd>());
+  }
+  std::vector<Outcome> produced(kChannels), consumed(kChannels);
+  std::atomic<int> consumers_done{0}, producers_done{0};
+  std::thread consumer([&] {
+    auto loop = *EventLoop::Create();
+    std::vector<std::unique_ptr<EventFdSignal>> signals;
+    std::vector<std::unique_ptr<RingReader>> readers;
+    for (int i = 0; i < kChannels; ++i) {
+      signals.push_back(std::make_unique<EventFdSignal>(to_producer[i]->fd));
+      readers.push_back(
+          std::make_unique<RingReader>(loop.get(), *ring::IncomingRing::Create(rings[i]->Memory()),
+                                       to_consumer[i]->fd, signals.back().get()));
+    }
+    for (int i = 0; i < kChannels; ++i) {
+      [](EventLoop* loop, RingReader* reader, Outcome* outcome, std::atomic<int>* done,
+         uint32_t seed) -> Task {
+        ring::PacketBuffer buffer;
+        std::mt19937 random(seed);
+        while (outcome->packets < kPackets) {
+          if (!(co_await reader->Readable()).ok()) break;
+          while (*reader->ring().Read(&buffer)) {
+            uint64_t sequence;
+            std::memcpy(&sequence, buffer.packet().payload.data(), sizeof(sequence));
+            if (sequence != outcome->packets) outcome->status = absl::DataLossError("order");
+            ++outcome->packets;
+          }
+          (void)reader->Release();
+          if (random() % 512 == 0) co_await loop->Sleep(std::chrono::microseconds(50));
+        }
+        if (done->fetch_add(1) + 1 == kChannels) loop->Stop();
+      }(loop.get(), readers[i].get(), &consumed[i], &consumers_done, i);
+    }
+    (void)loop->Run();
+  });
+  {
+    auto loop = *EventLoop::Create();
+    std::vector<std::unique_ptr<EventFdSignal>> signals;
+    std::vector<std::unique_ptr<RingWriter>> writers;
+    for (int i = 0; i < kChannels; ++i) {
+      signals.push_back(std::make_unique<EventFdSignal>(to_consumer[i]->fd));
+      writers.push_back(
+          std::make_unique<RingWriter>(loop.get(), *ring::OutgoingRing::Create(rings[i]->Memory()),
+                                       to_producer[i]->fd, signals.back().get()));
+    }
+    for (int i = 0; i < kChannels; ++i) {
+      [](EventLoop* loop, RingWriter* writer, Outcome* outcome, std::atomic<int>* done) -> Task {
+        for (uint64_t sequence = 0; sequence < kPackets; ++sequence) {
+          const ring::OutgoingPacket packet{
+              .payload = absl::MakeSpan(reinterpret_cast<const uint8_t*>(&sequence), 8)};
+          while (!writer->ring().Append(packet).ok()) {
+            (void)writer->Flush();
+            if (!(co_await writer->Writable(32)).ok()) co_return;
+          }
+          ++outcome->packets;
+          if (sequence % 16 == 15) (void)writer->Flush();
+        }
+        (void)writer->Flush();
+        if (done->fetch_add(1) + 1 == kChannels) loop->Stop();
+      }(loop.get(), writers[i].get(), &produced[i], &producers_done);
+    }
+    (void)loop->Run();
+  }
+  consumer.join();
+  for (int i = 0; i < kChannels; ++i) {
+    EXPECT_EQ(produced[i].packets, kPackets) << i;
+    EXPECT_EQ(consumed[i].packets, kPackets) << i;
+    EXPECT_TRUE(consumed[i].status.ok()) << i;
+  }
+}
+
 TEST(RingEndpointTest, ReadableReportsACorruptRing) {
   TestRing ring;
   EventFd wake;
