@@ -130,7 +130,7 @@ void RingMemory::ForEachPiece(uint32_t offset, size_t len, Fn&& fn) const {
   }
 }
 
-bool RingMemory::ReadData(uint32_t offset, void* out, size_t len) const {
+bool RingMemory::ReadDataSlow(uint32_t offset, void* out, size_t len) const {
   if (offset >= data_size_ || len > data_size_) return false;
   if (len == 0) return true;  // `out` may be null for an empty span; memcpy must not see it.
   auto* bytes = static_cast<uint8_t*>(out);
@@ -140,7 +140,7 @@ bool RingMemory::ReadData(uint32_t offset, void* out, size_t len) const {
   return true;
 }
 
-bool RingMemory::WriteData(uint32_t offset, const void* in, size_t len) const {
+bool RingMemory::WriteDataSlow(uint32_t offset, const void* in, size_t len) const {
   if (offset >= data_size_ || len > data_size_) return false;
   if (len == 0) return true;  // `in` may be null for an empty span; memcpy must not see it.
   auto* bytes = static_cast<const uint8_t*>(in);

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "guestmem/guest_memory.h"
+#include "guestmem/racy_copy.h"
 
 namespace cvmbus::guestmem {
 
@@ -61,9 +62,22 @@ class RingMemory {
   }
 
   // Copies `len` bytes of the data area starting at `offset`, wrapping at data_size(). Returns
-  // false (copying nothing) unless offset < data_size() and len <= data_size().
-  bool ReadData(uint32_t offset, void* out, size_t len) const;
-  bool WriteData(uint32_t offset, const void* in, size_t len) const;
+  // false (copying nothing) unless offset < data_size() and len <= data_size(). Inline for the
+  // double-mapped case (one copy, which a caller's constant length lets the compiler inline).
+  bool ReadData(uint32_t offset, void* out, size_t len) const {
+    if (double_mapping_ != nullptr && offset < data_size_ && len <= data_size_ && len > 0) {
+      internal::RacyCopy(out, double_mapping_ + offset, len);
+      return true;
+    }
+    return ReadDataSlow(offset, out, len);
+  }
+  bool WriteData(uint32_t offset, const void* in, size_t len) const {
+    if (double_mapping_ != nullptr && offset < data_size_ && len <= data_size_ && len > 0) {
+      internal::RacyStore(double_mapping_ + offset, in, len);
+      return true;
+    }
+    return WriteDataSlow(offset, in, len);
+  }
 
  private:
   RingMemory(PinnedPages pinned, uint32_t data_size)
@@ -72,6 +86,8 @@ class RingMemory {
     return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(control_ + (offset & 0xffc)));
   }
   void MapTwice(const RingMemoryOptions& options);
+  bool ReadDataSlow(uint32_t offset, void* out, size_t len) const;
+  bool WriteDataSlow(uint32_t offset, const void* in, size_t len) const;
   // Calls fn(host_address, offset_in_copy, bytes) for each contiguous piece of [offset, +len).
   template <typename Fn>
   void ForEachPiece(uint32_t offset, size_t len, Fn&& fn) const;

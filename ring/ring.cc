@@ -90,10 +90,10 @@ absl::StatusOr<uint32_t> OutgoingRing::FreeBytes() {
   return memory_.data_size() - Distance(read_cache_, next_);
 }
 
-absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length) {
+absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length,
+                                  const uint64_t* header, uint32_t header_bytes) {
   const uint32_t size = memory_.data_size();
   const uint32_t start = next_;
-  const uint32_t header_bytes = static_cast<uint32_t>(header_.size() * 8);
   const uint32_t payload_bytes = static_cast<uint32_t>(packet.payload.size());
   const uint32_t padding = length - header_bytes - payload_bytes;
   const uint64_t trailer = TrailerFor(start);
@@ -101,7 +101,7 @@ absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length)
   bool copied;
   if (length + kTrailerBytes <= kAssembleLimit) {
     alignas(8) uint8_t assembled[kAssembleLimit];
-    std::memcpy(assembled, header_.data(), header_bytes);
+    std::memcpy(assembled, header, header_bytes);
     if (payload_bytes > 0) {
       std::memcpy(assembled + header_bytes, packet.payload.data(), payload_bytes);
     }
@@ -111,7 +111,7 @@ absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length)
   } else {
     uint8_t tail[16] = {};  // Padding (< 8 bytes) then the trailer.
     std::memcpy(tail + padding, &trailer, sizeof(trailer));
-    copied = memory_.WriteData(start, header_.data(), header_bytes) &&
+    copied = memory_.WriteData(start, header, header_bytes) &&
              memory_.WriteData(at(header_bytes), packet.payload.data(), payload_bytes) &&
              memory_.WriteData(at(header_bytes + payload_bytes), tail, padding + kTrailerBytes);
   }
@@ -123,8 +123,27 @@ absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length)
 
 absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
   if (!poisoned_.ok()) return poisoned_;
-  absl::StatusOr<uint32_t> length = EncodeHeader(packet, &header_);
-  if (!length.ok()) return length.status();
+  // In-band and completion packets (almost all traffic) need only a descriptor: build it here
+  // instead of through EncodeHeader's vector.
+  uint64_t simple_header[2];
+  const uint64_t* header;
+  uint32_t header_bytes;
+  absl::StatusOr<uint32_t> length;
+  if ((packet.type == PacketType::kDataInBand || packet.type == PacketType::kCompletion) &&
+      (packet.flags & ~kKnownFlags) == 0 && packet.payload.size() <= 0xffff * 8 - 16) {
+    length = kDescriptorBytes + AlignUp8(static_cast<uint32_t>(packet.payload.size()));
+    const PacketDescriptor descriptor{static_cast<uint16_t>(packet.type), kDescriptorBytes / 8,
+                                      static_cast<uint16_t>(*length / 8), packet.flags,
+                                      packet.transaction_id};
+    std::memcpy(simple_header, &descriptor, sizeof(descriptor));
+    header = simple_header;
+    header_bytes = kDescriptorBytes;
+  } else {
+    length = EncodeHeader(packet, &header_);
+    if (!length.ok()) return length.status();
+    header = header_.data();
+    header_bytes = static_cast<uint32_t>(header_.size() * 8);
+  }
   const uint32_t total = *length + kTrailerBytes;
   if (total >= memory_.data_size()) {
     return MakeRingError(RingError::kTooLarge,
@@ -141,7 +160,9 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
       return *kFullStatus;
     }
   }
-  if (absl::Status status = CopyIn(packet, *length); !status.ok()) return status;
+  if (absl::Status status = CopyIn(packet, *length, header, header_bytes); !status.ok()) {
+    return status;
+  }
   next_ = Advance(next_, total, memory_.data_size());
   return absl::OkStatus();
 }

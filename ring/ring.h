@@ -82,7 +82,8 @@ class OutgoingRing {
   // Refreshes the cached read index from the control page; validates it.
   absl::Status LoadReadIndex();
   bool Fits(uint32_t total_bytes) const;
-  absl::Status CopyIn(const OutgoingPacket& packet, uint32_t length);
+  absl::Status CopyIn(const OutgoingPacket& packet, uint32_t length, const uint64_t* header,
+                      uint32_t header_bytes);
 
   guestmem::RingMemory memory_;
   uint32_t committed_ = 0;   // The write index we last published.
