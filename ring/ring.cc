@@ -219,8 +219,9 @@ absl::StatusOr<IncomingRing> IncomingRing::Create(guestmem::RingMemory memory, O
   if (absl::Status status = CheckIndex("incoming ring: write index", write, size); !status.ok()) {
     return status;
   }
-  ring.committed_ = ring.next_ = ring.write_cache_ = read;
+  ring.committed_ = ring.next_ = read;
   ring.write_cache_ = write;
+  ring.masked_ = ring.memory_.LoadControl(control::kInterruptMask, memory_order_acquire) != 0;
   return ring;
 }
 
@@ -310,13 +311,18 @@ bool IncomingRing::Commit() {
 }
 
 void IncomingRing::Mask() {
+  // Only we write our mask: skip redundant stores, each of which would pull the control line
+  // (shared with the writer's index) away from the writer.
+  if (masked_) return;
   memory_.StoreControl(control::kInterruptMask, 1, memory_order_release);
+  masked_ = true;
 }
 
 absl::StatusOr<bool> IncomingRing::Unmask() {
   // seq_cst store then the seq_cst load in LoadWriteIndex: either the writer sees the mask
   // clear and signals, or we see its packet here.
   memory_.StoreControl(control::kInterruptMask, 0, memory_order_seq_cst);
+  masked_ = false;
   return HasPackets();
 }
 

@@ -140,6 +140,7 @@ class IncomingRing {
   uint32_t committed_ = 0;    // The read index we last published.
   uint32_t next_ = 0;         // Where the next packet starts.
   uint32_t write_cache_ = 0;  // The writer's index as last loaded and validated.
+  bool masked_ = false;       // What we last stored in interrupt_mask (only we write it).
   absl::Status poisoned_;
 };
 
