@@ -193,7 +193,7 @@ void VmbusServer::Dispatch(const ParsedMessage& message) {
     case MessageType::kRequestOffers:
       return HandleRequestOffers();
     case MessageType::kOpenChannel:
-      return HandleOpen(*message.As<protocol::OpenChannel>(), message.has_tail);
+      return HandleOpen(*message.As<protocol::OpenChannel>());
     case MessageType::kCloseChannel:
       return HandleClose(message.As<protocol::CloseChannel>()->child_relid);
     case MessageType::kGpadlHeader:
@@ -322,8 +322,7 @@ VmbusServer::Channel* VmbusServer::FindChannel(uint32_t relid, const char* opera
 
 // --- Open, close, modify -----------------------------------------------------------------------
 
-void VmbusServer::HandleOpen(const protocol::OpenChannel& open, bool has_tail) {
-  (void)has_tail;
+void VmbusServer::HandleOpen(const protocol::OpenChannel& open) {
   protocol::OpenResult result{};
   result.child_relid = open.child_relid;
   result.open_id = open.open_id;

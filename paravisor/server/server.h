@@ -120,7 +120,7 @@ class VmbusServer {
 
   void HandleInitiateContact(const protocol::ParsedMessage& message);
   void HandleRequestOffers();
-  void HandleOpen(const protocol::OpenChannel& open, bool has_tail);
+  void HandleOpen(const protocol::OpenChannel& open);
   void HandleClose(uint32_t relid);
   void HandleGpadlHeader(const protocol::ParsedMessage& message);
   void HandleGpadlBody(const protocol::ParsedMessage& message);
