@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "base/testing/status_testing.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
 
@@ -25,12 +26,6 @@ namespace fault = snp::fault;
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kMarker = 0x5ec7e7da7a5ec7e7;  // "secret data": never seen by the host.
-
-#define ASSERT_OK(expr)                         \
-  do {                                          \
-    const absl::Status assert_ok_ = (expr);     \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_; \
-  } while (0)
 
 // [0, 4 MiB) RAM, a hole at [4 MiB, 6 MiB), [6 MiB, 8 MiB) RAM.
 std::shared_ptr<guestmem::MemoryBacking> MakeBacking() {

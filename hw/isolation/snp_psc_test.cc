@@ -6,6 +6,7 @@
 #include <array>
 #include <vector>
 
+#include "base/testing/status_testing.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
 #include "hw/isolation/snp_model.h"
@@ -22,12 +23,6 @@ using snp::RmpUpdateResult;
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kPage = 4096;
-
-#define ASSERT_OK(expr)                         \
-  do {                                          \
-    const absl::Status assert_ok_ = (expr);     \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_; \
-  } while (0)
 
 class SnpPscTest : public ::testing::Test {
  protected:

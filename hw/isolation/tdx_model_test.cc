@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "base/testing/status_testing.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
 
@@ -22,12 +23,6 @@ using tdx::PageLevel;
 
 constexpr uint64_t kMiB = 1 << 20;
 constexpr uint64_t kPage = 4096;
-
-#define ASSERT_OK(expr)                         \
-  do {                                          \
-    const absl::Status assert_ok_ = (expr);     \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_; \
-  } while (0)
 
 void ExpectIsolation(const absl::Status& status, IsolationErrorKind kind, uint64_t code) {
   const auto error = GetIsolationError(status);

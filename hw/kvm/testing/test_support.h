@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/testing/status_testing.h"
 
 namespace cvmbus::hw::kvm::testing {
 
@@ -29,12 +30,6 @@ inline bool KvmAvailable() { return access("/dev/kvm", R_OK | W_OK) == 0; }
       GTEST_SKIP() << "/dev/kvm is absent or not read-write for this user: this test needs " \
                       "a real KVM";                                                          \
     }                                                                                        \
-  } while (0)
-
-#define ASSERT_OK(expr)                         \
-  do {                                          \
-    const absl::Status assert_ok_ = (expr);     \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_; \
   } while (0)
 
 // Waits up to `timeout` for `fd` (an eventfd) to become readable, then reads its 8-byte count.
