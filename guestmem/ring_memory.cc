@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <sys/mman.h>
 
+#include <cstring>
+
 #include "guestmem/errors.h"
 #include "guestmem/racy_copy.h"
 
@@ -148,6 +150,22 @@ bool RingMemory::WriteDataSlow(uint32_t offset, const void* in, size_t len) cons
     internal::RacyStoreBounded(host, bytes + at, piece);
   });
   return true;
+}
+
+bool RingMemory::WriteRecordSlow(uint32_t offset, const void* prefix,
+                                 absl::Span<const uint8_t> body, uint64_t suffix) const {
+  const size_t padded = (body.size() + 7) & ~size_t{7};
+  const size_t total = 16 + padded + 8;
+  if (offset >= data_size_ || total > data_size_) return false;
+  const auto at = [&](size_t delta) {
+    return static_cast<uint32_t>((uint64_t{offset} + delta) % data_size_);
+  };
+  uint8_t tail[16] = {};  // Padding (< 8 bytes) then the suffix.
+  const size_t padding = padded - body.size();
+  std::memcpy(tail + padding, &suffix, sizeof(suffix));
+  return WriteDataSlow(offset, prefix, 16) &&
+         (body.empty() || WriteDataSlow(at(16), body.data(), body.size())) &&
+         WriteDataSlow(at(16 + body.size()), tail, padding + 8);
 }
 
 }  // namespace cvmbus::guestmem

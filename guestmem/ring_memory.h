@@ -71,6 +71,27 @@ class RingMemory {
     }
     return ReadDataSlow(offset, out, len);
   }
+  // Writes one record at `offset`: a 16-byte `prefix`, then `body` zero-padded to a multiple of
+  // 8 bytes, then the 8-byte `suffix` (the shape of every ring packet without ranges). Same
+  // preconditions as WriteData for the whole record; false, writing nothing, otherwise. The
+  // double-mapped case uses fixed-size stores for everything but the body.
+  bool WriteRecord(uint32_t offset, const void* prefix, absl::Span<const uint8_t> body,
+                   uint64_t suffix) const {
+    const size_t padded = (body.size() + 7) & ~size_t{7};
+    const size_t total = 16 + padded + 8;
+    if (double_mapping_ == nullptr || offset >= data_size_ || total > data_size_) {
+      return WriteRecordSlow(offset, prefix, body, suffix);
+    }
+    uint8_t* at = double_mapping_ + offset;
+    internal::RacyStore(at, prefix, 16);
+    if (padded != 0) {
+      const uint64_t zero = 0;
+      internal::RacyStore(at + 16 + padded - 8, &zero, 8);  // The padding; the body overlays it.
+      internal::RacyStore(at + 16, body.data(), body.size());
+    }
+    internal::RacyStore(at + 16 + padded, &suffix, 8);
+    return true;
+  }
   bool WriteData(uint32_t offset, const void* in, size_t len) const {
     if (double_mapping_ != nullptr && offset < data_size_ && len <= data_size_ && len > 0) {
       internal::RacyStore(double_mapping_ + offset, in, len);
@@ -88,6 +109,8 @@ class RingMemory {
   void MapTwice(const RingMemoryOptions& options);
   bool ReadDataSlow(uint32_t offset, void* out, size_t len) const;
   bool WriteDataSlow(uint32_t offset, const void* in, size_t len) const;
+  bool WriteRecordSlow(uint32_t offset, const void* prefix, absl::Span<const uint8_t> body,
+                       uint64_t suffix) const;
   // Calls fn(host_address, offset_in_copy, bytes) for each contiguous piece of [offset, +len).
   template <typename Fn>
   void ForEachPiece(uint32_t offset, size_t len, Fn&& fn) const;

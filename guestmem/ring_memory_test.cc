@@ -69,6 +69,30 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"anonymous_scattered", BackingType::kAnonymous, true, {5, 130, 9, 7, 150}, false}),
     [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
 
+TEST(RingMemoryTest, WriteRecordPadsAndWrapsTheSameWithAndWithoutDoubleMapping) {
+  for (const bool double_map : {true, false}) {
+    auto backing = MakeBacking(BackingType::kMemfd);
+    auto ring = RingMemory::Create(GuestMemory::Private(backing), {0, 1, 2},
+                                   {.allow_double_mapping = double_map});
+    ASSERT_TRUE(ring.ok());
+    ASSERT_EQ(ring->double_mapped(), double_map);
+    std::vector<uint8_t> junk(8192, 0xee);
+    ASSERT_TRUE(ring->WriteData(0, junk.data(), 8192));
+    const uint8_t prefix[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    const std::vector<uint8_t> body = {0xa1, 0xa2, 0xa3};  // Padded with 5 zeros.
+    const uint32_t offset = 8192 - 16;                     // Wraps after the prefix.
+    ASSERT_TRUE(ring->WriteRecord(offset, prefix, body, 0x1122334455667788));
+    std::vector<uint8_t> back(32);
+    ASSERT_TRUE(ring->ReadData(offset, back.data(), back.size()));
+    std::vector<uint8_t> expected(prefix, prefix + 16);
+    expected.insert(expected.end(), {0xa1, 0xa2, 0xa3, 0, 0, 0, 0, 0});
+    expected.insert(expected.end(), {0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11});
+    EXPECT_EQ(back, expected) << "double_map " << double_map;
+    EXPECT_FALSE(ring->WriteRecord(8192, prefix, body, 0));
+    EXPECT_TRUE(ring->WriteRecord(0, prefix, {}, 0));  // Empty body: prefix and suffix only.
+  }
+}
+
 TEST(RingMemoryTest, RefusesCopiesOutsideTheDataArea) {
   auto ring = RingMemory::Create(GuestMemory::Private(MakeBacking(BackingType::kMemfd)), {0, 1});
   ASSERT_TRUE(ring.ok());

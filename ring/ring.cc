@@ -160,7 +160,12 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
       return *kFullStatus;
     }
   }
-  if (absl::Status status = CopyIn(packet, *length, header, header_bytes); !status.ok()) {
+  if (header == simple_header) {
+    // A descriptor-only packet: one record write (descriptor, padded payload, trailer).
+    if (!memory_.WriteRecord(next_, simple_header, packet.payload, TrailerFor(next_))) {
+      return absl::InternalError("outgoing ring: copy outside the data area");
+    }
+  } else if (absl::Status status = CopyIn(packet, *length, header, header_bytes); !status.ok()) {
     return status;
   }
   next_ = Advance(next_, total, memory_.data_size());
@@ -266,8 +271,20 @@ absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
   // The descriptor is copied once and every decision is made on that copy.
   PacketDescriptor descriptor;
   memory_.ReadData(next_, &descriptor, sizeof(descriptor));
-  absl::StatusOr<uint32_t> length = ValidateDescriptor(descriptor, available, max_packet_bytes_);
-  if (!length.ok()) return Poison(AtPosition(next_, length.status()));
+  // The common packet (in-band or completion, descriptor-only header, known flags, fits) is
+  // checked inline; anything else goes through the full validation and its precise errors.
+  const uint32_t simple_length = uint32_t{descriptor.length8} * 8;
+  const bool simple = (descriptor.type == static_cast<uint16_t>(PacketType::kDataInBand) ||
+                       descriptor.type == static_cast<uint16_t>(PacketType::kCompletion)) &&
+                      descriptor.data_offset8 == kDescriptorBytes / 8 && descriptor.length8 >= 2 &&
+                      (descriptor.flags & ~kKnownFlags) == 0 &&
+                      simple_length + kTrailerBytes <= available &&
+                      simple_length <= max_packet_bytes_;
+  absl::StatusOr<uint32_t> length = simple_length;
+  if (!simple) {
+    length = ValidateDescriptor(descriptor, available, max_packet_bytes_);
+    if (!length.ok()) return Poison(AtPosition(next_, length.status()));
+  }
   std::vector<uint64_t>& words = buffer->words_;
   const uint32_t total_words = (*length + kTrailerBytes) / 8;
   if (words.size() < total_words) words.resize(total_words);
@@ -281,9 +298,23 @@ absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
                                             "{:#x}",
                                             next_, trailer, TrailerFor(next_))));
   }
-  absl::Status parsed = ParsePacketBody(
-      descriptor, absl::Span<const uint64_t>(words.data(), *length / 8), &buffer->packet_);
-  if (!parsed.ok()) return Poison(AtPosition(next_, parsed));
+  if (simple) {
+    Packet& packet = buffer->packet_;
+    packet.type = static_cast<PacketType>(descriptor.type);
+    packet.flags = descriptor.flags;
+    packet.transaction_id = descriptor.transaction_id;
+    packet.payload =
+        absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(words.data()) + kDescriptorBytes,
+                                  *length - kDescriptorBytes);
+    packet.transfer_page_set_id = 0;
+    packet.sender_owns_set = false;
+    if (!packet.transfer_ranges.empty()) packet.transfer_ranges.clear();
+    if (!packet.gpa_ranges.empty()) packet.gpa_ranges.clear();
+  } else {
+    absl::Status parsed = ParsePacketBody(
+        descriptor, absl::Span<const uint64_t>(words.data(), *length / 8), &buffer->packet_);
+    if (!parsed.ok()) return Poison(AtPosition(next_, parsed));
+  }
   next_ = Advance(next_, *length + kTrailerBytes, size);
   return true;
 }
