@@ -189,7 +189,16 @@ Task Consume(EventLoop* loop, RingReader* reader, const std::atomic<uint64_t>* t
   ring::PacketBuffer buffer;
   while (*received < target->load(std::memory_order_acquire)) {
     if (!(co_await reader->Readable()).ok()) break;
-    while (*reader->ring().Read(&buffer)) ++*received;
+    // Release space in slices of 1/8 ring, so a writer waiting for space wakes while we drain.
+    uint32_t unreleased = 0;
+    while (*reader->ring().Read(&buffer)) {
+      ++*received;
+      unreleased += static_cast<uint32_t>(buffer.packet().payload.size()) + 24;
+      if (unreleased >= kRingDataBytes / 8) {
+        (void)reader->Release();
+        unreleased = 0;
+      }
+    }
     (void)reader->Release();
   }
   loop->Stop();
@@ -291,12 +300,15 @@ RingResult MinimalSleepingRing(size_t size, int millis) {
       uint32_t write = write_index.load(std::memory_order_acquire);
       while (read != write) {
         const uint32_t start = read;
-        while (read != write) {
+        // The same release policy as the endpoints' consumer: at most 1/8 ring per batch.
+        uint32_t batch = 0;
+        while (read != write && batch < kRingDataBytes / 8) {
           uint64_t header[2];
           copy(read, nullptr, reinterpret_cast<uint8_t*>(header), 16, false);
           copy((read + 16) % kRingDataBytes, nullptr, sink.data(), static_cast<uint32_t>(size),
                false);
           read = (read + static_cast<uint32_t>(header[0] * 8)) % kRingDataBytes;
+          batch += static_cast<uint32_t>(header[0] * 8);
           ++received;
         }
         read_index.store(read, std::memory_order_seq_cst);
