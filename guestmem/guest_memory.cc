@@ -236,19 +236,24 @@ size_t PinnedPages::ContiguousBytes(uint64_t position, size_t wanted) const {
   return std::min(bytes, wanted);
 }
 
+template <typename Fn>
+void PinnedPages::ForEachPiece(uint64_t offset, size_t len, Fn&& fn) const {
+  size_t done = 0;
+  while (done < len) {
+    const uint64_t position = offset + done;
+    const size_t chunk = ContiguousBytes(position, len - done);
+    fn(page_host_address(position >> kPageShift) + (position & kPageMask), done, chunk);
+    done += chunk;
+  }
+}
+
 absl::Status PinnedPages::Read(uint64_t offset, absl::Span<uint8_t> out) const {
   if (absl::Status status = CheckSpan("read", offset, out.size(), false); !status.ok()) {
     return status;
   }
-  size_t done = 0;
-  while (done < out.size()) {
-    const uint64_t position = offset + done;
-    const uint64_t in_page = position & kPageMask;
-    const size_t chunk = ContiguousBytes(position, out.size() - done);
-    internal::RacyCopyBounded(out.data() + done,
-                              page_host_address(position >> kPageShift) + in_page, chunk);
-    done += chunk;
-  }
+  ForEachPiece(offset, out.size(), [&](const uint8_t* host, size_t at, size_t chunk) {
+    internal::RacyCopy(out.data() + at, host, chunk);
+  });
   return absl::OkStatus();
 }
 
@@ -256,15 +261,9 @@ absl::Status PinnedPages::Write(uint64_t offset, absl::Span<const uint8_t> in) c
   if (absl::Status status = CheckSpan("write", offset, in.size(), true); !status.ok()) {
     return status;
   }
-  size_t done = 0;
-  while (done < in.size()) {
-    const uint64_t position = offset + done;
-    const uint64_t in_page = position & kPageMask;
-    const size_t chunk = ContiguousBytes(position, in.size() - done);
-    internal::RacyStoreBounded(page_host_address(position >> kPageShift) + in_page,
-                               in.data() + done, chunk);
-    done += chunk;
-  }
+  ForEachPiece(offset, in.size(), [&](uint8_t* host, size_t at, size_t chunk) {
+    internal::RacyStore(host, in.data() + at, chunk);
+  });
   return absl::OkStatus();
 }
 

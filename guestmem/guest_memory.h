@@ -137,6 +137,9 @@ class PinnedPages {
   absl::Status CheckSpan(const char* operation, uint64_t offset, uint64_t len, bool write) const;
   // Bytes from `position` to copy in one piece: up to `wanted`, across GPA-contiguous pages.
   size_t ContiguousBytes(uint64_t position, size_t wanted) const;
+  // Calls fn(host_address, offset_in_copy, bytes) for each contiguous piece of [offset, +len).
+  template <typename Fn>
+  void ForEachPiece(uint64_t offset, size_t len, Fn&& fn) const;
 
   std::shared_ptr<MemoryBacking> backing_;  // Null once moved from.
   View view_;

@@ -44,20 +44,13 @@ inline void RacyFill(void* dst, uint8_t value, size_t len) {
     std::atomic_ref<uint8_t>(out[i]).store(value, std::memory_order_relaxed);
   }
 }
-inline void RacyCopyBounded(void* dst, const void* src, size_t len) { RacyCopy(dst, src, len); }
-inline void RacyStoreBounded(void* dst, const void* src, size_t len) { RacyStore(dst, src, len); }
 #else
-// Reads shared memory `src` into private `dst`. Inline: with a length the compiler cannot
-// bound, this is a direct call to libc's vector memcpy.
+// Reads shared memory `src` into private `dst`. (.bazelrc's -mstringop-strategy=libcall keeps
+// GCC from expanding copies of bounded length as `rep movsq`: they call libc's vector memcpy.)
 inline void RacyCopy(void* dst, const void* src, size_t len) { std::memcpy(dst, src, len); }
 // Writes private `src` into shared memory `dst`.
 inline void RacyStore(void* dst, const void* src, size_t len) { std::memcpy(dst, src, len); }
-void RacyFill(void* dst, uint8_t value, size_t len);
-// For lengths the caller has bounded (a page-sized chunk): out of line on purpose, because
-// GCC inlines a bounded memcpy as `rep movsq`, several times slower than libc's for small
-// sizes.
-void RacyCopyBounded(void* dst, const void* src, size_t len);
-void RacyStoreBounded(void* dst, const void* src, size_t len);
+inline void RacyFill(void* dst, uint8_t value, size_t len) { std::memset(dst, value, len); }
 #endif
 
 }  // namespace cvmbus::guestmem::internal

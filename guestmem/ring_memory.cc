@@ -137,7 +137,7 @@ bool RingMemory::ReadDataSlow(uint32_t offset, void* out, size_t len) const {
   if (len == 0) return true;  // `out` may be null for an empty span; memcpy must not see it.
   auto* bytes = static_cast<uint8_t*>(out);
   ForEachPiece(offset, len, [&](const uint8_t* host, size_t at, size_t piece) {
-    internal::RacyCopyBounded(bytes + at, host, piece);
+    internal::RacyCopy(bytes + at, host, piece);
   });
   return true;
 }
@@ -147,7 +147,7 @@ bool RingMemory::WriteDataSlow(uint32_t offset, const void* in, size_t len) cons
   if (len == 0) return true;  // `in` may be null for an empty span; memcpy must not see it.
   auto* bytes = static_cast<const uint8_t*>(in);
   ForEachPiece(offset, len, [&](uint8_t* host, size_t at, size_t piece) {
-    internal::RacyStoreBounded(host, bytes + at, piece);
+    internal::RacyStore(host, bytes + at, piece);
   });
   return true;
 }
