@@ -56,9 +56,8 @@ TEST(AccessGateTest, ConversionsNeverLeakPrivateBytesToTheUntrustedView) {
   // At least 500 rounds, and on until both sides have succeeded often (threads may start late
   // on a busy machine); bounded by time so a broken gate fails instead of hanging.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  for (int round = 0;
-       round < 500 || ((private_writes.load() < 50 || untrusted_reads.load() < 50) &&
-                       std::chrono::steady_clock::now() < deadline);
+  for (int round = 0; round < 500 || ((private_writes.load() < 50 || untrusted_reads.load() < 50) &&
+                                      std::chrono::steady_clock::now() < deadline);
        ++round) {
     const uint64_t gpa = (round % kPages) * kPageSize;
     ASSERT_TRUE(backing->SetAccess(gpa, kPageSize, Access::kNone, Access::kNone).ok());
