@@ -106,6 +106,22 @@ void ExpectError(const absl::Status& status, absl::StatusCode code, const char* 
   EXPECT_TRUE(absl::StrContains(status.message(), needle)) << status;
 }
 
+// Two peers over one-page rings: `sender` writes `forward` and reads `backward`, `receiver` the
+// reverse.
+class DpdkPeerPairTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    sender = MakePeer(forward, backward);
+    receiver = MakePeer(backward, forward);
+    ASSERT_NE(sender, nullptr);
+    ASSERT_NE(receiver, nullptr);
+  }
+  TestRing forward{kPage};
+  TestRing backward{kPage};
+  std::unique_ptr<DpdkPeer> sender;
+  std::unique_ptr<DpdkPeer> receiver;
+};
+
 TEST(DpdkPeerTest, CreateRejectsBadRings) {
   TestRing a(kPage);
   TestRing b(kPage);
@@ -212,13 +228,7 @@ TEST(DpdkPeerTest, FullMeansNotStrictlyMoreFreeBytes) {
   EXPECT_EQ(ring.Get(kWriteIndex), 4088u);
 }
 
-TEST(DpdkPeerTest, RawPacketsDecodeByHand) {
-  TestRing forward(kPage);
-  TestRing backward(kPage);
-  auto sender = MakePeer(forward, backward);
-  auto receiver = MakePeer(backward, forward);
-  ASSERT_NE(sender, nullptr);
-  ASSERT_NE(receiver, nullptr);
+TEST_F(DpdkPeerPairTest, RawPacketsDecodeByHand) {
   std::vector<uint8_t> buffer(kPage);
   const size_t sizes[] = {0, 1, 7, 8, 9, 100, 1000, 2999, 4000, 13, 3333};
   for (int round = 0; round < 20; ++round) {
@@ -252,13 +262,7 @@ TEST(DpdkPeerTest, RawPacketsDecodeByHand) {
   EXPECT_EQ(receiver->signals_to_host(), 0u);
 }
 
-TEST(DpdkPeerTest, GpaDirectPacketLayout) {
-  TestRing forward(kPage);
-  TestRing backward(kPage);
-  auto sender = MakePeer(forward, backward);
-  auto receiver = MakePeer(backward, forward);
-  ASSERT_NE(sender, nullptr);
-  ASSERT_NE(receiver, nullptr);
+TEST_F(DpdkPeerPairTest, GpaDirectPacketLayout) {
   const GpaPageRange ranges[] = {{4096, 0, 0x1234}, {100, 0xf00, 0xabcdef}};
   const auto payload = Pattern(10, 7);
   ASSERT_TRUE(sender->SendSgList(ranges, payload, 42, nullptr).ok());
@@ -344,13 +348,7 @@ TEST(DpdkPeerTest, BatchedSendsReportNeedSignal) {
   EXPECT_EQ(sender->signals_to_host(), 1u);
 }
 
-TEST(DpdkPeerTest, ReaderSignalsWhenPendingSendSizeIsCrossed) {
-  TestRing forward(kPage);
-  TestRing backward(kPage);
-  auto sender = MakePeer(forward, backward);
-  auto receiver = MakePeer(backward, forward);
-  ASSERT_NE(sender, nullptr);
-  ASSERT_NE(receiver, nullptr);
+TEST_F(DpdkPeerPairTest, ReaderSignalsWhenPendingSendSizeIsCrossed) {
   std::vector<uint8_t> buffer(kPage);
   constexpr uint32_t kPacketRingBytes = 16 + 504 + 8;
 
@@ -415,13 +413,7 @@ TEST(DpdkPeerTest, ReaderSignalsWhenPendingSendSizeIsCrossed) {
   EXPECT_EQ(receiver->signals_to_host(), 0u);
 }
 
-TEST(DpdkPeerTest, RecvErrors) {
-  TestRing forward(kPage);
-  TestRing backward(kPage);
-  auto sender = MakePeer(forward, backward);
-  auto receiver = MakePeer(backward, forward);
-  ASSERT_NE(sender, nullptr);
-  ASSERT_NE(receiver, nullptr);
+TEST_F(DpdkPeerPairTest, RecvErrors) {
   std::vector<uint8_t> buffer(kPage);
   uint64_t xid = 0;
 
@@ -443,13 +435,7 @@ TEST(DpdkPeerTest, RecvErrors) {
   EXPECT_EQ(xid, 9u);
 }
 
-TEST(DpdkPeerTest, CorruptDescriptorsAreDataLoss) {
-  TestRing forward(kPage);
-  TestRing backward(kPage);
-  auto sender = MakePeer(forward, backward);
-  auto receiver = MakePeer(backward, forward);
-  ASSERT_NE(sender, nullptr);
-  ASSERT_NE(receiver, nullptr);
+TEST_F(DpdkPeerPairTest, CorruptDescriptorsAreDataLoss) {
   std::vector<uint8_t> buffer(kPage);
   uint64_t xid;
   ASSERT_TRUE(sender->Send(6, 0, Pattern(64, 1), 1, nullptr).ok());
@@ -468,13 +454,7 @@ TEST(DpdkPeerTest, CorruptDescriptorsAreDataLoss) {
   EXPECT_EQ(forward.Get(kReadIndex), 0u);  // Nothing consumed.
 }
 
-TEST(DpdkPeerTest, HostileIndicesAreErrorsNotCrashes) {
-  TestRing forward(kPage);
-  TestRing backward(kPage);
-  auto sender = MakePeer(forward, backward);
-  auto receiver = MakePeer(backward, forward);
-  ASSERT_NE(sender, nullptr);
-  ASSERT_NE(receiver, nullptr);
+TEST_F(DpdkPeerPairTest, HostileIndicesAreErrorsNotCrashes) {
   std::vector<uint8_t> buffer(kPage);
   uint64_t xid;
 
