@@ -60,6 +60,13 @@ class RingMemory {
   void StoreControl(uint32_t offset, uint32_t value, std::memory_order order) const {
     Word(offset).store(value, order);
   }
+  // A full barrier between our earlier stores and our later loads, made as a seq_cst
+  // read-modify-write that adds 0 to the control word at `offset` (a word only we write): an
+  // RMW is a full barrier on every architecture, and ThreadSanitizer models it, which it does
+  // not for atomic_thread_fence.
+  void FullBarrierOnControl(uint32_t offset) const {
+    Word(offset).fetch_add(0, std::memory_order_seq_cst);
+  }
 
   // Copies `len` bytes of the data area starting at `offset`, wrapping at data_size(). Returns
   // false (copying nothing) unless offset < data_size() and len <= data_size(). Inline for the
@@ -71,19 +78,23 @@ class RingMemory {
     }
     return ReadDataSlow(offset, out, len);
   }
-  // Writes one record at `offset`: a 16-byte `prefix`, then `body` zero-padded to a multiple of
-  // 8 bytes, then the 8-byte `suffix` (the shape of every ring packet without ranges). Same
-  // preconditions as WriteData for the whole record; false, writing nothing, otherwise. The
-  // double-mapped case uses fixed-size stores for everything but the body.
-  bool WriteRecord(uint32_t offset, const void* prefix, absl::Span<const uint8_t> body,
-                   uint64_t suffix) const {
+  // Writes one record at `offset`: the 16-byte prefix `{prefix_low, prefix_high}`, then `body`
+  // zero-padded to a multiple of 8 bytes, then the 8-byte `suffix` (the shape of every ring
+  // packet without ranges). Same preconditions as WriteData for the whole record; false,
+  // writing nothing, otherwise. The double-mapped case stores the prefix, padding and suffix
+  // from registers: a prefix reloaded from a just-written stack copy would be a failed store
+  // forward, which waits for every earlier store (including the previous packet's, whose lines
+  // the reader may hold) to reach the cache.
+  bool WriteRecord(uint32_t offset, uint64_t prefix_low, uint64_t prefix_high,
+                   absl::Span<const uint8_t> body, uint64_t suffix) const {
     const size_t padded = (body.size() + 7) & ~size_t{7};
     const size_t total = 16 + padded + 8;
     if (double_mapping_ == nullptr || offset >= data_size_ || total > data_size_) {
-      return WriteRecordSlow(offset, prefix, body, suffix);
+      return WriteRecordSlow(offset, prefix_low, prefix_high, body, suffix);
     }
     uint8_t* at = double_mapping_ + offset;
-    internal::RacyStore(at, prefix, 16);
+    internal::RacyStore(at, &prefix_low, 8);
+    internal::RacyStore(at + 8, &prefix_high, 8);
     if (padded != 0) {
       const uint64_t zero = 0;
       internal::RacyStore(at + 16 + padded - 8, &zero, 8);  // The padding; the body overlays it.
@@ -109,8 +120,8 @@ class RingMemory {
   void MapTwice(const RingMemoryOptions& options);
   bool ReadDataSlow(uint32_t offset, void* out, size_t len) const;
   bool WriteDataSlow(uint32_t offset, const void* in, size_t len) const;
-  bool WriteRecordSlow(uint32_t offset, const void* prefix, absl::Span<const uint8_t> body,
-                       uint64_t suffix) const;
+  bool WriteRecordSlow(uint32_t offset, uint64_t prefix_low, uint64_t prefix_high,
+                       absl::Span<const uint8_t> body, uint64_t suffix) const;
   // Calls fn(host_address, offset_in_copy, bytes) for each contiguous piece of [offset, +len).
   template <typename Fn>
   void ForEachPiece(uint32_t offset, size_t len, Fn&& fn) const;

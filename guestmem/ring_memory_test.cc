@@ -78,18 +78,19 @@ TEST(RingMemoryTest, WriteRecordPadsAndWrapsTheSameWithAndWithoutDoubleMapping) 
     ASSERT_EQ(ring->double_mapped(), double_map);
     std::vector<uint8_t> junk(8192, 0xee);
     ASSERT_TRUE(ring->WriteData(0, junk.data(), 8192));
-    const uint8_t prefix[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+    const uint64_t prefix_low = 0x0807060504030201, prefix_high = 0x100f0e0d0c0b0a09;
     const std::vector<uint8_t> body = {0xa1, 0xa2, 0xa3};  // Padded with 5 zeros.
     const uint32_t offset = 8192 - 16;                     // Wraps after the prefix.
-    ASSERT_TRUE(ring->WriteRecord(offset, prefix, body, 0x1122334455667788));
+    ASSERT_TRUE(ring->WriteRecord(offset, prefix_low, prefix_high, body, 0x1122334455667788));
     std::vector<uint8_t> back(32);
     ASSERT_TRUE(ring->ReadData(offset, back.data(), back.size()));
-    std::vector<uint8_t> expected(prefix, prefix + 16);
+    std::vector<uint8_t> expected = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
     expected.insert(expected.end(), {0xa1, 0xa2, 0xa3, 0, 0, 0, 0, 0});
     expected.insert(expected.end(), {0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11});
     EXPECT_EQ(back, expected) << "double_map " << double_map;
-    EXPECT_FALSE(ring->WriteRecord(8192, prefix, body, 0));
-    EXPECT_TRUE(ring->WriteRecord(0, prefix, {}, 0));  // Empty body: prefix and suffix only.
+    EXPECT_FALSE(ring->WriteRecord(8192, prefix_low, prefix_high, body, 0));
+    EXPECT_TRUE(ring->WriteRecord(0, prefix_low, prefix_high, {},
+                                  0));  // Empty body: prefix and suffix only.
   }
 }
 

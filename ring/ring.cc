@@ -123,28 +123,20 @@ absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length,
 
 absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
   if (!poisoned_.ok()) return poisoned_;
-  // In-band and completion packets (almost all traffic) need only a descriptor: build it here
-  // instead of through EncodeHeader's vector.
-  uint64_t simple_header[2];
-  const uint64_t* header;
-  uint32_t header_bytes;
-  absl::StatusOr<uint32_t> length;
-  if ((packet.type == PacketType::kDataInBand || packet.type == PacketType::kCompletion) &&
-      (packet.flags & ~kKnownFlags) == 0 && packet.payload.size() <= 0xffff * 8 - 16) {
+  // In-band and completion packets (almost all traffic) need only a descriptor: it is built
+  // here, in two registers, instead of through EncodeHeader's vector.
+  const bool descriptor_only =
+      (packet.type == PacketType::kDataInBand || packet.type == PacketType::kCompletion) &&
+      (packet.flags & ~kKnownFlags) == 0 && packet.payload.size() <= 0xffff * 8 - 16;
+  uint32_t length;
+  if (descriptor_only) {
     length = kDescriptorBytes + AlignUp8(static_cast<uint32_t>(packet.payload.size()));
-    const PacketDescriptor descriptor{static_cast<uint16_t>(packet.type), kDescriptorBytes / 8,
-                                      static_cast<uint16_t>(*length / 8), packet.flags,
-                                      packet.transaction_id};
-    std::memcpy(simple_header, &descriptor, sizeof(descriptor));
-    header = simple_header;
-    header_bytes = kDescriptorBytes;
   } else {
-    length = EncodeHeader(packet, &header_);
-    if (!length.ok()) return length.status();
-    header = header_.data();
-    header_bytes = static_cast<uint32_t>(header_.size() * 8);
+    absl::StatusOr<uint32_t> encoded = EncodeHeader(packet, &header_);
+    if (!encoded.ok()) return encoded.status();
+    length = *encoded;
   }
-  const uint32_t total = *length + kTrailerBytes;
+  const uint32_t total = length + kTrailerBytes;
   if (total >= memory_.data_size()) {
     return MakeRingError(RingError::kTooLarge,
                          fmt::format("outgoing ring: a {}-byte packet can never fit a {:#x}-byte "
@@ -160,19 +152,37 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
       return *kFullStatus;
     }
   }
-  if (header == simple_header) {
-    // A descriptor-only packet: one record write (descriptor, padded payload, trailer).
-    if (!memory_.WriteRecord(next_, simple_header, packet.payload, TrailerFor(next_))) {
+  if (descriptor_only) {
+    // struct vmpacket_descriptor, little-endian: type, data_offset8, length8, flags; then
+    // the transaction id.
+    const uint64_t first_word = uint64_t{static_cast<uint16_t>(packet.type)} |
+                                uint64_t{kDescriptorBytes / 8} << 16 | uint64_t{length / 8} << 32 |
+                                uint64_t{packet.flags} << 48;
+    if (!memory_.WriteRecord(next_, first_word, packet.transaction_id, packet.payload,
+                             TrailerFor(next_))) {
       return absl::InternalError("outgoing ring: copy outside the data area");
     }
-  } else if (absl::Status status = CopyIn(packet, *length, header, header_bytes); !status.ok()) {
+  } else if (absl::Status status =
+                 CopyIn(packet, length, header_.data(), static_cast<uint32_t>(header_.size() * 8));
+             !status.ok()) {
     return status;
   }
   next_ = Advance(next_, total, memory_.data_size());
   return absl::OkStatus();
 }
 
+void OutgoingRing::Publish() {
+  // release: the packet bytes happen-before the reader's acquire load of the index.
+  memory_.StoreControl(control::kWriteIndex, next_, memory_order_release);
+  committed_ = next_;
+  if (space_requested_) CancelSpaceRequest();
+}
+
 bool OutgoingRing::Commit() {
+  if (in_burst_) {
+    Publish();
+    return EndBurst();
+  }
   if (next_ == committed_) return false;
   const uint32_t before = committed_;
   // seq_cst store, then seq_cst loads: the full barrier of the signalling rule. Either the
@@ -182,6 +192,48 @@ bool OutgoingRing::Commit() {
   if (space_requested_) CancelSpaceRequest();
   if (memory_.LoadControl(control::kInterruptMask, memory_order_seq_cst) != 0) return false;
   return memory_.LoadControl(control::kReadIndex, memory_order_seq_cst) == before;
+}
+
+bool OutgoingRing::CommitInBurst() {
+  if (next_ == committed_) return false;
+  const uint32_t before = committed_;
+  Publish();
+  if (in_burst_) {
+    // Bounded: a reader asleep since the burst began waits at most kBurstCheckInterval
+    // packets, and the burst's span stays under half the ring, so [burst_start_, committed_)
+    // is unambiguous modulo the ring size. Other commits in a burst are a store and nothing
+    // more: not even a load of the control line the reader writes.
+    if (++burst_commits_ >= kBurstCheckInterval ||
+        Distance(burst_start_, committed_) >= memory_.data_size() / 2) {
+      return EndBurst();
+    }
+    return false;
+  }
+  in_burst_ = true;
+  burst_start_ = before;
+  burst_commits_ = 1;
+  // The burst's first commit takes a look without the barrier: these loads may be older than
+  // our store, so they can miss a reader that is just going to sleep (EndBurst catches it), but
+  // a reader they see idle at `before` is idle: it cannot move past `before` before seeing our
+  // store. Waking it now keeps a lone write as prompt as Commit's.
+  if (memory_.LoadControl(control::kInterruptMask, memory_order_acquire) != 0) return false;
+  if (memory_.LoadControl(control::kReadIndex, memory_order_acquire) != before) return false;
+  // The caller signals now, and the reader reads up to wherever it then sees the write index.
+  in_burst_ = false;
+  return true;
+}
+
+bool OutgoingRing::EndBurst() {
+  if (!in_burst_) return false;
+  in_burst_ = false;
+  // The full barrier of the signalling rule, once for the whole burst: our last index store
+  // is visible before the loads below.
+  memory_.FullBarrierOnControl(control::kWriteIndex);
+  if (memory_.LoadControl(control::kInterruptMask, memory_order_seq_cst) != 0) return false;
+  // The reader may have gone to sleep at any index the burst published except the last (it
+  // has everything at the last): signal iff it is in [burst_start_, committed_).
+  const uint32_t read = memory_.LoadControl(control::kReadIndex, memory_order_seq_cst);
+  return Distance(burst_start_, read) < Distance(burst_start_, committed_);
 }
 
 absl::StatusOr<bool> OutgoingRing::Write(const OutgoingPacket& packet) {
@@ -319,26 +371,74 @@ absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
   return true;
 }
 
-bool IncomingRing::Commit() {
-  if (next_ == committed_) return false;
-  const uint32_t size = memory_.data_size();
+uint32_t IncomingRing::PublishReadIndex(std::memory_order order) {
   const uint32_t released = Distance(committed_, next_);
-  // seq_cst store, then seq_cst loads: the full barrier of the pending_send_sz rule.
-  memory_.StoreControl(control::kReadIndex, next_, memory_order_seq_cst);
+  memory_.StoreControl(control::kReadIndex, next_, order);
   committed_ = next_;
-  if ((memory_.LoadControl(control::kFeatureBits, memory_order_seq_cst) &
-       control::kFeaturePendingSendSize) == 0) {
-    return false;
+  return released;
+}
+
+std::optional<IncomingRing::SpaceRequest> IncomingRing::LoadSpaceRequest(
+    std::memory_order order) const {
+  if ((memory_.LoadControl(control::kFeatureBits, order) & control::kFeaturePendingSendSize) == 0) {
+    return std::nullopt;
   }
   // Some writers store size - 1; whole 8-byte units are what count.
-  const uint32_t pending =
-      memory_.LoadControl(control::kPendingSendSize, memory_order_seq_cst) & ~7u;
-  if (pending == 0) return false;
-  const uint32_t write = memory_.LoadControl(control::kWriteIndex, memory_order_seq_cst);
-  if (write >= size) return false;  // Corrupt; the next Read reports it.
-  const uint32_t free_now = size - Distance(committed_, write);
-  const uint32_t free_before = free_now - released;
-  return free_before <= pending && free_now > pending;
+  const uint32_t pending = memory_.LoadControl(control::kPendingSendSize, order) & ~7u;
+  if (pending == 0) return std::nullopt;
+  const uint32_t size = memory_.data_size();
+  const uint32_t write = memory_.LoadControl(control::kWriteIndex, order);
+  if (write >= size) return std::nullopt;  // Corrupt; the next Read reports it.
+  return SpaceRequest{pending, size - Distance(committed_, write)};
+}
+
+bool IncomingRing::SpaceCrossed(uint32_t released, std::memory_order order) const {
+  const std::optional<SpaceRequest> request = LoadSpaceRequest(order);
+  if (!request.has_value() || request->free_now < released) return false;
+  const uint32_t free_before = request->free_now - released;
+  return free_before <= request->pending && request->free_now > request->pending;
+}
+
+bool IncomingRing::Commit() {
+  if (in_burst_) {
+    if (next_ != committed_) PublishReadIndex(memory_order_release);
+    return EndBurst();
+  }
+  if (next_ == committed_) return false;
+  // seq_cst store, then seq_cst loads: the full barrier of the pending_send_sz rule.
+  const uint32_t released = PublishReadIndex(memory_order_seq_cst);
+  return SpaceCrossed(released, memory_order_seq_cst);
+}
+
+bool IncomingRing::CommitInBurst() {
+  if (next_ == committed_) return false;
+  const uint32_t released = PublishReadIndex(memory_order_release);
+  if (!in_burst_) {
+    in_burst_ = true;
+    burst_commits_ = 0;
+  }
+  // Bounded: a writer waiting for space since the burst began waits at most
+  // kBurstCheckInterval commits.
+  if (++burst_commits_ >= kBurstCheckInterval) return EndBurst();
+  // A look without the barrier: it may miss a writer that is just asking for space (EndBurst
+  // catches it), but a request it sees crossed is crossed. The caller signals now and the
+  // writer re-checks the space: the burst's check is settled.
+  if (!SpaceCrossed(released, memory_order_acquire)) return false;
+  in_burst_ = false;
+  return true;
+}
+
+bool IncomingRing::EndBurst() {
+  if (!in_burst_) return false;
+  in_burst_ = false;
+  // The full barrier of the rule, once for the whole burst. The writer may have asked for
+  // space after reading any index the burst published (and written more since), then gone to
+  // sleep: signal iff a request is pending and the space is there now. (A writer that saw the
+  // space itself is about to write and clear its request; the signal is then one spare
+  // wake-up, at most once per burst.)
+  memory_.FullBarrierOnControl(control::kReadIndex);
+  const std::optional<SpaceRequest> request = LoadSpaceRequest(memory_order_seq_cst);
+  return request.has_value() && request->free_now > request->pending;
 }
 
 void IncomingRing::Mask() {

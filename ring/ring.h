@@ -23,7 +23,9 @@
 #ifndef CVMBUS_RING_RING_H_
 #define CVMBUS_RING_RING_H_
 
+#include <atomic>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -61,6 +63,20 @@ class OutgoingRing {
   absl::Status Append(const OutgoingPacket& packet);
   bool Commit();
 
+  // Bursts: a writer with several packets in a row can make each visible at once and still pay
+  // the signalling rule's full barrier (a wait for the control line the reader shares) once
+  // per burst instead of once per packet. CommitInBurst publishes like Commit but checks the
+  // rule without the barrier; it returns "signal the peer" when the reader is visibly idle, and
+  // every kBurstCheckInterval commits it ends the burst itself. EndBurst does the full check
+  // for every index the burst published and returns "signal the peer".
+  // Contract: call EndBurst (or Commit, which ends a burst) before the writer stops writing:
+  // before it sleeps, waits, or returns to its event loop. Until then a reader that went to
+  // sleep during the burst may not have been signalled.
+  static constexpr uint32_t kBurstCheckInterval = 16;
+  bool CommitInBurst();
+  bool EndBurst();
+  bool in_burst() const { return in_burst_; }
+
   // Bytes a write may use now (the ring holds free_bytes - 1 at most: full != empty).
   absl::StatusOr<uint32_t> FreeBytes();
 
@@ -82,6 +98,8 @@ class OutgoingRing {
   // Refreshes the cached read index from the control page; validates it.
   absl::Status LoadReadIndex();
   bool Fits(uint32_t total_bytes) const;
+  // Stores the write index (release) for everything appended.
+  void Publish();
   absl::Status CopyIn(const OutgoingPacket& packet, uint32_t length, const uint64_t* header,
                       uint32_t header_bytes);
 
@@ -90,6 +108,9 @@ class OutgoingRing {
   uint32_t next_ = 0;        // Where the next append goes (== committed_ with no batch).
   uint32_t read_cache_ = 0;  // The reader's index as last loaded and validated.
   bool space_requested_ = false;
+  bool in_burst_ = false;         // Commits since burst_start_ owe the full signal check.
+  uint32_t burst_start_ = 0;      // The write index before the burst's first commit.
+  uint32_t burst_commits_ = 0;    // Commits in the current burst.
   absl::Status poisoned_;         // Set once the reader corrupted the ring.
   std::vector<uint64_t> header_;  // Scratch for EncodeHeader.
 };
@@ -112,8 +133,17 @@ class IncomingRing {
   absl::StatusOr<bool> Read(PacketBuffer* buffer);
 
   // Publishes everything read since the last Commit; returns "signal the peer" (the
-  // pending_send_sz rule).
+  // pending_send_sz rule). Ends a burst.
   bool Commit();
+
+  // Bursts, as OutgoingRing's: CommitInBurst publishes at once and checks the pending_send_sz
+  // rule without the full barrier (signalling now when a request is visibly crossed); EndBurst
+  // does the full check for everything the burst released. Contract: call EndBurst (or Commit)
+  // before the reader stops reading: before it sleeps, waits, or returns to its event loop.
+  static constexpr uint32_t kBurstCheckInterval = 16;
+  bool CommitInBurst();
+  bool EndBurst();
+  bool in_burst() const { return in_burst_; }
 
   // Interrupt masking while draining: Mask() tells the writer not to signal; Unmask() clears
   // it and then re-checks the ring, returning true if packets arrived meanwhile (drain again
@@ -134,6 +164,17 @@ class IncomingRing {
   }
   absl::Status LoadWriteIndex();
   absl::Status Poison(absl::Status status);
+  // Stores next_ as the read index; returns the bytes released.
+  uint32_t PublishReadIndex(std::memory_order order);
+  // The writer's space request (pending_send_sz, when its feature bit is set) and the free
+  // space now; nullopt without a request. Loads with `order`.
+  struct SpaceRequest {
+    uint32_t pending;
+    uint32_t free_now;
+  };
+  std::optional<SpaceRequest> LoadSpaceRequest(std::memory_order order) const;
+  // The pending_send_sz rule for `released` bytes just published: the request was crossed.
+  bool SpaceCrossed(uint32_t released, std::memory_order order) const;
 
   guestmem::RingMemory memory_;
   uint32_t max_packet_bytes_;
@@ -141,6 +182,8 @@ class IncomingRing {
   uint32_t next_ = 0;         // Where the next packet starts.
   uint32_t write_cache_ = 0;  // The writer's index as last loaded and validated.
   bool masked_ = false;       // What we last stored in interrupt_mask (only we write it).
+  bool in_burst_ = false;     // Commits since the burst began owe the full check.
+  uint32_t burst_commits_ = 0;
   absl::Status poisoned_;
 };
 

@@ -290,6 +290,101 @@ TEST(SignalTest, PendingSendSizeIgnoresLowBitsAndNeedsTheFeatureBit) {
   EXPECT_FALSE(reader->Commit());  // 1096 -> 2096 would cross 2000.
 }
 
+// --- Bursts: publish per packet, the full signal check once per burst ------------------------
+
+TEST(BurstTest, AReaderIdleAtTheStartIsSignalledAtOnce) {
+  TestRing ring;
+  auto writer = OutgoingRing::Create(ring.Memory());
+  ASSERT_TRUE(writer->Append(InBand({})).ok());
+  EXPECT_TRUE(writer->CommitInBurst());  // Empty and unmasked: the reader may be asleep.
+  EXPECT_FALSE(writer->in_burst());      // That signal settles the burst.
+  EXPECT_EQ(ring.Control(control::kWriteIndex), 24u);  // Published at once.
+}
+
+TEST(BurstTest, EndBurstSignalsAReaderThatSleptAtAnyIndexTheBurstPublished) {
+  // The reader is masked when the burst starts, then (a race the burst's loads may miss)
+  // unmasks and goes to sleep at an index the burst published: the burst's end wakes it.
+  for (const uint32_t sleeps_after_packets : {0u, 1u, 2u}) {
+    TestRing ring;
+    auto writer = OutgoingRing::Create(ring.Memory());
+    ring.SetControl(control::kInterruptMask, 1);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(writer->Append(InBand({})).ok());
+      EXPECT_FALSE(writer->CommitInBurst());
+    }
+    ASSERT_TRUE(writer->in_burst());
+    ring.SetControl(control::kReadIndex, 24 * sleeps_after_packets);
+    ring.SetControl(control::kInterruptMask, 0);
+    EXPECT_TRUE(writer->EndBurst()) << sleeps_after_packets;
+    EXPECT_FALSE(writer->EndBurst());  // Settled.
+  }
+}
+
+TEST(BurstTest, EndBurstLeavesAloneAReaderThatIsMaskedOrHasEverything) {
+  TestRing ring;
+  auto writer = OutgoingRing::Create(ring.Memory());
+  ring.SetControl(control::kInterruptMask, 1);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(writer->Append(InBand({})).ok());
+    EXPECT_FALSE(writer->CommitInBurst());
+  }
+  EXPECT_FALSE(writer->EndBurst());  // Masked: it is draining and will re-check.
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(writer->Append(InBand({})).ok());
+    EXPECT_FALSE(writer->CommitInBurst());
+  }
+  ring.SetControl(control::kInterruptMask, 0);
+  ring.SetControl(control::kReadIndex, 4 * 24);  // It read everything.
+  EXPECT_FALSE(writer->EndBurst());
+}
+
+TEST(BurstTest, ABurstEndsItselfEveryCheckIntervalAndAtCommit) {
+  TestRing ring(/*data_pages=*/4);
+  auto writer = OutgoingRing::Create(ring.Memory());
+  ring.SetControl(control::kInterruptMask, 1);
+  ASSERT_TRUE(writer->Append(InBand({})).ok());
+  EXPECT_FALSE(writer->CommitInBurst());
+  ring.SetControl(control::kInterruptMask, 0);  // Asleep at 0, unseen by the burst so far.
+  for (uint32_t i = 2; i < OutgoingRing::kBurstCheckInterval; ++i) {
+    ASSERT_TRUE(writer->Append(InBand({})).ok());
+    EXPECT_FALSE(writer->CommitInBurst()) << i;
+  }
+  ASSERT_TRUE(writer->Append(InBand({})).ok());
+  EXPECT_TRUE(writer->CommitInBurst());  // The interval's last commit does the full check.
+  EXPECT_FALSE(writer->in_burst());
+
+  // Commit ends a burst with the burst's rule: the reader asleep at the burst's start is
+  // signalled although it is not at the index before this last commit.
+  ring.SetControl(control::kInterruptMask, 1);
+  ring.SetControl(control::kReadIndex, 16 * 24);
+  ASSERT_TRUE(writer->Append(InBand({})).ok());
+  EXPECT_FALSE(writer->CommitInBurst());
+  ring.SetControl(control::kInterruptMask, 0);
+  EXPECT_TRUE(*writer->Write(InBand({})));
+  EXPECT_FALSE(writer->in_burst());
+}
+
+TEST(BurstTest, ReaderBurstEndCatchesASpaceRequestItsLooksMissed) {
+  TestRing ring(/*data_pages=*/1);
+  auto writer = OutgoingRing::Create(ring.Memory());
+  auto reader = IncomingRing::Create(ring.Memory());
+  const std::vector<uint8_t> payload(1000 - 24);  // 1000-byte packets with trailer.
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(writer->Write(InBand(payload)).ok());  // 96 free.
+  PacketBuffer buffer;
+  ASSERT_TRUE(*reader->Read(&buffer));
+  EXPECT_FALSE(reader->CommitInBurst());  // No request yet: 96 -> 1096 free.
+  // The writer asked for 1000 bytes after reading a read index older than our store, and
+  // went to sleep; the burst's end finds that the burst crossed its request.
+  ring.SetControl(control::kPendingSendSize, 1000);
+  EXPECT_TRUE(reader->EndBurst());
+  EXPECT_FALSE(reader->EndBurst());
+  // A request a commit sees crossed is signalled at once.
+  ring.SetControl(control::kPendingSendSize, 2000);
+  ASSERT_TRUE(*reader->Read(&buffer));
+  EXPECT_TRUE(reader->CommitInBurst());  // 1096 -> 2096 crosses 2000.
+  EXPECT_FALSE(reader->in_burst());
+}
+
 TEST(SignalTest, RequestSpaceReportsSpaceThatAlreadyFits) {
   TestRing ring(/*data_pages=*/1);
   auto writer = OutgoingRing::Create(ring.Memory());

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -76,6 +77,7 @@ EventLoop::~EventLoop() {
       }
       DrainPosted();
     }
+    RunIdleHooks();
     CancelAll();
     io_uring_queue_exit(&ring_);
   }
@@ -255,7 +257,27 @@ void EventLoop::Dispatch(const io_uring_cqe& cqe) {
   }
 }
 
+void EventLoop::CallBeforeWaiting(IdleHook* hook) {
+  if (std::find(idle_hooks_.begin(), idle_hooks_.end(), hook) == idle_hooks_.end()) {
+    idle_hooks_.push_back(hook);
+  }
+}
+
+void EventLoop::CancelBeforeWaiting(IdleHook* hook) {
+  idle_hooks_.erase(std::remove(idle_hooks_.begin(), idle_hooks_.end(), hook), idle_hooks_.end());
+}
+
+void EventLoop::RunIdleHooks() {
+  // A hook may register others (a signal that resumes a writer which writes again).
+  while (!idle_hooks_.empty()) {
+    std::vector<IdleHook*> hooks;
+    hooks.swap(idle_hooks_);
+    for (IdleHook* hook : hooks) hook->BeforeWaiting();
+  }
+}
+
 absl::Status EventLoop::RunOnce(std::chrono::nanoseconds timeout) {
+  RunIdleHooks();
   __kernel_timespec wait = ToTimespec(timeout);
   io_uring_cqe* first = nullptr;
   const int result = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &wait, nullptr);
@@ -277,6 +299,7 @@ absl::Status EventLoop::Run() {
   while (!stop_requested_) {
     if (absl::Status status = RunOnce(std::chrono::seconds(1)); !status.ok()) return status;
   }
+  RunIdleHooks();
   return absl::OkStatus();
 }
 

@@ -27,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -98,6 +99,21 @@ class EventLoop {
   };
   SleepAwaiter Sleep(std::chrono::nanoseconds delay) { return SleepAwaiter{this, delay}; }
 
+  // Work deferred until the loop goes idle. BeforeWaiting() runs once, on the loop thread, after
+  // the loop has dispatched everything ready and before it waits for more (and before Run()
+  // returns). For work that batches until then, such as a ring writer's end-of-burst signal
+  // check. Registering a hook already pending does nothing; a hook must not register itself
+  // again from BeforeWaiting(). Loop thread only.
+  class IdleHook {
+   public:
+    virtual void BeforeWaiting() = 0;
+
+   protected:
+    ~IdleHook() = default;
+  };
+  void CallBeforeWaiting(IdleHook* hook);
+  void CancelBeforeWaiting(IdleHook* hook);
+
   // Operations in flight (for tests of teardown and leaks).
   size_t operations_in_flight() const { return operations_.size(); }
 
@@ -120,6 +136,7 @@ class EventLoop {
   Id Submit(Operation operation, const std::function<void(io_uring_sqe*, Operation&)>& prep);
   void Dispatch(const io_uring_cqe& cqe);
   void DrainPosted();
+  void RunIdleHooks();
   void CancelAll();
 
   io_uring ring_{};
@@ -128,7 +145,8 @@ class EventLoop {
   Id next_id_ = 1;
   absl::flat_hash_map<Id, std::unique_ptr<Operation>> operations_;
   std::function<void(uint64_t)> on_message_;
-  bool stop_requested_ = false;  // Loop thread only.
+  bool stop_requested_ = false;        // Loop thread only.
+  std::vector<IdleHook*> idle_hooks_;  // Pending BeforeWaiting calls; loop thread only.
 
   // Cross-thread posting: a queue and an eventfd the loop watches.
   int post_fd_ = -1;

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <utility>
+
 #include "ring/errors.h"
 
 namespace cvmbus::hw {
@@ -11,10 +13,30 @@ uint64_t DrainEventFd(int fd) {
   return read(fd, &count, sizeof(count)) == sizeof(count) ? count : 0;
 }
 
+RingReader::~RingReader() {
+  loop_->CancelBeforeWaiting(this);
+  (void)EndBurst();
+}
+
 absl::Status RingReader::Release() {
-  if (!ring_.Commit()) return absl::OkStatus();
+  if (!deferred_error_.ok()) return std::exchange(deferred_error_, absl::OkStatus());
+  const bool signal = ring_.CommitInBurst();
+  if (ring_.in_burst()) loop_->CallBeforeWaiting(this);
+  if (!signal) return absl::OkStatus();
   ++stats_.signals_sent;
   return peer_->Raise();
+}
+
+absl::Status RingReader::EndBurst() {
+  if (!ring_.EndBurst()) return absl::OkStatus();
+  ++stats_.signals_sent;
+  return peer_->Raise();
+}
+
+void RingReader::BeforeWaiting() {
+  if (absl::Status status = EndBurst(); !status.ok() && deferred_error_.ok()) {
+    deferred_error_ = status;
+  }
 }
 
 bool RingReader::ReadableAwaiter::await_ready() {
@@ -24,6 +46,12 @@ bool RingReader::ReadableAwaiter::await_ready() {
   absl::StatusOr<bool> has = ring.HasPackets();
   if (!has.ok() || *has) {
     status = has.status();
+    return true;
+  }
+  // Nothing to read: the reader is about to wait, which ends its burst (a writer waiting for
+  // the space it released must be woken).
+  if (absl::Status signalled = reader->EndBurst(); !signalled.ok()) {
+    status = signalled;
     return true;
   }
   for (uint32_t i = 0; i < reader->spin_.polls_before_sleep; ++i) {
@@ -61,10 +89,37 @@ absl::Status RingReader::ReadableAwaiter::await_resume() {
   return absl::OkStatus();
 }
 
+RingWriter::~RingWriter() {
+  loop_->CancelBeforeWaiting(this);
+  (void)EndBurst();
+}
+
+absl::Status RingWriter::Publish() {
+  if (!deferred_error_.ok()) return std::exchange(deferred_error_, absl::OkStatus());
+  const bool signal = ring_.CommitInBurst();
+  if (ring_.in_burst()) loop_->CallBeforeWaiting(this);
+  if (!signal) return absl::OkStatus();
+  ++stats_.signals_sent;
+  return peer_->Raise();
+}
+
 absl::Status RingWriter::Flush() {
+  if (!deferred_error_.ok()) return std::exchange(deferred_error_, absl::OkStatus());
   if (!ring_.Commit()) return absl::OkStatus();
   ++stats_.signals_sent;
   return peer_->Raise();
+}
+
+absl::Status RingWriter::EndBurst() {
+  if (!ring_.EndBurst()) return absl::OkStatus();
+  ++stats_.signals_sent;
+  return peer_->Raise();
+}
+
+void RingWriter::BeforeWaiting() {
+  if (absl::Status status = EndBurst(); !status.ok() && deferred_error_.ok()) {
+    deferred_error_ = status;
+  }
 }
 
 bool RingWriter::WritableAwaiter::await_ready() {
@@ -78,6 +133,11 @@ bool RingWriter::WritableAwaiter::await_ready() {
   if (packet_bytes >= ring.data_size()) {
     status = ring::MakeRingError(ring::RingError::kTooLarge,
                                  "ring writer: a packet larger than the ring never fits");
+    return true;
+  }
+  // Waiting ends a burst: a reader that went to sleep during it must be woken to free space.
+  if (absl::Status signalled = writer->EndBurst(); !signalled.ok()) {
+    status = signalled;
     return true;
   }
   for (uint32_t i = 0; i < writer->spin_.polls_before_sleep; ++i) {

@@ -9,12 +9,18 @@
 // times before sleeping.
 //
 // RingWriter:
-//   co_await writer.Write(packet)  // waits for space: pending_send_sz, then sleeps until the
-//                                   // reader signals; signals the reader when the rules say.
+//   co_await writer.Writable(bytes);   // waits for space: pending_send_sz, then sleeps until
+//                                      // the reader signals
+//   writer.ring().Append(packet);
+//   writer.Publish();                  // visible at once; the signal check is per burst
+// Publish() pays the signalling rule's full barrier once per burst of packets, not per packet:
+// the burst ends when the loop goes idle (EventLoop::IdleHook), when the writer waits for
+// space, at Flush(), or every OutgoingRing::kBurstCheckInterval packets.
 //
 // Both wait on `wake_fd`, the eventfd the peer signals (one per channel is normal: VMBus uses a
 // single interrupt for "packets arrived" and "space freed"), and signal the peer through a
-// Signal. Several endpoints on one loop share nothing but the loop.
+// Signal. The loop and the Signal must outlive the endpoint: its destructor ends a burst in
+// progress, which may signal. Several endpoints on one loop share nothing but the loop.
 //
 // Threads: an endpoint and its tasks belong to the loop's thread.
 #ifndef CVMBUS_HW_URING_RING_ENDPOINT_H_
@@ -42,16 +48,23 @@ struct EndpointStats {
   uint64_t spin_hits = 0;     // Times spinning found work and avoided a sleep.
 };
 
-class RingReader {
+class RingReader : private EventLoop::IdleHook {
  public:
   RingReader(EventLoop* loop, ring::IncomingRing ring, int wake_fd, Signal* peer,
              SpinPolicy spin = {})
       : loop_(loop), ring_(std::move(ring)), wake_fd_(wake_fd), peer_(peer), spin_(spin) {}
+  // Ends a burst in progress (signalling if the rule says so).
+  ~RingReader();
+  RingReader(const RingReader&) = delete;
+  RingReader& operator=(const RingReader&) = delete;
 
   ring::IncomingRing& ring() { return ring_; }
   const EndpointStats& stats() const { return stats_; }
 
-  // Publishes what was read; raises the peer's signal if the pending_send_sz rule says so.
+  // Publishes what was read at once, signalling now if a waiting writer's request is visibly
+  // met; the pending_send_sz rule's full check follows at the end of the burst (when the loop
+  // goes idle, before Readable() sleeps, or every IncomingRing::kBurstCheckInterval releases).
+  // Also returns the error of a signal raised at the end of an earlier burst.
   absl::Status Release();
 
   struct ReadableAwaiter {
@@ -66,24 +79,38 @@ class RingReader {
   ReadableAwaiter Readable() { return ReadableAwaiter{this, absl::OkStatus()}; }
 
  private:
+  void BeforeWaiting() override;
+  // Ends the burst; signals if the rule says so.
+  absl::Status EndBurst();
+
   EventLoop* loop_;
   ring::IncomingRing ring_;
   int wake_fd_;
   Signal* peer_;
   SpinPolicy spin_;
   EndpointStats stats_;
+  absl::Status deferred_error_;  // A signal that failed at the end of a burst.
 };
 
-class RingWriter {
+class RingWriter : private EventLoop::IdleHook {
  public:
   RingWriter(EventLoop* loop, ring::OutgoingRing ring, int wake_fd, Signal* peer,
              SpinPolicy spin = {})
       : loop_(loop), ring_(std::move(ring)), wake_fd_(wake_fd), peer_(peer), spin_(spin) {}
+  // Ends a burst in progress (signalling if the rule says so).
+  ~RingWriter();
+  RingWriter(const RingWriter&) = delete;
+  RingWriter& operator=(const RingWriter&) = delete;
 
   ring::OutgoingRing& ring() { return ring_; }
   const EndpointStats& stats() const { return stats_; }
 
-  // Publishes appended packets (ring().Append) and signals if the rules say so.
+  // Publishes appended packets (ring().Append) at once, signalling now if the reader is
+  // visibly idle; the full signal check follows when the burst ends (see above). Also returns
+  // the error of a signal raised at the end of an earlier burst.
+  absl::Status Publish();
+  // Publishes appended packets with the full check now (ending any burst); signals if the
+  // rules say so.
   absl::Status Flush();
 
   struct WritableAwaiter {
@@ -102,12 +129,17 @@ class RingWriter {
 
  private:
   friend struct WritableAwaiter;
+  void BeforeWaiting() override;
+  // Ends the burst; signals if the rule says so.
+  absl::Status EndBurst();
+
   EventLoop* loop_;
   ring::OutgoingRing ring_;
   int wake_fd_;
   Signal* peer_;
   SpinPolicy spin_;
   EndpointStats stats_;
+  absl::Status deferred_error_;  // A signal that failed at the end of a burst.
 };
 
 // Reads and discards an eventfd's counter (EFD_NONBLOCK); returns the count (0 if none).

@@ -61,8 +61,14 @@ Task Produce(EventLoop* loop, RingWriter* writer, uint64_t count, uint32_t seed,
       }
     }
     ++outcome->packets;
-    // Publish in random-sized batches, and stall sometimes.
-    if (random() % 8 == 0) (void)writer->Flush();
+    // Publish per packet in bursts (the signal check deferred to the burst's end), in
+    // random-sized batches, or with the full check; and stall sometimes.
+    const uint32_t how = random() % 8;
+    if (how == 0) {
+      (void)writer->Flush();
+    } else if (how <= 4) {
+      if (absl::Status published = writer->Publish(); !published.ok()) outcome->status = published;
+    }
     if (random() % 4096 == 0) co_await loop->Sleep(std::chrono::microseconds(random() % 200));
   }
   (void)writer->Flush();

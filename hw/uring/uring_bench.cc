@@ -169,30 +169,33 @@ Task Produce(EventLoop* loop, RingWriter* writer, size_t size, const std::atomic
   std::vector<uint8_t> payload(size + 1, 0x5a);
   const ring::OutgoingPacket packet{.payload = absl::MakeSpan(payload.data(), size)};
   const uint32_t packet_bytes = static_cast<uint32_t>(((size + 7) & ~size_t{7}) + 24);
+  uint64_t count = 0;  // Counted here, stored once: *sent may share a line the consumer writes.
   while (!stop->load(std::memory_order_relaxed)) {
     absl::Status status = writer->ring().Append(packet);
     if (status.ok()) {
-      ++*sent;
-      // Publish per packet: each write is visible at once, as a device answering requests.
-      (void)writer->Flush();
+      ++count;
+      // Publish per packet: each write is visible at once, as a device answering requests;
+      // the signalling check is per burst (RingWriter::Publish).
+      (void)writer->Publish();
       continue;
     }
-    (void)writer->Flush();
     if (!(co_await writer->Writable(packet_bytes)).ok()) break;
   }
   (void)writer->Flush();
+  *sent = count;
   loop->Stop();
 }
 
 Task Consume(EventLoop* loop, RingReader* reader, const std::atomic<uint64_t>* target,
              uint64_t* received) {
   ring::PacketBuffer buffer;
-  while (*received < target->load(std::memory_order_acquire)) {
+  uint64_t count = 0;  // Counted here, stored once: *received may share a line with the producer.
+  while (count < target->load(std::memory_order_acquire)) {
     if (!(co_await reader->Readable()).ok()) break;
     // Release space in slices of 1/8 ring, so a writer waiting for space wakes while we drain.
     uint32_t unreleased = 0;
     while (*reader->ring().Read(&buffer)) {
-      ++*received;
+      ++count;
       unreleased += static_cast<uint32_t>(buffer.packet().payload.size()) + 24;
       if (unreleased >= kRingDataBytes / 8) {
         (void)reader->Release();
@@ -201,6 +204,7 @@ Task Consume(EventLoop* loop, RingReader* reader, const std::atomic<uint64_t>* t
     }
     (void)reader->Release();
   }
+  *received = count;
   loop->Stop();
 }
 

@@ -16,9 +16,9 @@ namespace cvmbus::paravisor {
 // the close path; the task owns the last reference while it runs.
 struct EchoDevice::OpenChannelState {
   int wake_fd = -1;
+  std::shared_ptr<hw::Signal> guest_interrupt;  // Outlives the endpoints, which may signal.
   std::unique_ptr<hw::RingReader> reader;
   std::unique_ptr<hw::RingWriter> writer;
-  std::shared_ptr<hw::Signal> guest_interrupt;
   bool closing = false;
   std::optional<Rpc<Unit, Unit>> close_rpc;  // Replied when the echo task has stopped.
   ~OpenChannelState() {
