@@ -8,6 +8,7 @@
 
 #include "base/format.h"
 #include "hw/uring/signal.h"
+#include "paravisor/protocol/monitor_page.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -59,6 +60,11 @@ void GuestClient::OnMessage(std::vector<uint8_t> bytes) {
   MutexLock lock(&mu_);
   if (const auto* offer = parsed->As<protocol::OfferChannel>()) {
     connection_ids_[offer->child_relid] = offer->connection_id;
+    if (offer->monitor_allocated() && offer->monitor_id < protocol::monitor::kMaxMonitorIds) {
+      monitor_ids_[offer->child_relid] = offer->monitor_id;
+    } else {
+      monitor_ids_.erase(offer->child_relid);
+    }
   }
   inbox_.push_back(*std::move(parsed));
   arrived_.notify_all();
@@ -101,10 +107,12 @@ bool GuestClient::NothingArrives(MessageType type, std::chrono::milliseconds qui
   return !WaitFor(type, quiet).ok();
 }
 
-absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
-                                                               uint32_t features) {
+absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version, uint32_t features,
+                                                               GuestMonitorSetup monitor) {
   protocol::InitiateContact contact{};
   contact.vmbus_version_requested = version;
+  contact.monitor_page1 = monitor.parent_to_child;
+  contact.monitor_page2 = monitor.child_to_parent;
   if (version >= protocol::kVersionWin10V5) {
     contact.interrupt_page_or_target.target.message_sint = protocol::kMessageSint;
   }
@@ -122,7 +130,15 @@ absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
   if (!response.version_supported) {
     return absl::UnavailableError(fmt::format("host does not support version {:#x}", version));
   }
+  if (response.connection_state != protocol::kConnectionSuccessful) return response;
   version_ = version;
+  if (response.has_server_monitor_pages()) {
+    monitor_memory_ = monitor.server_pages;
+    monitor_page_ = response.child_to_parent_monitor_page;
+  } else {
+    monitor_memory_ = monitor.child_to_parent != 0 ? monitor.own_pages : std::nullopt;
+    monitor_page_ = monitor.child_to_parent;
+  }
   return response;
 }
 
@@ -238,6 +254,7 @@ int GuestClient::ChannelEventFd(uint32_t relid) {
 
 absl::Status GuestClient::SignalHost(uint32_t relid) {
   uint32_t connection_id;
+  std::optional<uint8_t> monitor_id;
   {
     MutexLock lock(&mu_);
     auto it = connection_ids_.find(relid);
@@ -245,6 +262,17 @@ absl::Status GuestClient::SignalHost(uint32_t relid) {
       return absl::NotFoundError(fmt::format("guest client: no offer for channel {}", relid));
     }
     connection_id = it->second;
+    if (auto monitored = monitor_ids_.find(relid); monitored != monitor_ids_.end()) {
+      monitor_id = monitored->second;
+    }
+  }
+  if (monitor_id.has_value() && monitor_memory_.has_value() && monitor_page_ != 0) {
+    // Linux vmbus_setevent: sync_set_bit(monitor_bit, &pending[monitor_grp]).
+    const uint64_t pending = monitor_page_ + protocol::monitor::PendingOffset(
+                                                 *monitor_id / protocol::monitor::kIdsPerGroup);
+    return monitor_memory_
+        ->FetchOr32(pending, 1u << (*monitor_id % protocol::monitor::kIdsPerGroup))
+        .status();
   }
   return port_->SignalHost(connection_id);
 }

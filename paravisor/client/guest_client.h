@@ -14,17 +14,31 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "base/mutex.h"
+#include "guestmem/guest_memory.h"
 #include "hw/uring/event_loop.h"
 #include "paravisor/protocol/codec.h"
 #include "paravisor/server/message_port.h"
 
 namespace cvmbus::paravisor {
+
+// Monitor pages (MNF) for GuestClient::Connect. `parent_to_child`/`child_to_parent` are the
+// guest's own pages, sent in INITIATE_CONTACT (0 and 0: none), accessed through `own_pages`.
+// If the host answers with kFeatureServerSpecifiedMonitorPages (ask for it in the features),
+// its child -> parent page is used instead, through `server_pages` (the private view on a
+// confidential VM).
+struct GuestMonitorSetup {
+  uint64_t parent_to_child = 0;
+  uint64_t child_to_parent = 0;
+  std::optional<guestmem::GuestMemory> own_pages;
+  std::optional<guestmem::GuestMemory> server_pages;
+};
 
 class GuestClient {
  public:
@@ -33,7 +47,8 @@ class GuestClient {
 
   // INITIATE_CONTACT for `version` with `features`; the host's VERSION_RESPONSE.
   // kUnavailable if the host does not support the version.
-  absl::StatusOr<protocol::VersionResponse> Connect(uint32_t version, uint32_t features);
+  absl::StatusOr<protocol::VersionResponse> Connect(uint32_t version, uint32_t features,
+                                                    GuestMonitorSetup monitor = {});
   // REQUESTOFFERS; the offers up to ALLOFFERS_DELIVERED.
   absl::StatusOr<std::vector<protocol::OfferChannel>> RequestOffers();
   // GPADL_HEADER (+ bodies) for one range over `gpns` covering whole pages; the GPADL's
@@ -61,7 +76,9 @@ class GuestClient {
 
   // The eventfd the channel's host -> guest interrupt signals (created on first call).
   int ChannelEventFd(uint32_t relid);
-  // HvSignalEvent for the channel (the connection id its offer named).
+  // Signals the host for the channel as Linux does: a channel offered with a monitor id sets
+  // its pending bit in the child -> parent monitor page (no hypercall); any other channel gets
+  // HvSignalEvent on the connection id its offer named.
   absl::Status SignalHost(uint32_t relid);
 
   uint32_t version() const { return version_; }
@@ -81,6 +98,10 @@ class GuestClient {
   std::deque<protocol::ParsedMessage> inbox_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, uint32_t> connection_ids_ ABSL_GUARDED_BY(mu_);  // relid ->
   absl::flat_hash_map<uint32_t, int> event_fds_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint32_t, uint8_t> monitor_ids_ ABSL_GUARDED_BY(mu_);  // relid -> id
+  // The child -> parent monitor page in use, if any (set by Connect).
+  std::optional<guestmem::GuestMemory> monitor_memory_;
+  uint64_t monitor_page_ = 0;
 };
 
 }  // namespace cvmbus::paravisor

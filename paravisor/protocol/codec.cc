@@ -218,6 +218,27 @@ absl::StatusOr<ParsedMessage> ParseMessage(absl::Span<const uint8_t> untrusted_m
       }
       break;
     }
+    case MessageType::kVersionResponse: {
+      // Three lengths: the copy is zero past the message, so loading the whole struct keeps
+      // what arrived. The monitor pages come exactly with their feature bit.
+      VersionResponse& response = std::get<VersionResponse>(out.body);
+      std::memcpy(&response, copy.data(), sizeof(response));
+      out.has_tail = wire_bytes >= VersionResponse::kWithFeaturesBytes;
+      if (!out.has_tail) response.supported_features = 0;
+      if (response.has_server_monitor_pages() && wire_bytes < sizeof(VersionResponse)) {
+        return MakeProtocolError(
+            ProtocolError::kTruncated,
+            fmt::format("parse VERSION_RESPONSE: server-specified monitor pages need {} bytes, "
+                        "got {}",
+                        sizeof(VersionResponse), wire_bytes));
+      }
+      if (!response.has_server_monitor_pages()) {
+        response.padding2 = 0;
+        response.parent_to_child_monitor_page = 0;
+        response.child_to_parent_monitor_page = 0;
+      }
+      break;
+    }
     case MessageType::kGpadlHeader:
       CVMBUS_RETURN_IF_ERROR(ParseGpadlHeaderWords(copy, wire_bytes, &out));
       break;
@@ -316,9 +337,10 @@ std::vector<uint8_t> EncodeInitiateContact(const InitiateContact& message) {
 
 std::vector<uint8_t> EncodeVersionResponse(const VersionResponse& message,
                                            bool with_supported_features) {
-  return internal::EncodeStruct(
-      VersionResponse::kType, &message,
-      with_supported_features ? sizeof(message) : VersionResponse::kBaseBytes);
+  const size_t bytes = !with_supported_features             ? VersionResponse::kBaseBytes
+                       : message.has_server_monitor_pages() ? sizeof(message)
+                                                            : VersionResponse::kWithFeaturesBytes;
+  return internal::EncodeStruct(VersionResponse::kType, &message, bytes);
 }
 
 std::vector<uint8_t> EncodeOpenChannel(const OpenChannel& message, bool with_tail) {

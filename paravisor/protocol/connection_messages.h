@@ -92,12 +92,14 @@ static_assert(offsetof(InitiateContact, client_id) == InitiateContact::kBaseByte
 static_assert(std::is_trivially_copyable_v<InitiateContact>);
 static_assert(std::has_unique_object_representations_v<InitiateContact>);
 
-// CHANNELMSG_VERSION_RESPONSE, host -> guest (struct vmbus_channel_version_response; the
-// supported-features tail is OpenVMM's VersionResponse2, sent only when the guest asked for
-// 6.0+ and the host accepted it).
+// CHANNELMSG_VERSION_RESPONSE, host -> guest (struct vmbus_channel_version_response). Three
+// lengths (OpenVMM's VersionResponse, 2 and 3): 16 bytes; 20 with supported_features, sent
+// when the guest asked for 6.0+ and the host accepted it; 40 with the monitor page GPAs, sent
+// exactly when supported_features has kFeatureServerSpecifiedMonitorPages.
 struct VersionResponse {
   static constexpr MessageType kType = MessageType::kVersionResponse;
   static constexpr size_t kBaseBytes = 16;
+  static constexpr size_t kWithFeaturesBytes = 20;
 
   MessageHeader header;
   uint8_t version_supported;  // Nonzero: the requested version is accepted.
@@ -107,13 +109,25 @@ struct VersionResponse {
   // OpenVMM puts the accepted version here (selected_version_or_connection_id).
   uint32_t message_connection_id;
   uint32_t supported_features;  // 6.0+: the kFeature* bits granted.
+  uint32_t padding2;
+  // With kFeatureServerSpecifiedMonitorPages: the pages the guest must use instead of its
+  // own. parent_to_child may be 0 (the server sends no monitored interrupts).
+  uint64_t parent_to_child_monitor_page;
+  uint64_t child_to_parent_monitor_page;
+
+  bool has_server_monitor_pages() const {
+    return (supported_features & kFeatureServerSpecifiedMonitorPages) != 0;
+  }
 };
-static_assert(sizeof(VersionResponse) == 20);
+static_assert(sizeof(VersionResponse) == 40);
 static_assert(offsetof(VersionResponse, version_supported) == 8);
 static_assert(offsetof(VersionResponse, connection_state) == 9);
 static_assert(offsetof(VersionResponse, padding) == 10);
 static_assert(offsetof(VersionResponse, message_connection_id) == 12);
 static_assert(offsetof(VersionResponse, supported_features) == VersionResponse::kBaseBytes);
+static_assert(offsetof(VersionResponse, padding2) == VersionResponse::kWithFeaturesBytes);
+static_assert(offsetof(VersionResponse, parent_to_child_monitor_page) == 24);
+static_assert(offsetof(VersionResponse, child_to_parent_monitor_page) == 32);
 static_assert(std::is_trivially_copyable_v<VersionResponse>);
 static_assert(std::has_unique_object_representations_v<VersionResponse>);
 

@@ -60,7 +60,10 @@ inline constexpr uint32_t kFeatureModifyConnection = 0x04;                // Mes
 inline constexpr uint32_t kFeatureClientId = 0x08;              // INITIATE_CONTACT carries a GUID.
 inline constexpr uint32_t kFeatureConfidentialChannels = 0x10;  // Offer flags 0x2 and 0x4.
 inline constexpr uint32_t kFeaturePauseResume = 0x20;           // Messages 27-29.
-inline constexpr uint32_t kKnownFeatures = 0x3f;
+// The server supplies the monitor pages in VERSION_RESPONSE (OpenVMM; a paravisor on a
+// confidential VM, where the guest's own monitor pages are shared with the host).
+inline constexpr uint32_t kFeatureServerSpecifiedMonitorPages = 0x40;
+inline constexpr uint32_t kKnownFeatures = 0x7f;
 
 // --- SynIC plumbing (Linux drivers/hv/hyperv_vmbus.h; OpenVMM for the redirect id). ---
 inline constexpr uint32_t kMessageConnectionId = 1;   // Guest -> host before version 5.0.

@@ -401,6 +401,32 @@ TEST(KnownAnswerTest, VersionResponseWithSupportedFeatures) {
   EXPECT_EQ(EncodeVersionResponse(built, /*with_supported_features=*/true), bytes);
 }
 
+TEST(KnownAnswerTest, VersionResponseWithServerSpecifiedMonitorPages) {
+  const std::vector<uint8_t> bytes = LeBytes()
+                                         .U32(15)
+                                         .U32(0)
+                                         .U32(0x0001)  // version_supported, state, padding
+                                         .U32(4)
+                                         .U32(0x50)  // confidential channels | monitor pages
+                                         .U32(0)
+                                         .U64(0)
+                                         .U64(0x7f000)
+                                         .Take();
+  ASSERT_EQ(bytes.size(), 40u);
+  const VersionResponse response = ParseKnownAnswer<VersionResponse>(bytes);
+  EXPECT_TRUE(response.has_server_monitor_pages());
+  EXPECT_EQ(response.parent_to_child_monitor_page, 0u);
+  EXPECT_EQ(response.child_to_parent_monitor_page, 0x7f000u);
+  const VersionResponse built{.version_supported = 1,
+                              .message_connection_id = 4,
+                              .supported_features = 0x50,
+                              .child_to_parent_monitor_page = 0x7f000};
+  EXPECT_EQ(EncodeVersionResponse(built, /*with_supported_features=*/true), bytes);
+  // The feature bit without the pages is a truncated message.
+  const std::vector<uint8_t> truncated(bytes.begin(), bytes.begin() + 20);
+  EXPECT_TRUE(IsProtocolError(ParseMessage(truncated).status(), ProtocolError::kTruncated));
+}
+
 TEST(KnownAnswerTest, ReservedChannelMessages) {
   const std::vector<uint8_t> open = LeBytes()
                                         .U32(18)

@@ -224,18 +224,77 @@ void VmbusServer::HandleInitiateContact(const ParsedMessage& message) {
   } else if (!KnownVersion(requested) || requested > options_.max_version) {
     Log(fmt::format("guest asked for version {:#x}: not supported, it may retry lower", requested));
   } else {
-    version_ = requested;
     const uint32_t supported =
         kSupportedFeatures & (port_->trusted() ? ~0u : ~protocol::kFeatureConfidentialChannels);
-    features_ = contact.feature_flags() & supported;
+    const uint32_t asked = contact.feature_flags();
     response.version_supported = 1;
-    response.connection_state = protocol::kConnectionSuccessful;
-    response.message_connection_id = protocol::kMessageConnectionId;
-    response.supported_features = features_;
-    Log(fmt::format("connected: version {}.{}, features {:#x}", protocol::VersionMajor(version_),
-                    protocol::VersionMinor(version_), features_));
+    if (absl::Status monitor = SetUpMonitorPage(contact, asked); !monitor.ok()) {
+      GuestError(fmt::format("INITIATE_CONTACT refused: {}", monitor.message()));
+      response.connection_state = protocol::kConnectionFailedUnknownFailure;
+    } else {
+      version_ = requested;
+      features_ = asked & supported;
+      if (monitor_ != nullptr && monitor_server_allocated_) {
+        features_ |= protocol::kFeatureServerSpecifiedMonitorPages;
+        response.child_to_parent_monitor_page = monitor_->gpa();
+      }
+      response.connection_state = protocol::kConnectionSuccessful;
+      response.message_connection_id = protocol::kMessageConnectionId;
+      response.supported_features = features_;
+      Log(fmt::format("connected: version {}.{}, features {:#x}, monitor page {}",
+                      protocol::VersionMajor(version_), protocol::VersionMinor(version_), features_,
+                      monitor_ == nullptr
+                          ? std::string("none")
+                          : fmt::format("{:#x} ({})", monitor_->gpa(),
+                                        monitor_server_allocated_ ? "server's" : "guest's")));
+    }
   }
   Send(protocol::EncodeVersionResponse(response, requested >= protocol::kVersionWin10V6_0));
+}
+
+absl::Status VmbusServer::SetUpMonitorPage(const protocol::InitiateContact& contact,
+                                           uint32_t asked_features) {
+  monitor_.reset();
+  monitor_server_allocated_ = false;
+  const uint64_t parent_to_child = contact.monitor_page1, child_to_parent = contact.monitor_page2;
+  if ((parent_to_child == 0) != (child_to_parent == 0)) {
+    return absl::InvalidArgumentError(fmt::format(
+        "monitor pages {:#x} and {:#x}: give both or neither", parent_to_child, child_to_parent));
+  }
+  for (const uint64_t gpa : {parent_to_child, child_to_parent}) {
+    if (gpa % 4096 != 0) {
+      return absl::InvalidArgumentError(fmt::format("monitor page {:#x} is not page aligned", gpa));
+    }
+  }
+  // The server's own page (a paravisor's private page) when the guest accepts one. On a
+  // confidential VM the guest's pages are shared with the host, which could then forge the
+  // guest's notifications: MNF is used there only through the server's page.
+  if (options_.server_monitor_page.has_value() &&
+      (asked_features & protocol::kFeatureServerSpecifiedMonitorPages) != 0 &&
+      contact.vmbus_version_requested >= protocol::kVersionWin10V6_0) {
+    const guestmem::GuestMemory& memory =
+        options_.private_memory.has_value() ? *options_.private_memory : options_.untrusted_memory;
+    auto scanner = std::make_unique<MonitorScanner>(loop_, memory, *options_.server_monitor_page,
+                                                    [this](const std::string& line) { Log(line); });
+    if (absl::Status cleared = scanner->Clear(); !cleared.ok()) {
+      Log(fmt::format("server monitor page unusable, MNF off: {}", cleared));
+      return absl::OkStatus();
+    }
+    monitor_ = std::move(scanner);
+    monitor_server_allocated_ = true;
+    return absl::OkStatus();
+  }
+  if (child_to_parent == 0 || options_.private_memory.has_value()) return absl::OkStatus();
+  // The guest's own child -> parent page, in shared memory: it must be there.
+  if (absl::Status readable =
+          options_.untrusted_memory.ReadPlain<uint32_t>(child_to_parent).status();
+      !readable.ok()) {
+    return absl::InvalidArgumentError(fmt::format("monitor page {:#x} is not guest memory: {}",
+                                                  child_to_parent, readable.message()));
+  }
+  monitor_ = std::make_unique<MonitorScanner>(loop_, options_.untrusted_memory, child_to_parent,
+                                              [this](const std::string& line) { Log(line); });
+  return absl::OkStatus();
 }
 
 uint16_t VmbusServer::VisibleOfferFlags(const Channel& channel) const {
@@ -280,9 +339,20 @@ void VmbusServer::SendOffer(Channel& channel) {
       channel.params.channel_type);
   offer.sub_channel_index = channel.params.subchannel_index;
   offer.child_relid = channel.relid;
-  offer.monitor_id = channel.monitor_id.value_or(0);
-  offer.monitor_flags = channel.monitor_id.has_value() ? 1 : 0;
-  offer.interrupt_flags = channel.monitor_id.has_value() ? 0 : 1;  // Dedicated interrupt.
+  // A monitor id only where this connection has a monitor page that works.
+  bool monitored = monitor_ != nullptr && channel.monitor_id.has_value();
+  if (monitored) {
+    absl::Status described =
+        monitor_->Describe(*channel.monitor_id, ChannelConnectionId(channel.relid),
+                           *channel.params.mnf_interrupt_latency);
+    if (!described.ok()) {
+      Log(fmt::format("channel {}: offered without MNF: {}", channel.relid, described));
+      monitored = false;
+    }
+  }
+  offer.monitor_id = monitored ? *channel.monitor_id : protocol::monitor::kNoMonitorId;
+  offer.monitor_flags = monitored ? 1 : 0;
+  offer.interrupt_flags = monitored ? 0 : 1;  // Dedicated interrupt.
   offer.connection_id = ChannelConnectionId(channel.relid);
   channel.offered_to_guest = true;
   SendMessage(offer);
@@ -372,6 +442,7 @@ hw::Task VmbusServer::AwaitOpen(uint32_t relid, uint32_t open_id, uint32_t conne
   if (result.ok() && result->has_value()) {
     channel.state = ChannelState::kOpen;
     port_->SetHostEventTarget(connection_id, (*result)->guest_to_host_interrupt.signal());
+    WatchMonitor(channel, (*result)->guest_to_host_interrupt.signal());
     message.status = protocol::kStatusSuccess;
   } else {
     channel.state = ChannelState::kClosed;
@@ -393,6 +464,7 @@ void VmbusServer::HandleClose(uint32_t relid) {
   auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
   channel->state = ChannelState::kClosing;
   port_->SetHostEventTarget(ChannelConnectionId(relid), nullptr);
+  UnwatchMonitor(*channel);
   if (!channel->requests.Send(CloseChannel{std::move(rpc)}).ok()) {
     channel->state = ChannelState::kClosed;
     channel->ring_gpadl.reset();
@@ -598,6 +670,7 @@ void VmbusServer::Revoke(uint32_t relid) {
     port_->SetHostEventTarget(ChannelConnectionId(relid), nullptr);
     channel.state = ChannelState::kClosed;
   }
+  UnwatchMonitor(channel);
   if (channel.monitor_id.has_value()) {
     monitor_ids_[*channel.monitor_id / 64] &= ~(uint64_t{1} << (*channel.monitor_id % 64));
     channel.monitor_id.reset();
@@ -657,6 +730,19 @@ void VmbusServer::ResetConnection() {
     free_relids_.insert(std::lower_bound(free_relids_.begin(), free_relids_.end(), relid), relid);
   }
   offers_requested_ = false;
+  monitor_.reset();  // The next INITIATE_CONTACT names the pages again.
+  monitor_server_allocated_ = false;
+}
+
+void VmbusServer::WatchMonitor(const Channel& channel, std::shared_ptr<hw::Signal> target) {
+  if (monitor_ == nullptr || !channel.monitor_id.has_value() || !target) return;
+  monitor_->Watch(*channel.monitor_id, std::move(target), *channel.params.mnf_interrupt_latency);
+}
+
+void VmbusServer::UnwatchMonitor(const Channel& channel) {
+  if (monitor_ != nullptr && channel.monitor_id.has_value()) {
+    monitor_->Unwatch(*channel.monitor_id);
+  }
 }
 
 }  // namespace cvmbus::paravisor

@@ -37,6 +37,7 @@
 #include "paravisor/bus/bus.h"
 #include "paravisor/protocol/codec.h"
 #include "paravisor/server/message_port.h"
+#include "paravisor/server/monitor_scanner.h"
 #include "paravisor/server/saved_state.pb.h"
 
 namespace cvmbus::paravisor {
@@ -47,6 +48,11 @@ struct ServerOptions {
   guestmem::GuestMemory untrusted_memory;
   std::optional<guestmem::GuestMemory> private_memory;  // Set on a hardware-isolated VM.
   uint32_t max_version = protocol::kVersionWin10V6_0;
+  // A page the server may give the guest as its child -> parent monitor page (feature
+  // kFeatureServerSpecifiedMonitorPages), in the private view on a confidential VM. Without
+  // it, a confidential VM's channels are offered without MNF (the guest's own monitor pages
+  // are shared with the host); other VMs use the guest's page.
+  std::optional<uint64_t> server_monitor_page;
   // Receives one line per guest mistake or notable event. Default: stderr.
   std::function<void(const std::string&)> log;
 };
@@ -79,6 +85,8 @@ class VmbusServer {
   const ServerStats& stats() const { return stats_; }
   uint32_t version() const { return version_; }
   uint32_t feature_flags() const { return features_; }
+  // The connection's monitor page scanner (null without MNF), for tests and statistics.
+  const MonitorScanner* monitor() const { return monitor_.get(); }
   size_t channel_count() const { return channels_.size(); }
 
  private:
@@ -119,6 +127,11 @@ class VmbusServer {
   }
 
   void HandleInitiateContact(const protocol::ParsedMessage& message);
+  // Validates INITIATE_CONTACT's monitor pages and sets up monitor_ (or none); an error is the
+  // guest's mistake (the connection fails).
+  absl::Status SetUpMonitorPage(const protocol::InitiateContact& contact, uint32_t asked_features);
+  void WatchMonitor(const Channel& channel, std::shared_ptr<hw::Signal> target);
+  void UnwatchMonitor(const Channel& channel);
   void HandleRequestOffers();
   void HandleOpen(const protocol::OpenChannel& open);
   void HandleClose(uint32_t relid);
@@ -157,6 +170,8 @@ class VmbusServer {
   std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
   uint32_t next_relid_ = 1;
   uint64_t monitor_ids_[2] = {0, 0};                     // 128 monitor ids.
+  std::unique_ptr<MonitorScanner> monitor_;              // This connection's MNF page, if any.
+  bool monitor_server_allocated_ = false;                // monitor_ is options_'s page.
   std::map<OfferKey, saved::Channel> pending_restores_;  // Saved channels not yet re-offered.
   // Shared with tasks still awaiting replies: they check it before touching the server.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

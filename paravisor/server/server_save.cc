@@ -29,6 +29,10 @@ absl::StatusOr<saved::Server> VmbusServer::Save() const {
   saved::Server state;
   state.set_version(version_);
   state.set_features(features_);
+  if (monitor_ != nullptr) {
+    state.set_monitor_page_gpa(monitor_->gpa());
+    state.set_monitor_page_server_allocated(monitor_server_allocated_);
+  }
   state.set_offers_requested(offers_requested_);
   state.set_next_relid(next_relid_);
   for (uint32_t relid : free_relids_) state.add_free_relids(relid);
@@ -86,6 +90,24 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
     if (!pending.emplace(key, channel).second) {
       return absl::DataLossError(fmt::format("saved state: key {} saved twice", key.ToString()));
     }
+  }
+  const uint64_t monitor_page = state.monitor_page_gpa();
+  const bool server_page = state.monitor_page_server_allocated();
+  if (monitor_page % 4096 != 0 ||
+      (server_page && options_.server_monitor_page != std::optional<uint64_t>(monitor_page))) {
+    return absl::DataLossError(
+        fmt::format("saved state: monitor page {:#x}{} is not one this server can use",
+                    monitor_page, server_page ? " (the server's)" : ""));
+  }
+  if (monitor_page != 0) {
+    // Not cleared: a bit the guest set while the old server went away is found by the first
+    // scan, so no notification is lost.
+    const guestmem::GuestMemory& memory = server_page && options_.private_memory.has_value()
+                                              ? *options_.private_memory
+                                              : options_.untrusted_memory;
+    monitor_ = std::make_unique<MonitorScanner>(loop_, memory, monitor_page,
+                                                [this](const std::string& line) { Log(line); });
+    monitor_server_allocated_ = server_page;
   }
   version_ = state.version();
   features_ = state.features();
@@ -159,6 +181,7 @@ absl::StatusOr<RestoreResult> VmbusServer::RestoreChannelState(
                                             OfferFlags{VisibleOfferFlags(channel)});
     port_->SetHostEventTarget(channel.open_data.connection_id,
                               open->guest_to_host_interrupt.signal());
+    WatchMonitor(channel, open->guest_to_host_interrupt.signal());
     // Both directions once: an interrupt raised while the old paravisor went away is not lost.
     (void)to_guest.Deliver();
     (void)open->guest_to_host_interrupt.Deliver();

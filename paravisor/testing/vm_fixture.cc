@@ -22,29 +22,36 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
   vm->port_ = std::make_unique<MessagePort>(options.trusted_port);
   std::promise<absl::Status> started;
   VirtualMachine* raw = vm.get();
-  vm->thread_ = std::thread([raw, &started, isolated = options.isolated] {
-    auto loop = hw::EventLoop::Create();
-    if (!loop.ok()) {
-      started.set_value(loop.status());
-      return;
+  if (options.server_monitor_page.has_value() && options.isolated) {
+    if (absl::Status status = vm->MakePrivate(*options.server_monitor_page, 4096); !status.ok()) {
+      return status;
     }
-    raw->loop_ = *std::move(loop);
-    ServerOptions server_options;
-    server_options.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
-    if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);
-    server_options.log = [raw](const std::string& line) {
-      MutexLock lock(&raw->log_mu_);
-      raw->log_.push_back(line);
-    };
-    raw->server_options_ = server_options;
-    raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
-                                                 std::move(server_options));
-    raw->bus_ = raw->server_->Bus();
-    started.set_value(absl::OkStatus());
-    (void)raw->loop_->Run();
-    raw->bus_.reset();
-    raw->server_.reset();
-  });
+  }
+  vm->thread_ = std::thread(
+      [raw, &started, isolated = options.isolated, monitor_page = options.server_monitor_page] {
+        auto loop = hw::EventLoop::Create();
+        if (!loop.ok()) {
+          started.set_value(loop.status());
+          return;
+        }
+        raw->loop_ = *std::move(loop);
+        ServerOptions server_options;
+        server_options.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
+        if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);
+        server_options.server_monitor_page = monitor_page;
+        server_options.log = [raw](const std::string& line) {
+          MutexLock lock(&raw->log_mu_);
+          raw->log_.push_back(line);
+        };
+        raw->server_options_ = server_options;
+        raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
+                                                     std::move(server_options));
+        raw->bus_ = raw->server_->Bus();
+        started.set_value(absl::OkStatus());
+        (void)raw->loop_->Run();
+        raw->bus_.reset();
+        raw->server_.reset();
+      });
   if (absl::Status status = started.get_future().get(); !status.ok()) {
     vm->thread_.join();
     return status;

@@ -6,6 +6,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +25,9 @@ struct VmOptions {
   uint64_t memory_bytes = 64ull << 20;
   bool trusted_port = true;  // The paravisor's own SynIC.
   bool isolated = true;      // An SNP model: pages start shared; ConvertToPrivate validates.
+  // A page the server may hand the guest as its monitor page (ServerOptions); made private on
+  // an isolated VM, as a paravisor's own memory is.
+  std::optional<uint64_t> server_monitor_page;
 };
 
 class VirtualMachine {
