@@ -132,6 +132,7 @@ absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
   }
   if (response.connection_state != protocol::kConnectionSuccessful) return response;
   version_ = version;
+  features_ = response.supported_features;
   if (response.has_server_monitor_pages()) {
     monitor_memory_ = monitor.server_pages;
     monitor_page_ = response.child_to_parent_monitor_page;
@@ -194,14 +195,28 @@ absl::Status GuestClient::TeardownGpadl(uint32_t relid, uint32_t gpadl_id) {
 
 absl::StatusOr<uint32_t> GuestClient::OpenChannel(uint32_t relid, uint32_t ring_gpadl,
                                                   uint32_t downstream_page_offset,
-                                                  uint32_t target_vp) {
+                                                  uint32_t target_vp,
+                                                  std::optional<uint32_t> connection_id) {
   protocol::OpenChannel open{};
   open.child_relid = relid;
   open.open_id = relid;
   open.ring_buffer_gpadl = ring_gpadl;
   open.target_vp = target_vp;
   open.downstream_page_offset = downstream_page_offset;
-  if (absl::Status status = Post(protocol::EncodeOpenChannel(open, false)); !status.ok()) {
+  const bool with_tail = (features_ & (protocol::kFeatureGuestSpecifiedSignalParameters |
+                                       protocol::kFeatureChannelInterruptRedirection)) != 0;
+  if ((features_ & protocol::kFeatureGuestSpecifiedSignalParameters) != 0) {
+    MutexLock lock(&mu_);
+    auto offered = connection_ids_.find(relid);
+    if (connection_id.has_value()) {
+      connection_ids_[relid] = *connection_id;
+    } else if (offered != connection_ids_.end()) {
+      connection_id = offered->second;
+    }
+    open.connection_id = connection_id.value_or(0);
+    open.event_flag = static_cast<uint16_t>(relid);
+  }
+  if (absl::Status status = Post(protocol::EncodeOpenChannel(open, with_tail)); !status.ok()) {
     return status;
   }
   auto result = WaitFor(MessageType::kOpenChannelResult,

@@ -56,9 +56,13 @@ class GuestClient {
   absl::StatusOr<uint32_t> CreateGpadl(uint32_t relid, uint32_t gpadl_id,
                                        const std::vector<uint64_t>& gpns);
   absl::Status TeardownGpadl(uint32_t relid, uint32_t gpadl_id);  // Waits for GPADL_TORNDOWN.
-  // OPENCHANNEL; the OPENCHANNEL_RESULT status.
+  // OPENCHANNEL; the OPENCHANNEL_RESULT status. Where the connection granted
+  // kFeatureGuestSpecifiedSignalParameters the request carries the signal parameters:
+  // `connection_id` (default: the one the offer named), which SignalHost then uses, and the
+  // event flag (the relid).
   absl::StatusOr<uint32_t> OpenChannel(uint32_t relid, uint32_t ring_gpadl,
-                                       uint32_t downstream_page_offset, uint32_t target_vp = 0);
+                                       uint32_t downstream_page_offset, uint32_t target_vp = 0,
+                                       std::optional<uint32_t> connection_id = std::nullopt);
   absl::Status CloseChannel(uint32_t relid);
   absl::StatusOr<uint32_t> ModifyChannel(uint32_t relid, uint32_t target_vp);
   absl::Status ReleaseRelid(uint32_t relid);
@@ -82,6 +86,7 @@ class GuestClient {
   absl::Status SignalHost(uint32_t relid);
 
   uint32_t version() const { return version_; }
+  uint32_t features() const { return features_; }  // Granted by the last VERSION_RESPONSE.
 
  private:
   explicit GuestClient(MessagePort* port) : port_(port) {}
@@ -92,6 +97,7 @@ class GuestClient {
   std::unique_ptr<hw::EventLoop> loop_;
   std::thread thread_;
   uint32_t version_ = 0;
+  uint32_t features_ = 0;
   uint32_t message_connection_id_ = protocol::kMessageConnectionId;
   Mutex mu_;
   std::condition_variable_any arrived_;

@@ -15,7 +15,15 @@ namespace {
 using protocol::MessageType;
 using protocol::ParsedMessage;
 
-constexpr uint32_t kSupportedFeatures = protocol::kFeatureConfidentialChannels;
+// Granted when asked (confidential channels only on a trusted port); the server's monitor
+// pages (0x40) are granted separately, when the server has a page to give.
+constexpr uint32_t kSupportedFeatures =
+    protocol::kFeatureGuestSpecifiedSignalParameters | protocol::kFeatureModifyConnection |
+    protocol::kFeatureConfidentialChannels | protocol::kFeaturePauseResume;
+// Messages to the guest held while it is paused, at most.
+constexpr size_t kMaxHeldWhilePaused = 4096;
+// Bits 24-31 of a connection id are reserved (HV_CONNECTION_ID).
+constexpr uint32_t kMaxConnectionId = 0xffffff;
 
 protocol::Guid WireGuid(const Guid& guid) {
   protocol::Guid wire;
@@ -78,6 +86,16 @@ void VmbusServer::GuestError(const std::string& line) {
 }
 
 void VmbusServer::Send(const std::vector<uint8_t>& bytes) {
+  if (paused_) {  // Held until RESUME, in order; bounded, so a guest that never resumes
+                  // cannot grow the paravisor's memory.
+    if (held_while_paused_.size() >= kMaxHeldWhilePaused) {
+      GuestError(fmt::format("paused for more than {} messages: message type {} dropped",
+                             kMaxHeldWhilePaused, bytes.empty() ? 0 : bytes[0]));
+      return;
+    }
+    held_while_paused_.push_back(bytes);
+    return;
+  }
   if (absl::Status status = port_->PostToGuest(bytes); !status.ok()) {
     Log(fmt::format("cannot post to the guest: {}", status));
   }
@@ -208,6 +226,14 @@ void VmbusServer::Dispatch(const ParsedMessage& message) {
       return HandleUnload();
     case MessageType::kModifyChannel:
       return HandleModify(*message.As<protocol::ModifyChannel>());
+    case MessageType::kModifyConnection:
+      return HandleModifyConnection(*message.As<protocol::ModifyConnection>());
+    case MessageType::kPause:
+      return HandlePause();
+    case MessageType::kResume:
+      return HandleResume();
+    case MessageType::kTlConnectRequest:
+      return HandleTlConnect(*message.As<protocol::TlConnectRequest>());
     default:
       GuestError(fmt::format("{} is not supported by this server",
                              protocol::MessageTypeName(message.type)));
@@ -228,7 +254,11 @@ void VmbusServer::HandleInitiateContact(const ParsedMessage& message) {
         kSupportedFeatures & (port_->trusted() ? ~0u : ~protocol::kFeatureConfidentialChannels);
     const uint32_t asked = contact.feature_flags();
     response.version_supported = 1;
-    if (absl::Status monitor = SetUpMonitorPage(contact, asked); !monitor.ok()) {
+    const bool server_pages_asked = requested >= protocol::kVersionWin10V6_0 &&
+                                    (asked & protocol::kFeatureServerSpecifiedMonitorPages) != 0;
+    if (absl::Status monitor =
+            SetUpMonitorPage(contact.monitor_page1, contact.monitor_page2, server_pages_asked);
+        !monitor.ok()) {
       GuestError(fmt::format("INITIATE_CONTACT refused: {}", monitor.message()));
       response.connection_state = protocol::kConnectionFailedUnknownFailure;
     } else {
@@ -252,11 +282,8 @@ void VmbusServer::HandleInitiateContact(const ParsedMessage& message) {
   Send(protocol::EncodeVersionResponse(response, requested >= protocol::kVersionWin10V6_0));
 }
 
-absl::Status VmbusServer::SetUpMonitorPage(const protocol::InitiateContact& contact,
-                                           uint32_t asked_features) {
-  monitor_.reset();
-  monitor_server_allocated_ = false;
-  const uint64_t parent_to_child = contact.monitor_page1, child_to_parent = contact.monitor_page2;
+absl::Status VmbusServer::SetUpMonitorPage(uint64_t parent_to_child, uint64_t child_to_parent,
+                                           bool server_pages_asked) {
   if ((parent_to_child == 0) != (child_to_parent == 0)) {
     return absl::InvalidArgumentError(fmt::format(
         "monitor pages {:#x} and {:#x}: give both or neither", parent_to_child, child_to_parent));
@@ -266,34 +293,47 @@ absl::Status VmbusServer::SetUpMonitorPage(const protocol::InitiateContact& cont
       return absl::InvalidArgumentError(fmt::format("monitor page {:#x} is not page aligned", gpa));
     }
   }
+  if (monitor_ != nullptr) {
+    for (const auto& [relid, channel] : channels_) {
+      if (channel.state != ChannelState::kClosed && channel.monitor_id.has_value()) {
+        return absl::FailedPreconditionError(
+            fmt::format("channel {} is open and uses the current monitor page", relid));
+      }
+    }
+  }
   // The server's own page (a paravisor's private page) when the guest accepts one. On a
   // confidential VM the guest's pages are shared with the host, which could then forge the
-  // guest's notifications: MNF is used there only through the server's page.
-  if (options_.server_monitor_page.has_value() &&
-      (asked_features & protocol::kFeatureServerSpecifiedMonitorPages) != 0 &&
-      contact.vmbus_version_requested >= protocol::kVersionWin10V6_0) {
+  // guest's notifications: MNF is used there only through the server's page. Elsewhere the
+  // guest's child -> parent page, which must be guest memory.
+  const bool use_server_page = options_.server_monitor_page.has_value() && server_pages_asked;
+  const bool use_guest_page =
+      !use_server_page && child_to_parent != 0 && !options_.private_memory.has_value();
+  if (use_guest_page) {
+    if (absl::Status readable =
+            options_.untrusted_memory.ReadPlain<uint32_t>(child_to_parent).status();
+        !readable.ok()) {
+      return absl::InvalidArgumentError(fmt::format("monitor page {:#x} is not guest memory: {}",
+                                                    child_to_parent, readable.message()));
+    }
+  }
+  monitor_.reset();
+  monitor_server_allocated_ = false;
+  const auto log = [this](const std::string& line) { Log(line); };
+  if (use_server_page) {
     const guestmem::GuestMemory& memory =
         options_.private_memory.has_value() ? *options_.private_memory : options_.untrusted_memory;
-    auto scanner = std::make_unique<MonitorScanner>(loop_, memory, *options_.server_monitor_page,
-                                                    [this](const std::string& line) { Log(line); });
+    auto scanner =
+        std::make_unique<MonitorScanner>(loop_, memory, *options_.server_monitor_page, log);
     if (absl::Status cleared = scanner->Clear(); !cleared.ok()) {
       Log(fmt::format("server monitor page unusable, MNF off: {}", cleared));
       return absl::OkStatus();
     }
     monitor_ = std::move(scanner);
     monitor_server_allocated_ = true;
-    return absl::OkStatus();
+  } else if (use_guest_page) {
+    monitor_ =
+        std::make_unique<MonitorScanner>(loop_, options_.untrusted_memory, child_to_parent, log);
   }
-  if (child_to_parent == 0 || options_.private_memory.has_value()) return absl::OkStatus();
-  // The guest's own child -> parent page, in shared memory: it must be there.
-  if (absl::Status readable =
-          options_.untrusted_memory.ReadPlain<uint32_t>(child_to_parent).status();
-      !readable.ok()) {
-    return absl::InvalidArgumentError(fmt::format("monitor page {:#x} is not guest memory: {}",
-                                                  child_to_parent, readable.message()));
-  }
-  monitor_ = std::make_unique<MonitorScanner>(loop_, options_.untrusted_memory, child_to_parent,
-                                              [this](const std::string& line) { Log(line); });
   return absl::OkStatus();
 }
 
@@ -416,6 +456,22 @@ void VmbusServer::HandleOpen(const protocol::OpenChannel& open) {
   data.ring_gpadl_id = open.ring_buffer_gpadl;
   data.connection_id = ChannelConnectionId(channel->relid);
   data.event_flag = static_cast<uint16_t>(channel->relid);
+  if ((features_ & protocol::kFeatureGuestSpecifiedSignalParameters) != 0) {
+    // The guest names the connection it will signal and the event flag we set for it.
+    if (open.connection_id == 0 || open.connection_id > kMaxConnectionId) {
+      return fail(
+          fmt::format("connection id {:#x} is not a valid connection id", open.connection_id));
+    }
+    for (const auto& [relid, other] : channels_) {
+      if (relid != channel->relid && other.state != ChannelState::kClosed &&
+          other.open_data.connection_id == open.connection_id) {
+        return fail(
+            fmt::format("connection id {:#x} is in use by channel {}", open.connection_id, relid));
+      }
+    }
+    data.connection_id = open.connection_id;
+    data.event_flag = open.event_flag;
+  }
   std::memcpy(data.user_data.data(), open.user_data, data.user_data.size());
   OpenRequest request =
       OpenRequest::Make(data, Interrupt(port_->GuestInterrupt(channel->relid)),
@@ -463,7 +519,7 @@ void VmbusServer::HandleClose(uint32_t relid) {
   }
   auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
   channel->state = ChannelState::kClosing;
-  port_->SetHostEventTarget(ChannelConnectionId(relid), nullptr);
+  port_->SetHostEventTarget(channel->open_data.connection_id, nullptr);
   UnwatchMonitor(*channel);
   if (!channel->requests.Send(CloseChannel{std::move(rpc)}).ok()) {
     channel->state = ChannelState::kClosed;
@@ -667,7 +723,7 @@ void VmbusServer::Revoke(uint32_t relid) {
   Channel& channel = channels_[relid];
   channel.revoked = true;
   if (channel.state != ChannelState::kClosed) {
-    port_->SetHostEventTarget(ChannelConnectionId(relid), nullptr);
+    port_->SetHostEventTarget(channel.open_data.connection_id, nullptr);
     channel.state = ChannelState::kClosed;
   }
   UnwatchMonitor(channel);
@@ -699,6 +755,8 @@ void VmbusServer::HandleRelIdReleased(uint32_t relid) {
 }
 
 void VmbusServer::HandleUnload() {
+  paused_ = false;  // An unload ends a pause; what was held goes out first, then the answer.
+  for (std::vector<uint8_t>& held : std::exchange(held_while_paused_, {})) Send(held);
   ResetConnection();
   SendMessage(protocol::UnloadResponse{});
   version_ = 0;
@@ -711,7 +769,7 @@ void VmbusServer::ResetConnection() {
     if (channel.state == ChannelState::kOpen || channel.state == ChannelState::kOpening) {
       auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
       (void)channel.requests.Send(CloseChannel{std::move(rpc)});
-      port_->SetHostEventTarget(ChannelConnectionId(relid), nullptr);
+      port_->SetHostEventTarget(channel.open_data.connection_id, nullptr);
     }
     channel.state = ChannelState::kClosed;
     channel.ring_gpadl.reset();
@@ -732,6 +790,59 @@ void VmbusServer::ResetConnection() {
   offers_requested_ = false;
   monitor_.reset();  // The next INITIATE_CONTACT names the pages again.
   monitor_server_allocated_ = false;
+}
+
+void VmbusServer::HandleModifyConnection(const protocol::ModifyConnection& modify) {
+  protocol::ModifyConnectionResponse response{};
+  const bool server_pages_asked = (features_ & protocol::kFeatureServerSpecifiedMonitorPages) != 0;
+  if (absl::Status status =
+          SetUpMonitorPage(modify.monitor_page1, modify.monitor_page2, server_pages_asked);
+      !status.ok()) {
+    GuestError(fmt::format("MODIFY_CONNECTION refused: {}", status.message()));
+    response.connection_state = protocol::kConnectionFailedUnknownFailure;
+  } else {
+    response.connection_state = protocol::kConnectionSuccessful;
+    Log(fmt::format("monitor page now {}", monitor_ == nullptr
+                                               ? std::string("none")
+                                               : fmt::format("{:#x}", monitor_->gpa())));
+    // Offers made from here on describe their channels in the new page.
+  }
+  SendMessage(response);
+}
+
+void VmbusServer::HandlePause() {
+  if (paused_) {
+    GuestError("PAUSE while paused");
+    return;
+  }
+  SendMessage(protocol::PauseResponse{});
+  paused_ = true;
+}
+
+void VmbusServer::HandleResume() {
+  if (!paused_) {
+    GuestError("RESUME while not paused");
+    return;
+  }
+  paused_ = false;
+  for (std::vector<uint8_t>& held : std::exchange(held_while_paused_, {})) Send(held);
+}
+
+void VmbusServer::HandleTlConnect(const protocol::TlConnectRequest& request) {
+  HvSocketConnect connect;
+  std::memcpy(&connect.endpoint_id, request.guest_endpoint_id.bytes, sizeof(Guid));
+  std::memcpy(&connect.service_id, request.host_service_id.bytes, sizeof(Guid));
+  std::memcpy(&connect.silo_id, request.silo_id.bytes, sizeof(Guid));
+  if (options_.on_hvsocket_connect && options_.on_hvsocket_connect(connect)) {
+    return;  // A listener offers the channel (instance = endpoint, interface = service).
+  }
+  Log(fmt::format("TL_CONNECT_REQUEST to service {}: no listener, refused",
+                  connect.service_id.ToString()));
+  protocol::TlConnectResult result{};
+  result.endpoint_id = request.guest_endpoint_id;
+  result.service_id = request.host_service_id;
+  result.status = protocol::kStatusConnectionRefused;
+  SendMessage(result);
 }
 
 void VmbusServer::WatchMonitor(const Channel& channel, std::shared_ptr<hw::Signal> target) {

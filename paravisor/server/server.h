@@ -44,6 +44,13 @@ namespace cvmbus::paravisor {
 
 inline constexpr uint32_t kMaxChannels = 2047;
 
+// A guest's hvsocket connect request (TL_CONNECT_REQUEST).
+struct HvSocketConnect {
+  Guid endpoint_id;  // The guest's endpoint: the instance id of the channel that answers.
+  Guid service_id;   // The host service: the interface id of that channel.
+  Guid silo_id;      // Zero unless the guest named a silo.
+};
+
 struct ServerOptions {
   guestmem::GuestMemory untrusted_memory;
   std::optional<guestmem::GuestMemory> private_memory;  // Set on a hardware-isolated VM.
@@ -53,6 +60,11 @@ struct ServerOptions {
   // it, a confidential VM's channels are offered without MNF (the guest's own monitor pages
   // are shared with the host); other VMs use the guest's page.
   std::optional<uint64_t> server_monitor_page;
+  // Called on the loop thread for a guest's hvsocket connect. Return true if a listener will
+  // offer the channel (an HvSocketChannel with is_connect false, instance = endpoint id,
+  // interface = service id); false refuses it: the guest gets TL_CONNECT_RESULT with
+  // STATUS_CONNECTION_REFUSED. Unset: every connect is refused.
+  std::function<bool(const HvSocketConnect&)> on_hvsocket_connect;
   // Receives one line per guest mistake or notable event. Default: stderr.
   std::function<void(const std::string&)> log;
 };
@@ -127,9 +139,16 @@ class VmbusServer {
   }
 
   void HandleInitiateContact(const protocol::ParsedMessage& message);
-  // Validates INITIATE_CONTACT's monitor pages and sets up monitor_ (or none); an error is the
-  // guest's mistake (the connection fails).
-  absl::Status SetUpMonitorPage(const protocol::InitiateContact& contact, uint32_t asked_features);
+  // Validates the guest's monitor pages (INITIATE_CONTACT, MODIFY_CONNECTION) and sets up
+  // monitor_: the server's page if `server_pages_asked` and it has one, else the guest's
+  // page where the VM is not confidential, else none. An error is the guest's mistake and
+  // leaves monitor_ as it was.
+  absl::Status SetUpMonitorPage(uint64_t parent_to_child, uint64_t child_to_parent,
+                                bool server_pages_asked);
+  void HandleModifyConnection(const protocol::ModifyConnection& modify);
+  void HandlePause();
+  void HandleResume();
+  void HandleTlConnect(const protocol::TlConnectRequest& request);
   void WatchMonitor(const Channel& channel, std::shared_ptr<hw::Signal> target);
   void UnwatchMonitor(const Channel& channel);
   void HandleRequestOffers();
@@ -169,9 +188,11 @@ class VmbusServer {
   std::map<uint32_t, Channel> channels_;  // By relid.
   std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
   uint32_t next_relid_ = 1;
-  uint64_t monitor_ids_[2] = {0, 0};                     // 128 monitor ids.
-  std::unique_ptr<MonitorScanner> monitor_;              // This connection's MNF page, if any.
-  bool monitor_server_allocated_ = false;                // monitor_ is options_'s page.
+  uint64_t monitor_ids_[2] = {0, 0};         // 128 monitor ids.
+  std::unique_ptr<MonitorScanner> monitor_;  // This connection's MNF page, if any.
+  bool monitor_server_allocated_ = false;    // monitor_ is options_'s page.
+  bool paused_ = false;                      // PAUSE: messages to the guest held.
+  std::vector<std::vector<uint8_t>> held_while_paused_;
   std::map<OfferKey, saved::Channel> pending_restores_;  // Saved channels not yet re-offered.
   // Shared with tasks still awaiting replies: they check it before touching the server.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

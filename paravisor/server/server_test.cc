@@ -76,15 +76,19 @@ TEST_F(ServerTest, NegotiatesEveryKnownVersionAndRefusesOthers) {
 }
 
 TEST_F(ServerTest, ConfidentialChannelsOnlyOnATrustedPort) {
-  auto response = vm_->guest().Connect(protocol::kVersionWin10V6_0, 0x3f);
+  // Everything the server has is granted, but interrupt redirection (0x2), client ids (0x8,
+  // not sent here) and server monitor pages (this server has none to give).
+  constexpr uint32_t kGranted = protocol::kFeatureGuestSpecifiedSignalParameters |
+                                protocol::kFeatureModifyConnection | protocol::kFeaturePauseResume;
+  auto response = vm_->guest().Connect(protocol::kVersionWin10V6_0, 0x77);
   ASSERT_TRUE(response.ok());
-  EXPECT_EQ(response->supported_features, protocol::kFeatureConfidentialChannels);
+  EXPECT_EQ(response->supported_features, kGranted | protocol::kFeatureConfidentialChannels);
   ASSERT_TRUE(vm_->guest().Unload().ok());
   vm_->guest();  // Keep the fixture's client.
   auto untrusted = *VirtualMachine::Create({.trusted_port = false});
-  auto plain = untrusted->guest().Connect(protocol::kVersionWin10V6_0, 0x3f);
+  auto plain = untrusted->guest().Connect(protocol::kVersionWin10V6_0, 0x77);
   ASSERT_TRUE(plain.ok());
-  EXPECT_EQ(plain->supported_features, 0u);
+  EXPECT_EQ(plain->supported_features, kGranted);
 }
 
 TEST_F(ServerTest, MessagesBeforeContactAreRefusedAndLogged) {

@@ -42,7 +42,8 @@ absl::StatusOr<std::unique_ptr<GuestChannel>> GuestChannel::Open(VirtualMachine*
   if (!in.ok()) return in.status();
   (void)vm->guest().ChannelEventFd(options.relid);  // Register before the host can signal.
   absl::StatusOr<uint32_t> opened =
-      vm->guest().OpenChannel(options.relid, options.gpadl_id, options.ring_pages);
+      vm->guest().OpenChannel(options.relid, options.gpadl_id, options.ring_pages,
+                              /*target_vp=*/0, options.connection_id);
   if (!opened.ok()) return opened.status();
   if (*opened != protocol::kStatusSuccess) {
     return absl::FailedPreconditionError(

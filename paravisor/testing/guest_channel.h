@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -22,6 +23,9 @@ struct GuestChannelOptions {
   uint64_t first_gpn = 0;     // 2 * ring_pages pages from here hold both rings.
   uint32_t ring_pages = 4;    // Per ring, control page included.
   bool confidential = false;  // Pages private (validated) and rings in the private view.
+  // The connection id to signal, where the connection lets the guest choose (see
+  // GuestClient::OpenChannel); default: the offer's.
+  std::optional<uint32_t> connection_id;
 };
 
 class GuestChannel {

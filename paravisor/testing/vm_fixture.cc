@@ -27,31 +27,33 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
       return status;
     }
   }
-  vm->thread_ = std::thread(
-      [raw, &started, isolated = options.isolated, monitor_page = options.server_monitor_page] {
-        auto loop = hw::EventLoop::Create();
-        if (!loop.ok()) {
-          started.set_value(loop.status());
-          return;
-        }
-        raw->loop_ = *std::move(loop);
-        ServerOptions server_options;
-        server_options.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
-        if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);
-        server_options.server_monitor_page = monitor_page;
-        server_options.log = [raw](const std::string& line) {
-          MutexLock lock(&raw->log_mu_);
-          raw->log_.push_back(line);
-        };
-        raw->server_options_ = server_options;
-        raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
-                                                     std::move(server_options));
-        raw->bus_ = raw->server_->Bus();
-        started.set_value(absl::OkStatus());
-        (void)raw->loop_->Run();
-        raw->bus_.reset();
-        raw->server_.reset();
-      });
+  vm->thread_ = std::thread([raw, &started, isolated = options.isolated,
+                             monitor_page = options.server_monitor_page,
+                             on_hvsocket_connect = options.on_hvsocket_connect] {
+    auto loop = hw::EventLoop::Create();
+    if (!loop.ok()) {
+      started.set_value(loop.status());
+      return;
+    }
+    raw->loop_ = *std::move(loop);
+    ServerOptions server_options;
+    server_options.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
+    if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);
+    server_options.server_monitor_page = monitor_page;
+    server_options.on_hvsocket_connect = on_hvsocket_connect;
+    server_options.log = [raw](const std::string& line) {
+      MutexLock lock(&raw->log_mu_);
+      raw->log_.push_back(line);
+    };
+    raw->server_options_ = server_options;
+    raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
+                                                 std::move(server_options));
+    raw->bus_ = raw->server_->Bus();
+    started.set_value(absl::OkStatus());
+    (void)raw->loop_->Run();
+    raw->bus_.reset();
+    raw->server_.reset();
+  });
   if (absl::Status status = started.get_future().get(); !status.ok()) {
     vm->thread_.join();
     return status;

@@ -28,6 +28,8 @@ struct VmOptions {
   // A page the server may hand the guest as its monitor page (ServerOptions); made private on
   // an isolated VM, as a paravisor's own memory is.
   std::optional<uint64_t> server_monitor_page;
+  // ServerOptions::on_hvsocket_connect (runs on the server's loop thread).
+  std::function<bool(const HvSocketConnect&)> on_hvsocket_connect;
 };
 
 class VirtualMachine {
