@@ -254,7 +254,11 @@ absl::StatusOr<bool> OutgoingRing::RequestSpace(uint32_t packet_bytes) {
     return status;
   }
   read_cache_ = read;
-  return Fits(packet_bytes);
+  if (!Fits(packet_bytes)) return false;
+  // It fits already: we will not sleep, so withdraw the request at once. Left set until our
+  // next write, it would make a reader's end-of-burst check signal a writer that is not waiting.
+  CancelSpaceRequest();
+  return true;
 }
 
 void OutgoingRing::CancelSpaceRequest() {
@@ -389,14 +393,16 @@ std::optional<IncomingRing::SpaceRequest> IncomingRing::LoadSpaceRequest(
   const uint32_t size = memory_.data_size();
   const uint32_t write = memory_.LoadControl(control::kWriteIndex, order);
   if (write >= size) return std::nullopt;  // Corrupt; the next Read reports it.
-  return SpaceRequest{pending, size - Distance(committed_, write)};
+  return SpaceRequest{pending, write, size - Distance(committed_, write)};
 }
 
-bool IncomingRing::SpaceCrossed(uint32_t released, std::memory_order order) const {
+bool IncomingRing::SpaceCrossed(uint32_t released, std::memory_order order) {
   const std::optional<SpaceRequest> request = LoadSpaceRequest(order);
   if (!request.has_value() || request->free_now < released) return false;
   const uint32_t free_before = request->free_now - released;
-  return free_before <= request->pending && request->free_now > request->pending;
+  if (free_before > request->pending || request->free_now <= request->pending) return false;
+  answered_request_ = AnsweredRequest{request->pending, request->write};
+  return true;
 }
 
 bool IncomingRing::Commit() {
@@ -433,12 +439,18 @@ bool IncomingRing::EndBurst() {
   in_burst_ = false;
   // The full barrier of the rule, once for the whole burst. The writer may have asked for
   // space after reading any index the burst published (and written more since), then gone to
-  // sleep: signal iff a request is pending and the space is there now. (A writer that saw the
-  // space itself is about to write and clear its request; the signal is then one spare
-  // wake-up, at most once per burst.)
+  // sleep: signal iff a request is pending and the space is there now, unless we signalled
+  // this very request already: same size, and the writer has not written since. (A writer we
+  // woke finds the space, which only grows until it writes, and writes; one that asks again
+  // without writing asks for more, a new request. A writer that saw the space itself is about
+  // to write: the signal is then one spare wake-up.)
   memory_.FullBarrierOnControl(control::kReadIndex);
   const std::optional<SpaceRequest> request = LoadSpaceRequest(memory_order_seq_cst);
-  return request.has_value() && request->free_now > request->pending;
+  if (!request.has_value() || request->free_now <= request->pending) return false;
+  const AnsweredRequest key{request->pending, request->write};
+  if (answered_request_ == key) return false;
+  answered_request_ = key;
+  return true;
 }
 
 void IncomingRing::Mask() {

@@ -82,7 +82,8 @@ class OutgoingRing {
 
   // Flow control for a writer that got kFull: asks the reader to signal once `packet_bytes`
   // (a packet's length plus its trailer) fit, then re-checks. Returns true if they already fit
-  // (retry now, do not sleep). Cleared by the next successful write or CancelSpaceRequest.
+  // (retry now, do not sleep; the request is withdrawn). Otherwise the request stands until
+  // the next successful write or CancelSpaceRequest.
   absl::StatusOr<bool> RequestSpace(uint32_t packet_bytes);
   void CancelSpaceRequest();
 
@@ -170,11 +171,13 @@ class IncomingRing {
   // space now; nullopt without a request. Loads with `order`.
   struct SpaceRequest {
     uint32_t pending;
+    uint32_t write;  // The writer's index when loaded.
     uint32_t free_now;
   };
   std::optional<SpaceRequest> LoadSpaceRequest(std::memory_order order) const;
-  // The pending_send_sz rule for `released` bytes just published: the request was crossed.
-  bool SpaceCrossed(uint32_t released, std::memory_order order) const;
+  // The pending_send_sz rule for `released` bytes just published: the request was crossed
+  // (and is then recorded as answered).
+  bool SpaceCrossed(uint32_t released, std::memory_order order);
 
   guestmem::RingMemory memory_;
   uint32_t max_packet_bytes_;
@@ -184,6 +187,13 @@ class IncomingRing {
   bool masked_ = false;       // What we last stored in interrupt_mask (only we write it).
   bool in_burst_ = false;     // Commits since the burst began owe the full check.
   uint32_t burst_commits_ = 0;
+  // The last space request we signalled: its size and the writer's index then.
+  struct AnsweredRequest {
+    uint32_t pending = 0;
+    uint32_t write = 0;
+    bool operator==(const AnsweredRequest&) const = default;
+  };
+  std::optional<AnsweredRequest> answered_request_;
   absl::Status poisoned_;
 };
 

@@ -385,12 +385,33 @@ TEST(BurstTest, ReaderBurstEndCatchesASpaceRequestItsLooksMissed) {
   EXPECT_FALSE(reader->in_burst());
 }
 
+TEST(BurstTest, ReaderSignalsARequestOnceUntilTheWriterWritesAgain) {
+  TestRing ring(/*data_pages=*/1);
+  auto writer = OutgoingRing::Create(ring.Memory());
+  auto reader = IncomingRing::Create(ring.Memory());
+  const std::vector<uint8_t> payload(1000 - 24);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(writer->Write(InBand(payload)).ok());  // 96 free.
+  ring.SetControl(control::kPendingSendSize, 1000);  // The writer sleeps for 1000 bytes.
+  PacketBuffer buffer;
+  ASSERT_TRUE(*reader->Read(&buffer));
+  EXPECT_TRUE(reader->CommitInBurst());  // 96 -> 1096: crossed, signalled.
+  ASSERT_TRUE(*reader->Read(&buffer));
+  EXPECT_FALSE(reader->CommitInBurst());
+  EXPECT_FALSE(reader->EndBurst());  // Same request, the writer has not written: answered.
+  // The writer woke, wrote, and asks again for the same size: a new request.
+  ring.SetControl(control::kPendingSendSize, 0);
+  ASSERT_TRUE(writer->Write(InBand(payload)).ok());
+  ring.SetControl(control::kPendingSendSize, 1000);
+  ASSERT_TRUE(*reader->Read(&buffer));
+  EXPECT_FALSE(reader->CommitInBurst());  // 1096 -> 2096 does not cross 1000 now...
+  EXPECT_TRUE(reader->EndBurst());        // ...but the writer may sleep on what it saw.
+}
+
 TEST(SignalTest, RequestSpaceReportsSpaceThatAlreadyFits) {
   TestRing ring(/*data_pages=*/1);
   auto writer = OutgoingRing::Create(ring.Memory());
-  EXPECT_TRUE(*writer->RequestSpace(64));  // Empty ring: fits now, do not sleep.
-  writer->CancelSpaceRequest();
-  EXPECT_EQ(ring.Control(control::kPendingSendSize), 0u);
+  EXPECT_TRUE(*writer->RequestSpace(64));                  // Empty ring: fits now, do not sleep...
+  EXPECT_EQ(ring.Control(control::kPendingSendSize), 0u);  // ...so the request is withdrawn.
 }
 
 TEST(RingTest, ResumesFromTheIndicesInTheControlPage) {
