@@ -88,6 +88,11 @@ class OutgoingRing {
   void CancelSpaceRequest();
 
   uint32_t data_size() const { return memory_.data_size(); }
+  // True if the reader has interrupt_mask set: it is draining now. A hint for a writer deciding
+  // whether to wait briefly for space rather than sleep (loaded without a barrier).
+  bool ReaderDraining() const {
+    return memory_.LoadControl(control::kInterruptMask, std::memory_order_relaxed) != 0;
+  }
   // Bytes appended but not yet committed.
   uint32_t uncommitted_bytes() const { return Distance(committed_, next_); }
 

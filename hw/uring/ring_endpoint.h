@@ -26,6 +26,7 @@
 #ifndef CVMBUS_HW_URING_RING_ENDPOINT_H_
 #define CVMBUS_HW_URING_RING_ENDPOINT_H_
 
+#include <chrono>
 #include <coroutine>
 #include <cstdint>
 
@@ -40,6 +41,15 @@ struct SpinPolicy {
   // Polls of the ring before sleeping on the wake fd (0: sleep at once). Bounded so an idle
   // channel costs no CPU.
   uint32_t polls_before_sleep = 0;
+  // A writer that finds the ring full while the reader is draining it (interrupt_mask set)
+  // polls for space up to this long before sleeping: a draining reader frees space within
+  // microseconds, while a sleep costs a wake-up on each side (25-45 us here, limits.md) and
+  // usually lets the reader run dry meanwhile, so that it sleeps too. 0: never.
+  std::chrono::nanoseconds busy_reader_wait = std::chrono::microseconds(20);
+  // A reader that finds the ring empty after signalling a writer that waited for space (which
+  // is waking up and will write at once) polls up to this long before sleeping, instead of
+  // sleeping through the writer's wake-up and costing it a signal. 0: never.
+  std::chrono::nanoseconds woken_writer_wait = std::chrono::microseconds(50);
 };
 
 struct EndpointStats {
@@ -90,6 +100,7 @@ class RingReader : private EventLoop::IdleHook {
   SpinPolicy spin_;
   EndpointStats stats_;
   absl::Status deferred_error_;  // A signal that failed at the end of a burst.
+  bool woke_writer_ = false;     // We signalled the writer since the last Readable().
 };
 
 class RingWriter : private EventLoop::IdleHook {
