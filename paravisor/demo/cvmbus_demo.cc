@@ -65,7 +65,10 @@ int Fail(const std::string& what, const absl::Status& status) {
 }
 
 int Run(const Flags& flags) {
-  auto vm = testing::VirtualMachine::Create({.memory_bytes = 64ull << 20});
+  // The paravisor keeps one private page to hand the guest as its monitor page.
+  constexpr uint64_t kMonitorPage = 0xff000;
+  auto vm = testing::VirtualMachine::Create(
+      {.memory_bytes = 64ull << 20, .server_monitor_page = kMonitorPage});
   if (!vm.ok()) return Fail("creating the VM", vm.status());
   fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
 
@@ -78,6 +81,8 @@ int Run(const Flags& flags) {
       params.interface_id = *Guid::Parse("6a1e6c0e-7b2d-4c4e-9f3a-0c5e1d2b3a40");
       params.instance_id.data1 = static_cast<uint32_t>(i + 1);
       params.allow_confidential_external_memory = true;
+      // The last channel (of two or more) is signalled through the monitor page (MNF).
+      if (flags.channels >= 2 && i == flags.channels - 1) params.mnf_interrupt_latency = 50us;
       devices.push_back(std::make_unique<EchoDevice>((*vm)->server_loop(), &(*vm)->bus(), params));
       if (absl::Status status = devices.back()->Start(); !status.ok()) {
         fmt::print(stderr, "cvmbus_demo: offer: {}\n", status);
@@ -86,20 +91,26 @@ int Run(const Flags& flags) {
   });
 
   GuestClient& guest = (*vm)->guest();
-  auto contact = guest.Connect(protocol::kVersionWin10V6_0, protocol::kFeatureConfidentialChannels);
+  auto contact = guest.Connect(
+      protocol::kVersionWin10V6_0,
+      protocol::kFeatureConfidentialChannels | protocol::kFeatureServerSpecifiedMonitorPages,
+      {.server_pages = guestmem::GuestMemory::Private((*vm)->memory())});
   if (!contact.ok()) return Fail("INITIATE_CONTACT", contact.status());
-  fmt::print("== guest: VMBus 6.0 negotiated, features granted {:#x} (confidential channels)\n",
-             contact->supported_features);
+  fmt::print(
+      "== guest: VMBus 6.0 negotiated, features granted {:#x} (confidential channels, the "
+      "paravisor's private monitor page at {:#x})\n",
+      contact->supported_features, contact->child_to_parent_monitor_page);
   auto offers = guest.RequestOffers();
   if (!offers.ok()) return Fail("REQUESTOFFERS", offers.status());
   for (const auto& offer : *offers) {
     fmt::print(
-        "   offer relid {:>2}  connection {:#x}  flags {:#06x}{}{}\n", offer.child_relid,
+        "   offer relid {:>2}  connection {:#x}  flags {:#06x}{}{}{}\n", offer.child_relid,
         offer.connection_id, offer.channel_flags,
         offer.channel_flags & protocol::kOfferConfidentialRingBuffer ? "  confidential-ring" : "",
         offer.channel_flags & protocol::kOfferConfidentialExternalMemory
             ? "  confidential-external-memory"
-            : "");
+            : "",
+        offer.monitor_allocated() ? fmt::format("  monitor id {}", offer.monitor_id) : "");
   }
 
   std::vector<std::unique_ptr<testing::GuestChannel>> channels;
@@ -158,6 +169,33 @@ int Run(const Flags& flags) {
       "== {} pipelined 64-byte packets on one channel: {:.2f} M packets/s, {} signals "
       "from the guest\n",
       flags.packets, flags.packets / seconds / 1e6, first.signals_sent());
+
+  // The monitored channel: the guest sets a pending bit, the paravisor's scan raises the event.
+  if (channels.size() >= 2) {
+    testing::GuestChannel& monitored = *channels.back();
+    constexpr int kMonitoredTrips = 200;
+    start = Clock::now();
+    for (int i = 0; i < kMonitoredTrips; ++i) {
+      if (absl::Status status = monitored.Send(payload, i + 1); !status.ok()) {
+        return Fail("send", status);
+      }
+      if (absl::Status status = monitored.Receive(&buffer, 5s); !status.ok()) {
+        return Fail("receive", status);
+      }
+    }
+    seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    uint64_t scans = 0, events = 0;
+    (*vm)->OnServer([&] {
+      if (const MonitorScanner* scanner = (*vm)->server().monitor()) {
+        scans = scanner->stats().scans;
+        events = scanner->stats().signals;
+      }
+    });
+    fmt::print(
+        "== monitored channel: {} round trips, {:.1f} us each (50 us scan period); {} scans of "
+        "the monitor page raised {} channel events\n",
+        kMonitoredTrips, 1e6 * seconds / kMonitoredTrips, scans, events);
+  }
 
   // What the untrusted host sees of a private ring page.
   const uint64_t ring_gpa = 0x1000ull * 4096;

@@ -68,7 +68,7 @@ std::chrono::nanoseconds MonitorScanner::Interval() const {
   for (const Watched& slot : watched_) {
     if (slot.target) shortest = std::min(shortest, slot.latency);
   }
-  return std::clamp(shortest, kMinInterval, kMaxInterval);
+  return std::min(std::clamp(shortest, kMinInterval, kMaxInterval) * backoff_, kMaxInterval);
 }
 
 void MonitorScanner::Arm() {
@@ -123,6 +123,13 @@ absl::StatusOr<int> MonitorScanner::ScanOnce() {
       ++stats_.signals;
       ++raised;
     }
+  }
+  if (raised != 0) {
+    idle_scans_ = 0;
+    backoff_ = 1;
+  } else if (++idle_scans_ >= kIdleScans && backoff_ < kMaxBackoff) {
+    idle_scans_ = 0;
+    backoff_ *= 2;
   }
   return raised;
 }

@@ -4,7 +4,9 @@
 // The guest sets a channel's pending bit instead of making a hypercall. Nothing intercepts
 // that write here, so the scanner does what the Hyper-V hypervisor does: while monitored
 // channels are open it scans the pending words every latency period (the smallest latency of
-// the open channels, clamped to [kMinInterval, kMaxInterval]), clears the bits it finds with
+// the open channels, clamped to [kMinInterval, kMaxInterval]; after kIdleScans scans that find
+// nothing the period doubles, up to kMaxBackoff times, and the first bit found restores it, so
+// an idle monitored channel does not cost a wake-up every 50 us), clears the bits it finds with
 // a compare-and-swap (a bit the guest sets meanwhile is kept for the next scan), and raises
 // each bit's channel event. It also publishes each monitored channel's latency (100 ns units)
 // and connection id in the page, and enables its trigger group, as Hyper-V's host does.
@@ -37,6 +39,8 @@ class MonitorScanner {
  public:
   static constexpr std::chrono::nanoseconds kMinInterval = std::chrono::microseconds(50);
   static constexpr std::chrono::nanoseconds kMaxInterval = std::chrono::milliseconds(100);
+  static constexpr int kIdleScans = 64;
+  static constexpr int kMaxBackoff = 16;
 
   struct Stats {
     uint64_t scans = 0;
@@ -66,13 +70,14 @@ class MonitorScanner {
   void Unwatch(uint8_t monitor_id);
   // One scan now (the timer runs these). Returns the channel events raised.
   absl::StatusOr<int> ScanOnce();
+  // The period the next scan is armed with.
+  std::chrono::nanoseconds Interval() const;
 
  private:
   struct Watched {
     std::shared_ptr<hw::Signal> target;
     std::chrono::nanoseconds latency{0};
   };
-  std::chrono::nanoseconds Interval() const;
   void Arm();
 
   hw::EventLoop* const loop_;
@@ -83,6 +88,8 @@ class MonitorScanner {
   int watched_count_ = 0;
   std::optional<hw::EventLoop::Id> timer_;
   bool broken_ = false;  // The page failed an access; scanning stopped.
+  int idle_scans_ = 0;   // Scans in a row that found no bit.
+  int backoff_ = 1;      // The period's multiplier (1..kMaxBackoff).
   Stats stats_;
 };
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "guestmem/guest_memory.h"
+#include "hw/uring/signal.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/protocol/monitor_page.h"
 #include "paravisor/server/server.h"
@@ -185,6 +186,19 @@ TEST(MonitorPageTest, ScannerDropsBitsOfUnknownIdsAndStopsOnALostPage) {
     EXPECT_EQ(scanner->stats().unknown_bits, 2u);
   });
   EXPECT_EQ(*private_view.ReadPlain<uint32_t>(kServerPage + monitor::PendingOffset(3)), 0u);
+  // Idle scans stretch the period (up to 16x); the first bit found restores it.
+  vm.vm->OnServer([&] {
+    MonitorScanner* scanner = const_cast<MonitorScanner*>(vm.vm->server().monitor());
+    scanner->Watch(5, std::make_shared<hw::CallbackSignal>([] {}), 100us);
+    const auto base = scanner->Interval();
+    EXPECT_EQ(base, 100us);
+    for (int i = 0; i < MonitorScanner::kIdleScans * 10; ++i) (void)scanner->ScanOnce();
+    EXPECT_EQ(scanner->Interval(), base * MonitorScanner::kMaxBackoff);
+    ASSERT_TRUE(private_view.FetchOr32(kServerPage + monitor::PendingOffset(0), 1u << 5).ok());
+    EXPECT_EQ(*scanner->ScanOnce(), 1);
+    EXPECT_EQ(scanner->Interval(), base);
+    scanner->Unwatch(5);
+  });
   // A hostile host converts the page to shared: the private view loses it, the scan stops
   // with an error (and a log line) instead of failing forever.
   ASSERT_NE(vm.vm->snp(), nullptr);
