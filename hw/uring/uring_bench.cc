@@ -265,6 +265,76 @@ RingResult SleepingRing(size_t size, int millis, uint32_t spin) {
   return result;
 }
 
+// One side of a ring whose two threads sleep in blocking read(2) on eventfds. (Each side and
+// the shared flags get cache lines of their own: one side's per-packet stores must not land
+// on a line the other side reads.)
+struct alignas(64) BlockingSide {
+  int wait_fd;       // Where this side sleeps.
+  int peer_fd;       // Where it wakes the other side.
+  uint64_t signals;  // Signals it raised.
+  void Signal() {
+    Ring(peer_fd);
+    ++signals;
+  }
+  void Sleep() const { Wait(wait_fd); }
+};
+
+// Runs `produce(side, stop)` (returns the packets sent) on cpu0 for `millis`, and
+// `consume(side, target)` (returns once it has received `target`, published when the producer
+// stops) on cpu1. Packets per second over the consumer's time; signals of both sides.
+template <typename Produce, typename Consume>
+RingResult RunBlockingPair(int millis, Produce produce, Consume consume) {
+  EventFd to_consumer, to_producer;
+  BlockingSide producer{to_producer.fd, to_consumer.fd, 0},
+      consumer{to_consumer.fd, to_producer.fd, 0};
+  alignas(64) std::atomic<bool> stop{false};
+  alignas(64) std::atomic<uint64_t> target{~uint64_t{0}};
+  alignas(64) Clock::time_point end;
+  std::thread consumer_thread([&] {
+    PinToCpu(1);
+    consume(consumer, target);
+    end = Clock::now();
+  });
+  PinToCpu(0);
+  std::thread timer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(millis));
+    stop = true;
+    Ring(to_producer.fd);  // Wake a sleeping producer so it sees `stop`.
+  });
+  const auto start = Clock::now();
+  const uint64_t sent = produce(producer, stop);
+  target.store(sent, std::memory_order_release);
+  Ring(to_consumer.fd);
+  consumer_thread.join();
+  timer.join();
+  RingResult result;
+  result.packets_per_second = sent / std::chrono::duration<double>(end - start).count();
+  result.signals_per_packet =
+      static_cast<double>(producer.signals + consumer.signals) / std::max<uint64_t>(sent, 1);
+  return result;
+}
+
+// The VMBus control words of a ring at `control`, as the blocking rings below use them.
+struct ControlWords {
+  explicit ControlWords(uint32_t* control)
+      : write_index(control[0]),
+        read_index(control[1]),
+        mask(control[2]),
+        pending(control[3]),
+        features(control[16]) {}
+  // Bytes the writer at `write` may use, as of the reader's index loaded with `order`.
+  uint32_t Free(uint32_t write, std::memory_order order) const {
+    return kRingDataBytes - (write - read_index.load(order) + kRingDataBytes) % kRingDataBytes;
+  }
+  // A full writer: ask for `record` bytes, re-check, sleep until the reader signals.
+  void WaitForSpace(uint32_t write, uint32_t record, const BlockingSide& side) const {
+    pending.store(record, std::memory_order_seq_cst);
+    if (Free(write, std::memory_order_seq_cst) <= record) side.Sleep();
+    pending.store(0, std::memory_order_relaxed);
+  }
+  std::atomic_ref<uint32_t> write_index, read_index, mask, pending, features;
+};
+
 // The baseline of limits.md, measured in the same run: a minimal SPSC ring in the VMBus layout
 // (16-byte header, 8-byte trailer, indices in one control line) whose two sides sleep in
 // blocking read(2) on eventfds, with the VMBus signalling rules (mask while draining, unmask and
@@ -274,12 +344,7 @@ RingResult MinimalSleepingRing(size_t size, int millis) {
   auto* control = reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(memory.data()) + 63) &
                                               ~uintptr_t{63});
   uint8_t* data = reinterpret_cast<uint8_t*>(control) + 4096;
-  std::atomic_ref<uint32_t> write_index(control[0]), read_index(control[1]), mask(control[2]),
-      pending(control[3]);
-  write_index.store(0);
-  read_index.store(0);
-  mask.store(0);
-  pending.store(0);
+  ControlWords words(control);
   const uint32_t record = 16 + ((static_cast<uint32_t>(size) + 7) & ~7u) + 8;
   const auto copy = [&](uint32_t at, const uint8_t* from, uint8_t* to_base, uint32_t len, bool in) {
     const uint32_t first = std::min(len, kRingDataBytes - at);
@@ -291,19 +356,40 @@ RingResult MinimalSleepingRing(size_t size, int millis) {
       std::memcpy(to_base + first, data, len - first);
     }
   };
-  EventFd to_consumer, to_producer;
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> target{~uint64_t{0}};
-  uint64_t signals = 0, consumer_signals = 0, sent = 0;
-  Clock::time_point end;
-  std::thread consumer([&] {
-    PinToCpu(1);
+  const auto produce = [&](BlockingSide& side, const std::atomic<bool>& stop) {
+    const std::vector<uint8_t> payload(size + 8, 0x5a);
+    uint64_t sent = 0;
+    uint32_t write = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (words.Free(write, std::memory_order_acquire) <= record) {
+        words.WaitForSpace(write, record, side);
+        continue;
+      }
+      const uint64_t header[2] = {record / 8, sent};
+      copy(write, reinterpret_cast<const uint8_t*>(header), nullptr, 16, true);
+      copy((write + 16) % kRingDataBytes, payload.data(), nullptr, static_cast<uint32_t>(size),
+           true);
+      const uint64_t trailer = uint64_t{write} << 32;
+      copy((write + record - 8) % kRingDataBytes, reinterpret_cast<const uint8_t*>(&trailer),
+           nullptr, 8, true);
+      const uint32_t old = write;
+      write = (write + record) % kRingDataBytes;
+      words.write_index.store(write, std::memory_order_seq_cst);
+      ++sent;
+      if (words.mask.load(std::memory_order_seq_cst) == 0 &&
+          words.read_index.load(std::memory_order_seq_cst) == old) {
+        side.Signal();
+      }
+    }
+    return sent;
+  };
+  const auto consume = [&](BlockingSide& side, const std::atomic<uint64_t>& target) {
     std::vector<uint8_t> sink(size + 16);
     uint64_t received = 0;
     uint32_t read = 0;
     while (received < target.load(std::memory_order_acquire)) {
-      mask.store(1, std::memory_order_relaxed);
-      uint32_t write = write_index.load(std::memory_order_acquire);
+      words.mask.store(1, std::memory_order_relaxed);
+      uint32_t write = words.write_index.load(std::memory_order_acquire);
       while (read != write) {
         const uint32_t start = read;
         // The same release policy as the endpoints' consumer: at most 1/8 ring per batch.
@@ -317,71 +403,24 @@ RingResult MinimalSleepingRing(size_t size, int millis) {
           batch += static_cast<uint32_t>(header[0] * 8);
           ++received;
         }
-        read_index.store(read, std::memory_order_seq_cst);
+        words.read_index.store(read, std::memory_order_seq_cst);
         // The pending_send_sz rule: signal if the space the writer wants was crossed now.
         const uint32_t released = (read - start + kRingDataBytes) % kRingDataBytes;
-        const uint32_t want = pending.load(std::memory_order_seq_cst) & ~7u;
+        const uint32_t want = words.pending.load(std::memory_order_seq_cst) & ~7u;
         const uint32_t now_free =
             kRingDataBytes -
-            (write_index.load(std::memory_order_seq_cst) - read + kRingDataBytes) % kRingDataBytes;
-        if (want != 0 && now_free - released <= want && now_free > want) {
-          Ring(to_producer.fd);
-          ++consumer_signals;
-        }
-        write = write_index.load(std::memory_order_acquire);
+            (words.write_index.load(std::memory_order_seq_cst) - read + kRingDataBytes) %
+                kRingDataBytes;
+        if (want != 0 && now_free - released <= want && now_free > want) side.Signal();
+        write = words.write_index.load(std::memory_order_acquire);
       }
-      mask.store(0, std::memory_order_seq_cst);
-      if (write_index.load(std::memory_order_seq_cst) != read) continue;  // Re-check.
+      words.mask.store(0, std::memory_order_seq_cst);
+      if (words.write_index.load(std::memory_order_seq_cst) != read) continue;  // Re-check.
       if (received >= target.load(std::memory_order_acquire)) break;
-      Wait(to_consumer.fd);
+      side.Sleep();
     }
-    end = Clock::now();
-  });
-  PinToCpu(0);
-  std::vector<uint8_t> payload(size + 8, 0x5a);
-  std::thread timer([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(millis));
-    stop = true;
-    Ring(to_producer.fd);
-  });
-  const auto start = Clock::now();
-  uint32_t write = 0;
-  while (!stop.load(std::memory_order_relaxed)) {
-    const uint32_t used =
-        (write - read_index.load(std::memory_order_acquire) + kRingDataBytes) % kRingDataBytes;
-    if (kRingDataBytes - used <= record) {
-      pending.store(record, std::memory_order_seq_cst);
-      const uint32_t again =
-          (write - read_index.load(std::memory_order_seq_cst) + kRingDataBytes) % kRingDataBytes;
-      if (kRingDataBytes - again <= record) Wait(to_producer.fd);
-      pending.store(0, std::memory_order_relaxed);
-      continue;
-    }
-    const uint64_t header[2] = {record / 8, sent};
-    copy(write, reinterpret_cast<const uint8_t*>(header), nullptr, 16, true);
-    copy((write + 16) % kRingDataBytes, payload.data(), nullptr, static_cast<uint32_t>(size), true);
-    const uint64_t trailer = uint64_t{write} << 32;
-    copy((write + record - 8) % kRingDataBytes, reinterpret_cast<const uint8_t*>(&trailer), nullptr,
-         8, true);
-    const uint32_t old = write;
-    write = (write + record) % kRingDataBytes;
-    write_index.store(write, std::memory_order_seq_cst);
-    ++sent;
-    if (mask.load(std::memory_order_seq_cst) == 0 &&
-        read_index.load(std::memory_order_seq_cst) == old) {
-      Ring(to_consumer.fd);
-      ++signals;
-    }
-  }
-  target.store(sent, std::memory_order_release);
-  Ring(to_consumer.fd);
-  consumer.join();
-  timer.join();
-  RingResult result;
-  result.packets_per_second = sent / std::chrono::duration<double>(end - start).count();
-  result.signals_per_packet =
-      static_cast<double>(signals + consumer_signals) / std::max<uint64_t>(sent, 1);
-  return result;
+  };
+  return RunBlockingPair(millis, produce, consume);
 }
 
 // DPDK 22.11's ring functions with both sides sleeping on eventfds: the same harness as the
@@ -394,88 +433,61 @@ RingResult DpdkSleepingRing(size_t size, int millis) {
   std::vector<uint8_t*> pages;
   for (int i = 0; i < 3; ++i) {
     void* at = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (at == MAP_FAILED) return {};
+    if (at == MAP_FAILED) break;
     pages.push_back(static_cast<uint8_t*>(at));
   }
-  const ring::testing::RawRing ring{pages[0], total}, unused_a{pages[1], total},
-      unused_b{pages[2], total};
-  auto sender = ring::testing::DpdkPeer::Create(/*tx=*/ring, /*rx=*/unused_a, 1);
-  auto receiver = ring::testing::DpdkPeer::Create(/*tx=*/unused_b, /*rx=*/ring, 2);
   RingResult result;
-  if (sender.ok() && receiver.ok()) {
-    auto* control = reinterpret_cast<uint32_t*>(pages[0]);
-    std::atomic_ref<uint32_t> write_index(control[0]), read_index(control[1]), mask(control[2]),
-        pending(control[3]), features(control[16]);
-    features.fetch_or(1);  // The writer asks for space by pending_send_sz (the harness does).
-    const uint32_t record = 16 + ((static_cast<uint32_t>(size) + 7) & ~7u) + 8;
-    EventFd to_consumer, to_producer;
-    std::atomic<bool> stop{false};
-    std::atomic<uint64_t> target{~uint64_t{0}};
-    uint64_t writer_signals = 0, reader_signals = 0, sent = 0;
-    Clock::time_point end;
-    std::thread consumer([&] {
-      PinToCpu(1);
-      std::vector<uint8_t> sink(size + 16);
-      uint64_t received = 0, xid = 0;
-      while (received < target.load(std::memory_order_acquire)) {
-        mask.store(1, std::memory_order_relaxed);
-        while ((*receiver)->Recv(absl::MakeSpan(sink), &xid).ok()) {
-          ++received;
-          if ((*receiver)->signals_to_host() != 0) {  // DPDK's pending_send_sz decision.
-            (*receiver)->ResetSignals();
-            Ring(to_producer.fd);
-            ++reader_signals;
+  if (pages.size() == 3) {
+    const ring::testing::RawRing ring{pages[0], total}, unused_a{pages[1], total},
+        unused_b{pages[2], total};
+    auto sender = ring::testing::DpdkPeer::Create(/*tx=*/ring, /*rx=*/unused_a, 1);
+    auto receiver = ring::testing::DpdkPeer::Create(/*tx=*/unused_b, /*rx=*/ring, 2);
+    if (sender.ok() && receiver.ok()) {
+      ControlWords words(reinterpret_cast<uint32_t*>(pages[0]));
+      words.features.fetch_or(1);  // The writer asks for space by pending_send_sz (we do).
+      const uint32_t record = 16 + ((static_cast<uint32_t>(size) + 7) & ~7u) + 8;
+      const auto produce = [&](BlockingSide& side, const std::atomic<bool>& stop) {
+        const std::vector<uint8_t> payload(size + 8, 0x5a);
+        uint64_t sent = 0;
+        while (!stop.load(std::memory_order_relaxed)) {
+          bool need_signal = false;
+          const absl::Status status =
+              (*sender)->Send(0x6, 0, absl::MakeSpan(payload.data(), size), sent, &need_signal);
+          if (status.ok()) {
+            ++sent;
+            if (need_signal) side.Signal();
+          } else if (status.code() == absl::StatusCode::kResourceExhausted) {
+            words.WaitForSpace(words.write_index.load(), record, side);
+          } else {
+            break;
           }
         }
-        mask.store(0, std::memory_order_seq_cst);
-        if (!(*receiver)->RxEmpty()) continue;  // Re-check after unmasking.
-        if (received >= target.load(std::memory_order_acquire)) break;
-        Wait(to_consumer.fd);
-      }
-      end = Clock::now();
-    });
-    PinToCpu(0);
-    const std::vector<uint8_t> payload(size + 8, 0x5a);
-    std::thread timer([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(millis));
-      stop = true;
-      Ring(to_producer.fd);
-    });
-    const auto start = Clock::now();
-    while (!stop.load(std::memory_order_relaxed)) {
-      bool need_signal = false;
-      const absl::Status status =
-          (*sender)->Send(0x6, 0, absl::MakeSpan(payload.data(), size), sent, &need_signal);
-      if (status.ok()) {
-        ++sent;
-        if (need_signal) {
-          Ring(to_consumer.fd);
-          ++writer_signals;
+        return sent;
+      };
+      const auto consume = [&](BlockingSide& side, const std::atomic<uint64_t>& target) {
+        std::vector<uint8_t> sink(size + 16);
+        uint64_t received = 0, xid = 0;
+        while (received < target.load(std::memory_order_acquire)) {
+          words.mask.store(1, std::memory_order_relaxed);
+          while ((*receiver)->Recv(absl::MakeSpan(sink), &xid).ok()) {
+            ++received;
+            if ((*receiver)->signals_to_host() != 0) {  // DPDK's pending_send_sz decision.
+              (*receiver)->ResetSignals();
+              side.Signal();
+            }
+          }
+          words.mask.store(0, std::memory_order_seq_cst);
+          if (!(*receiver)->RxEmpty()) continue;  // Re-check after unmasking.
+          if (received >= target.load(std::memory_order_acquire)) break;
+          side.Sleep();
         }
-        continue;
-      }
-      if (status.code() != absl::StatusCode::kResourceExhausted) break;
-      // Full: ask for space, re-check, sleep.
-      pending.store(record, std::memory_order_seq_cst);
-      const uint32_t used =
-          (write_index.load() - read_index.load(std::memory_order_seq_cst) + kRingDataBytes) %
-          kRingDataBytes;
-      if (kRingDataBytes - used <= record) Wait(to_producer.fd);
-      pending.store(0, std::memory_order_relaxed);
+      };
+      result = RunBlockingPair(millis, produce, consume);
+    } else {
+      fmt::print(stderr, "uring_bench: DPDK peer: {} {}\n", sender.status().ToString(),
+                 receiver.status().ToString());
     }
-    target.store(sent, std::memory_order_release);
-    Ring(to_consumer.fd);
-    consumer.join();
-    timer.join();
-    result.packets_per_second = sent / std::chrono::duration<double>(end - start).count();
-    result.signals_per_packet =
-        static_cast<double>(writer_signals + reader_signals) / std::max<uint64_t>(sent, 1);
-  } else {
-    fmt::print(stderr, "uring_bench: DPDK peer: {} {}\n", sender.status().ToString(),
-               receiver.status().ToString());
   }
-  sender = absl::StatusOr<std::unique_ptr<ring::testing::DpdkPeer>>();
-  receiver = absl::StatusOr<std::unique_ptr<ring::testing::DpdkPeer>>();
   for (uint8_t* page : pages) munmap(page, total);
   return result;
 }

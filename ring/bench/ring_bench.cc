@@ -98,10 +98,12 @@ struct RingSpace {
 // stops). Returns packets per second over the consumer's time.
 double RunPair(int millis, const std::function<uint64_t(const std::atomic<bool>&)>& produce,
                const std::function<void(const std::atomic<uint64_t>&)>& consume) {
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> target{~uint64_t{0}};
-  std::atomic<int> ready{0};
-  std::chrono::steady_clock::time_point start, end;
+  // Lines of their own: a side's per-packet stores (its spilled locals live just below this
+  // frame) must not share a line with what the other side reads.
+  alignas(64) std::atomic<bool> stop{false};
+  alignas(64) std::atomic<uint64_t> target{~uint64_t{0}};
+  alignas(64) std::atomic<int> ready{0};
+  alignas(64) std::chrono::steady_clock::time_point start, end;
   std::thread consumer([&] {
     PinToCpu(1);
     ready.fetch_add(1);
