@@ -20,6 +20,19 @@ inline void PauseBetweenPolls() {
 #endif
 }
 
+// Calls `poll` (true: done) with pauses in between, for at most `budget` and while
+// `worth_waiting()` holds. Returns true if `poll` succeeded.
+template <typename Poll, typename WorthWaiting>
+bool PollFor(std::chrono::nanoseconds budget, Poll poll, WorthWaiting worth_waiting) {
+  const auto deadline = std::chrono::steady_clock::now() + budget;
+  for (uint32_t i = 1; worth_waiting(); ++i) {
+    if (poll()) return true;
+    PauseBetweenPolls();
+    if (i % 8 == 0 && std::chrono::steady_clock::now() >= deadline) break;
+  }
+  return false;
+}
+
 }  // namespace
 
 uint64_t DrainEventFd(int fd) {
@@ -85,12 +98,7 @@ bool RingReader::ReadableAwaiter::await_ready() {
   }
   if ((woke_writer || reader->woke_writer_) && reader->spin_.woken_writer_wait.count() > 0) {
     reader->woke_writer_ = false;
-    const auto deadline = std::chrono::steady_clock::now() + reader->spin_.woken_writer_wait;
-    for (uint32_t i = 1;; ++i) {
-      if (poll_once()) return true;
-      PauseBetweenPolls();
-      if (i % 8 == 0 && std::chrono::steady_clock::now() >= deadline) break;
-    }
+    if (PollFor(reader->spin_.woken_writer_wait, poll_once, [] { return true; })) return true;
   }
   // About to sleep: unmask, then re-check. A packet published before the writer could see the
   // cleared mask is caught here instead of being slept through.
@@ -182,13 +190,9 @@ bool RingWriter::WritableAwaiter::await_ready() {
   for (uint32_t i = 0; i < writer->spin_.polls_before_sleep; ++i) {
     if (poll_once()) return true;
   }
-  if (writer->spin_.busy_reader_wait.count() > 0 && ring.ReaderDraining()) {
-    const auto deadline = std::chrono::steady_clock::now() + writer->spin_.busy_reader_wait;
-    for (uint32_t i = 1; ring.ReaderDraining(); ++i) {
-      if (poll_once()) return true;
-      PauseBetweenPolls();
-      if (i % 8 == 0 && std::chrono::steady_clock::now() >= deadline) break;
-    }
+  if (writer->spin_.busy_reader_wait.count() > 0 &&
+      PollFor(writer->spin_.busy_reader_wait, poll_once, [&] { return ring.ReaderDraining(); })) {
+    return true;
   }
   // Ask the reader to signal when the packet fits, then re-check (no lost wake-up).
   absl::StatusOr<bool> fits = ring.RequestSpace(packet_bytes);
