@@ -70,18 +70,23 @@ EventLoop::~EventLoop() {
   if (ring_ready_) {
     // Work posted but not run yet is often a coroutine resumption (a closed channel, a dropped
     // reply): run it so those tasks finish and free their frames, instead of leaking them.
+    // Cancelling destroys suspended coroutines, whose frames may drop replies that other
+    // coroutines wait for: those wake-ups are posted in turn, so drain and cancel until both
+    // are empty (bounded: a task that keeps re-posting must not hang teardown).
     for (int round = 0; round < 16; ++round) {
-      {
-        MutexLock lock(&post_mu_);
-        if (posted_.empty()) break;
-      }
-      DrainPosted();
+      for (int drain = 0; drain < 16 && HasPosted(); ++drain) DrainPosted();
+      RunIdleHooks();
+      CancelAll();
+      if (!HasPosted()) break;
     }
-    RunIdleHooks();
-    CancelAll();
     io_uring_queue_exit(&ring_);
   }
   if (post_fd_ >= 0) close(post_fd_);
+}
+
+bool EventLoop::HasPosted() {
+  MutexLock lock(&post_mu_);
+  return !posted_.empty();
 }
 
 io_uring_sqe* EventLoop::GetSqe() {

@@ -12,7 +12,8 @@
 //
 // Teardown: the destructor first runs work already posted (so tasks woken by a closing channel
 // finish), then cancels every operation in flight (IORING_ASYNC_CANCEL_ANY), reaps their
-// completions, closes nothing it does not own, and destroys coroutines still suspended in them.
+// completions, closes nothing it does not own, and destroys coroutines still suspended in them;
+// it repeats both while the destroyed frames' dropped replies post more wake-ups.
 // The destructor may run on another thread once the loop's own thread has finished with it;
 // the kernel then cancels what is left when the ring closes.
 #ifndef CVMBUS_HW_URING_EVENT_LOOP_H_
@@ -136,6 +137,7 @@ class EventLoop {
   Id Submit(Operation operation, const std::function<void(io_uring_sqe*, Operation&)>& prep);
   void Dispatch(const io_uring_cqe& cqe);
   void DrainPosted();
+  bool HasPosted();
   void RunIdleHooks();
   void CancelAll();
 

@@ -133,10 +133,12 @@ absl::StatusOr<OfferResources> VmbusServer::AddChild(OfferInput input) {
     Channel& channel = channels_[relid];
     channel.relid = relid;
     channel.params = std::move(offer.params);
-    if (channel.params.allow_confidential_external_memory) {
-      channel.offer_flags |= OfferFlags::kConfidentialExternalMemory;
+    if (options_.private_memory.has_value()) {  // Only a confidential VM has private memory.
+      if (channel.params.allow_confidential_external_memory) {
+        channel.offer_flags |= OfferFlags::kConfidentialExternalMemory;
+      }
+      channel.offer_flags |= OfferFlags::kConfidentialRingBuffer;  // Our rings can be private.
     }
-    channel.offer_flags |= OfferFlags::kConfidentialRingBuffer;  // Our rings can be private.
     channel.requests = std::move(offer.request_send);
     channel.server_requests =
         std::make_shared<Receiver<ChannelServerRequest>>(std::move(offer.server_request_recv));
@@ -251,7 +253,9 @@ void VmbusServer::HandleInitiateContact(const ParsedMessage& message) {
     Log(fmt::format("guest asked for version {:#x}: not supported, it may retry lower", requested));
   } else {
     const uint32_t supported =
-        kSupportedFeatures & (port_->trusted() ? ~0u : ~protocol::kFeatureConfidentialChannels);
+        kSupportedFeatures & (port_->trusted() && options_.private_memory.has_value()
+                                  ? ~0u
+                                  : ~protocol::kFeatureConfidentialChannels);
     const uint32_t asked = contact.feature_flags();
     response.version_supported = 1;
     const bool server_pages_asked = requested >= protocol::kVersionWin10V6_0 &&

@@ -4,8 +4,9 @@
 // Protocol: versions 0.13 through 6.0, negotiated from the guest's INITIATE_CONTACT (any known
 // version is accepted as asked; others get version_supported = 0 so the guest retries lower).
 // Feature flags are granted as asked, masked by what the server supports; confidential
-// channels (0x10) only on a trusted port. Offer flags 0x2/0x4 (confidential ring / external
-// memory) are cleared from offers when the feature was not negotiated.
+// channels (0x10) only on a trusted port of a VM with private memory. Offer flags 0x2/0x4
+// (confidential ring / external memory) are set only with private memory and cleared from
+// offers when the feature was not negotiated.
 //
 // Channels: offered in a stable order (interface id, offer_order, instance, subchannel index)
 // after REQUESTOFFERS, then ALLOFFERS_DELIVERED; later offers go out at once. At most 2047

@@ -1,7 +1,8 @@
 // A hostile guest: tens of thousands of control messages, valid ones mutated at random and
 // random bytes, against a server with devices and open channels. The server must answer or
 // log, never crash, hang or leak (run under ASan in CI's sanitizer passes), and must still
-// serve a well-behaved request afterwards.
+// serve a well-behaved request afterwards. The connection has every feature and a monitor page,
+// so pause/resume, MODIFY_CONNECTION, TL_CONNECT and OPENCHANNEL's tail are in the mix.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -17,10 +18,18 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Every feature the protocol knows (the server grants what it has).
+constexpr uint32_t kAllFeatures = protocol::kKnownFeatures;
+
 std::vector<std::vector<uint8_t>> Templates(uint32_t relid) {
   std::vector<std::vector<uint8_t>> out;
   protocol::InitiateContact contact{};
   contact.vmbus_version_requested = protocol::kVersionWin10V6_0;
+  out.push_back(protocol::EncodeInitiateContact(contact));
+  contact.interrupt_page_or_target.target.feature_flags =
+      kAllFeatures & ~protocol::kFeatureClientId;
+  contact.monitor_page1 = 0x3d000;
+  contact.monitor_page2 = 0x3e000;
   out.push_back(protocol::EncodeInitiateContact(contact));
   out.push_back(protocol::Encode(protocol::RequestOffers{}));
   protocol::OpenChannel open{};
@@ -28,6 +37,9 @@ std::vector<std::vector<uint8_t>> Templates(uint32_t relid) {
   open.ring_buffer_gpadl = 1;
   open.downstream_page_offset = 2;
   out.push_back(protocol::EncodeOpenChannel(open, false));
+  open.connection_id = 0x4000;
+  open.event_flag = 3;
+  out.push_back(protocol::EncodeOpenChannel(open, true));
   protocol::CloseChannel close{};
   close.child_relid = relid;
   out.push_back(protocol::Encode(close));
@@ -45,6 +57,15 @@ std::vector<std::vector<uint8_t>> Templates(uint32_t relid) {
   protocol::ModifyChannel modify{};
   modify.child_relid = relid;
   out.push_back(protocol::Encode(modify));
+  protocol::ModifyConnection connection{};
+  connection.monitor_page1 = 0x3b000;
+  connection.monitor_page2 = 0x3c000;
+  out.push_back(protocol::Encode(connection));
+  out.push_back(protocol::Encode(protocol::Pause{}));
+  out.push_back(protocol::Encode(protocol::Resume{}));
+  protocol::TlConnectRequest connect{};
+  connect.host_service_id.bytes[0] = 0x5e;
+  out.push_back(protocol::EncodeTlConnectRequest(connect, true));
   out.push_back(protocol::Encode(protocol::Unload{}));
   return out;
 }
@@ -58,12 +79,17 @@ TEST(ServerFuzzTest, HostileGuestMessagesNeverBreakTheServer) {
       params.interface_id.data1 = 1;
       params.instance_id.data1 = i;
       params.subchannel_index = static_cast<uint16_t>(i == 3 ? 1 : 0);
-      if (i == 3) params.instance_id.data1 = 1;  // A subchannel of device 1.
+      if (i == 3) params.instance_id.data1 = 1;          // A subchannel of device 1.
+      if (i == 2) params.mnf_interrupt_latency = 100us;  // Scanned through the monitor page.
       devices.push_back(std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params));
       ASSERT_TRUE(devices.back()->Start().ok());
     }
   });
-  ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
+  // Every feature, and monitor pages: the new messages and the scanner are in play.
+  ASSERT_TRUE(vm->guest()
+                  .Connect(protocol::kVersionWin10V6_0, kAllFeatures & ~protocol::kFeatureClientId,
+                           {.parent_to_child = 0x3d000, .child_to_parent = 0x3e000})
+                  .ok());
   const auto offers = *vm->guest().RequestOffers();
   ASSERT_EQ(offers.size(), 3u);
   auto channel = testing::GuestChannel::Open(
