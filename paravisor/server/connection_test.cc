@@ -110,6 +110,31 @@ TEST_F(ConnectionTest, PauseHoldsMessagesToTheGuestUntilResume) {
   EXPECT_TRUE(logged);
 }
 
+TEST_F(ConnectionTest, APauseAndItsHeldMessagesSurviveServicing) {
+  Start();
+  ASSERT_TRUE(
+      vm_->guest().Connect(protocol::kVersionWin10V6_0, protocol::kFeaturePauseResume).ok());
+  ASSERT_TRUE(vm_->guest().RequestOffers()->empty());
+  ASSERT_TRUE(vm_->guest().SendRaw(protocol::Encode(protocol::Pause{})).ok());
+  ASSERT_TRUE(vm_->guest().WaitFor(MessageType::kPauseResponse, 5000ms).ok());
+  AddDevice(EchoParams(1));  // Its offer is held.
+  auto state = vm_->SaveAndStopServer();
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_TRUE(state->paused());
+  ASSERT_EQ(state->held_messages_size(), 1);
+  vm_->OnServer([&] { devices_.clear(); });
+  // A held message that could never be posted is refused, before anything is restored.
+  saved::Server bad = *state;
+  bad.add_held_messages(std::string(241, 'x'));
+  EXPECT_EQ(vm_->StartRestoredServer(bad).code(), absl::StatusCode::kDataLoss);
+  ASSERT_TRUE(vm_->StartRestoredServer(*state).ok());
+  EXPECT_TRUE(vm_->guest().NothingArrives(MessageType::kOfferChannel, 100ms));
+  ASSERT_TRUE(vm_->guest().SendRaw(protocol::Encode(protocol::Resume{})).ok());
+  auto offer = vm_->guest().WaitFor(MessageType::kOfferChannel, 5000ms);
+  ASSERT_TRUE(offer.ok());
+  EXPECT_EQ(offer->As<protocol::OfferChannel>()->interface_instance.bytes[0], 1);
+}
+
 TEST_F(ConnectionTest, ModifyConnectionReplacesTheMonitorPage) {
   Start({.trusted_port = false, .isolated = false});
   AddDevice(EchoParams(1));

@@ -20,8 +20,6 @@ using protocol::ParsedMessage;
 constexpr uint32_t kSupportedFeatures =
     protocol::kFeatureGuestSpecifiedSignalParameters | protocol::kFeatureModifyConnection |
     protocol::kFeatureConfidentialChannels | protocol::kFeaturePauseResume;
-// Messages to the guest held while it is paused, at most.
-constexpr size_t kMaxHeldWhilePaused = 4096;
 // Bits 24-31 of a connection id are reserved (HV_CONNECTION_ID).
 constexpr uint32_t kMaxConnectionId = 0xffffff;
 

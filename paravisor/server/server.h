@@ -44,6 +44,8 @@
 namespace cvmbus::paravisor {
 
 inline constexpr uint32_t kMaxChannels = 2047;
+// Messages to the guest held while it is paused (PAUSE), at most.
+inline constexpr size_t kMaxHeldWhilePaused = 4096;
 
 // A guest's hvsocket connect request (TL_CONNECT_REQUEST).
 struct HvSocketConnect {

@@ -29,6 +29,10 @@ absl::StatusOr<saved::Server> VmbusServer::Save() const {
   saved::Server state;
   state.set_version(version_);
   state.set_features(features_);
+  state.set_paused(paused_);
+  for (const std::vector<uint8_t>& held : held_while_paused_) {
+    state.add_held_messages(std::string(held.begin(), held.end()));
+  }
   if (monitor_ != nullptr) {
     state.set_monitor_page_gpa(monitor_->gpa());
     state.set_monitor_page_server_allocated(monitor_server_allocated_);
@@ -91,6 +95,16 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
       return absl::DataLossError(fmt::format("saved state: key {} saved twice", key.ToString()));
     }
   }
+  if (state.held_messages_size() > static_cast<int>(kMaxHeldWhilePaused)) {
+    return absl::DataLossError(fmt::format("saved state: {} held messages (at most {})",
+                                           state.held_messages_size(), kMaxHeldWhilePaused));
+  }
+  for (const std::string& held : state.held_messages()) {
+    if (held.size() < 8 || held.size() > protocol::kMaxMessageBytes) {
+      return absl::DataLossError(
+          fmt::format("saved state: a held message of {} bytes", held.size()));
+    }
+  }
   const uint64_t monitor_page = state.monitor_page_gpa();
   const bool server_page = state.monitor_page_server_allocated();
   if (monitor_page % 4096 != 0 ||
@@ -115,6 +129,11 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
   next_relid_ = std::min<uint32_t>(std::max<uint32_t>(state.next_relid(), 1), kMaxChannels + 1);
   free_relids_.assign(state.free_relids().begin(), state.free_relids().end());
   pending_restores_ = std::move(pending);
+  paused_ = state.paused();
+  held_while_paused_.clear();
+  for (const std::string& held : state.held_messages()) {
+    held_while_paused_.emplace_back(held.begin(), held.end());
+  }
   Log(fmt::format("restored: version {:#x}, features {:#x}, {} channels awaiting their devices",
                   version_, features_, pending_restores_.size()));
   return absl::OkStatus();

@@ -98,6 +98,10 @@ absl::StatusOr<saved::Server> VirtualMachine::SaveAndStopServer() {
 absl::Status VirtualMachine::StartRestoredServer(const saved::Server& state) {
   absl::Status status;
   OnServer([&] {
+    // A server from an earlier (failed) restore detaches from the port first: destroyed after
+    // the new one attached, it would detach the new one.
+    bus_.reset();
+    server_.reset();
     server_ = std::make_unique<VmbusServer>(loop_.get(), port_.get(), server_options_);
     bus_ = server_->Bus();
     status = server_->Restore(state);
