@@ -263,21 +263,25 @@ void EventLoop::Dispatch(const io_uring_cqe& cqe) {
 }
 
 void EventLoop::CallBeforeWaiting(IdleHook* hook) {
-  if (std::find(idle_hooks_.begin(), idle_hooks_.end(), hook) == idle_hooks_.end()) {
-    idle_hooks_.push_back(hook);
-  }
+  if (hook->scheduled_) return;  // Called per packet by a writer in a burst: O(1).
+  hook->scheduled_ = true;
+  idle_hooks_.push_back(hook);
 }
 
 void EventLoop::CancelBeforeWaiting(IdleHook* hook) {
+  if (!hook->scheduled_) return;
+  hook->scheduled_ = false;
   idle_hooks_.erase(std::remove(idle_hooks_.begin(), idle_hooks_.end(), hook), idle_hooks_.end());
 }
 
 void EventLoop::RunIdleHooks() {
-  // A hook may register others (a signal that resumes a writer which writes again).
+  // One at a time from the queue: a hook may register others (a signal that resumes a writer
+  // which writes again) or cancel them (a task it resumes destroys an endpoint).
   while (!idle_hooks_.empty()) {
-    std::vector<IdleHook*> hooks;
-    hooks.swap(idle_hooks_);
-    for (IdleHook* hook : hooks) hook->BeforeWaiting();
+    IdleHook* hook = idle_hooks_.front();
+    idle_hooks_.pop_front();
+    hook->scheduled_ = false;
+    hook->BeforeWaiting();
   }
 }
 

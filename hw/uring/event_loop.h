@@ -111,6 +111,10 @@ class EventLoop {
 
    protected:
     ~IdleHook() = default;
+
+   private:
+    friend class EventLoop;
+    bool scheduled_ = false;  // In the loop's queue (so registering again is O(1)).
   };
   void CallBeforeWaiting(IdleHook* hook);
   void CancelBeforeWaiting(IdleHook* hook);
@@ -147,8 +151,8 @@ class EventLoop {
   Id next_id_ = 1;
   absl::flat_hash_map<Id, std::unique_ptr<Operation>> operations_;
   std::function<void(uint64_t)> on_message_;
-  bool stop_requested_ = false;        // Loop thread only.
-  std::vector<IdleHook*> idle_hooks_;  // Pending BeforeWaiting calls; loop thread only.
+  bool stop_requested_ = false;       // Loop thread only.
+  std::deque<IdleHook*> idle_hooks_;  // Pending BeforeWaiting calls; loop thread only.
 
   // Cross-thread posting: a queue and an eventfd the loop watches.
   int post_fd_ = -1;

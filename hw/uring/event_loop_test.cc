@@ -60,6 +60,36 @@ TEST(EventLoopTest, WatchesManyEventFdsAndCoalescesCounts) {
   EXPECT_EQ(seen_b, 2u);  // No callback after Unwatch.
 }
 
+TEST(EventLoopTest, IdleHooksRunOnceBeforeTheLoopWaits) {
+  auto loop = *EventLoop::Create();
+  struct Hook : EventLoop::IdleHook {
+    void BeforeWaiting() override {
+      ++calls;
+      if (then != nullptr) loop->CallBeforeWaiting(then);
+    }
+    EventLoop* loop = nullptr;
+    Hook* then = nullptr;
+    int calls = 0;
+  };
+  Hook first, second, cancelled;
+  first.loop = loop.get();
+  first.then = &second;  // Registered from inside a hook: still runs before the wait.
+  loop->CallBeforeWaiting(&first);
+  loop->CallBeforeWaiting(&first);  // Already pending: once.
+  loop->CallBeforeWaiting(&cancelled);
+  loop->CancelBeforeWaiting(&cancelled);
+  ASSERT_TRUE(loop->RunOnce(0ms).ok());
+  EXPECT_EQ(first.calls, 1);
+  EXPECT_EQ(second.calls, 1);
+  EXPECT_EQ(cancelled.calls, 0);
+  ASSERT_TRUE(loop->RunOnce(0ms).ok());  // Nothing pending any more.
+  EXPECT_EQ(first.calls, 1);
+  loop->CallBeforeWaiting(&first);  // Pending again after it ran.
+  first.then = nullptr;
+  ASSERT_TRUE(loop->RunOnce(0ms).ok());
+  EXPECT_EQ(first.calls, 2);
+}
+
 TEST(EventLoopTest, TimersFireOnceAndCancel) {
   auto loop = *EventLoop::Create();
   int fired = 0, cancelled_fired = 0;
