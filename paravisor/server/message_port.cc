@@ -27,12 +27,18 @@ class MessagePort::ChannelInterrupt : public hw::Signal {
   uint32_t relid_;
 };
 
-void MessagePort::AttachServer(hw::EventLoop* loop, MessageHandler on_message,
-                               EventHandler on_event) {
+absl::Status MessagePort::AttachServer(hw::EventLoop* loop, std::vector<uint32_t>,
+                                       MessageHandler on_message, std::function<void()>) {
   MutexLock lock(&mu_);
   server_loop_ = loop;
   on_host_message_ = std::move(on_message);
-  on_host_event_ = std::move(on_event);
+  return absl::OkStatus();
+}
+
+void MessagePort::DetachServer() {
+  MutexLock lock(&mu_);
+  server_loop_ = nullptr;
+  on_host_message_ = nullptr;
 }
 
 void MessagePort::AttachGuest(hw::EventLoop* loop,
@@ -42,7 +48,7 @@ void MessagePort::AttachGuest(hw::EventLoop* loop,
   on_guest_message_ = std::move(on_message);
 }
 
-absl::Status MessagePort::PostToGuest(absl::Span<const uint8_t> message) {
+absl::Status MessagePort::PostToGuest(uint32_t, uint8_t, absl::Span<const uint8_t> message) {
   if (message.size() > kMaxPayloadBytes) {
     return absl::InvalidArgumentError(fmt::format(
         "message port: a {}-byte message exceeds the 240-byte SynIC payload", message.size()));
@@ -85,16 +91,11 @@ absl::Status MessagePort::SignalHost(uint32_t connection_id) {
     if (it != host_targets_.end()) direct = it->second;
   }
   if (direct) return direct->Raise();
-  MutexLock lock(&mu_);
-  if (server_loop_ == nullptr) {
-    return absl::FailedPreconditionError("message port: no server attached");
-  }
-  auto handler = on_host_event_;
-  server_loop_->Post([handler, connection_id] { handler(connection_id); });
-  return absl::OkStatus();
+  return absl::NotFoundError(
+      fmt::format("message port: no channel event on connection {:#x}", connection_id));
 }
 
-void MessagePort::SetHostEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> target) {
+void MessagePort::SetEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> target) {
   MutexLock lock(&mu_);
   if (target) {
     host_targets_[connection_id] = std::move(target);
@@ -103,8 +104,8 @@ void MessagePort::SetHostEventTarget(uint32_t connection_id, std::shared_ptr<hw:
   }
 }
 
-std::shared_ptr<hw::Signal> MessagePort::GuestInterrupt(uint32_t relid) {
-  return std::make_shared<ChannelInterrupt>(this, relid);
+std::shared_ptr<hw::Signal> MessagePort::GuestEvent(uint32_t, uint8_t, uint16_t flag) {
+  return std::make_shared<ChannelInterrupt>(this, flag);
 }
 
 void MessagePort::SetGuestInterruptTarget(uint32_t relid, std::shared_ptr<hw::Signal> target) {

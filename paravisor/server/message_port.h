@@ -23,29 +23,25 @@
 #include "base/mutex.h"
 #include "hw/uring/event_loop.h"
 #include "hw/uring/signal.h"
+#include "paravisor/synic/server_port.h"
 
 namespace cvmbus::paravisor {
 
-class MessagePort {
+class MessagePort : public synic::ServerPort {
  public:
-  using MessageHandler = std::function<void(uint32_t connection_id, std::vector<uint8_t>)>;
-  using EventHandler = std::function<void(uint32_t connection_id)>;
-
   // `trusted`: this is the paravisor's own SynIC (confidential channels may be negotiated).
   explicit MessagePort(bool trusted) : trusted_(trusted) {}
-  bool trusted() const { return trusted_; }
+  bool trusted() const override { return trusted_; }
 
-  // --- Server side ---
-  void AttachServer(hw::EventLoop* loop, MessageHandler on_message, EventHandler on_event);
-  // A message to the guest (SINT 2). kInvalidArgument past 240 bytes; kFailedPrecondition
-  // with no guest attached (the message is dropped, as a SynIC with no SIMP drops it).
-  absl::Status PostToGuest(absl::Span<const uint8_t> message);
-  // The interrupt for channel `relid` (the guest registers what it wakes).
-  std::shared_ptr<hw::Signal> GuestInterrupt(uint32_t relid);
-
-  // Makes the guest's HvSignalEvent on `connection_id` raise `target` directly (the server
-  // does this for each open channel: the device's guest_to_host_interrupt). Null removes it.
-  void SetHostEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> target);
+  // --- Server side (synic::ServerPort; VP and SINT are ignored, nothing is bounded) ---
+  absl::Status AttachServer(hw::EventLoop* loop, std::vector<uint32_t> connection_ids,
+                            MessageHandler on_message, std::function<void()> on_space) override;
+  void DetachServer() override;
+  void SetAccepting(bool) override {}
+  absl::Status PostToGuest(uint32_t vp, uint8_t sint, absl::Span<const uint8_t> message) override;
+  // The interrupt for event flag `flag` (the guest registers what it wakes by flag).
+  std::shared_ptr<hw::Signal> GuestEvent(uint32_t vp, uint8_t sint, uint16_t flag) override;
+  void SetEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> target) override;
 
   // --- Guest side ---
   void AttachGuest(hw::EventLoop* loop, std::function<void(std::vector<uint8_t>)> on_message);
@@ -63,7 +59,6 @@ class MessagePort {
   Mutex mu_;
   hw::EventLoop* server_loop_ ABSL_GUARDED_BY(mu_) = nullptr;
   MessageHandler on_host_message_ ABSL_GUARDED_BY(mu_);
-  EventHandler on_host_event_ ABSL_GUARDED_BY(mu_);
   hw::EventLoop* guest_loop_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::function<void(std::vector<uint8_t>)> on_guest_message_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, std::shared_ptr<hw::Signal>> guest_targets_ ABSL_GUARDED_BY(mu_);

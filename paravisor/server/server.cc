@@ -51,21 +51,20 @@ class VmbusServer::BusHandle : public ParentBus {
   VmbusServer* server_;
 };
 
-VmbusServer::VmbusServer(hw::EventLoop* loop, MessagePort* port, ServerOptions options)
+VmbusServer::VmbusServer(hw::EventLoop* loop, synic::ServerPort* port, ServerOptions options)
     : loop_(loop), port_(port), options_(std::move(options)) {
-  port_->AttachServer(
-      loop_,
+  absl::Status attached = port_->AttachServer(
+      loop_, {protocol::kMessageConnectionId, protocol::kMessageConnectionId4},
       [this](uint32_t connection_id, std::vector<uint8_t> bytes) {
         OnMessage(connection_id, std::move(bytes));
       },
-      [this](uint32_t connection_id) {
-        Log(fmt::format("signal on connection {:#x} with no open channel", connection_id));
-      });
+      [this] { FlushOutbox(); });
+  if (!attached.ok()) Log(fmt::format("cannot attach to the SynIC: {}", attached));
 }
 
 VmbusServer::~VmbusServer() {
   *alive_ = false;
-  port_->AttachServer(nullptr, nullptr, nullptr);
+  port_->DetachServer();
 }
 
 std::unique_ptr<ParentBus> VmbusServer::Bus() { return std::make_unique<BusHandle>(this); }
@@ -94,9 +93,27 @@ void VmbusServer::Send(const std::vector<uint8_t>& bytes) {
     held_while_paused_.push_back(bytes);
     return;
   }
-  if (absl::Status status = port_->PostToGuest(bytes); !status.ok()) {
-    Log(fmt::format("cannot post to the guest: {}", status));
+  outbox_.push_back(Outgoing{message_vp_, message_sint_, bytes});
+  FlushOutbox();
+}
+
+void VmbusServer::FlushOutbox() {
+  while (!outbox_.empty()) {
+    const Outgoing& next = outbox_.front();
+    absl::Status status = port_->PostToGuest(next.vp, next.sint, next.bytes);
+    if (absl::IsResourceExhausted(status)) {
+      if (accepting_) port_->SetAccepting(false);  // Until on_space: the guest waits.
+      accepting_ = false;
+      return;
+    }
+    if (!status.ok()) {  // A VP or SINT the guest named that does not exist.
+      GuestError(fmt::format("message type {} to VP {} SINT {} not delivered: {}",
+                             next.bytes.empty() ? 0 : next.bytes[0], next.vp, next.sint, status));
+    }
+    outbox_.pop_front();
   }
+  if (!accepting_) port_->SetAccepting(true);
+  accepting_ = true;
 }
 
 absl::StatusOr<OfferResources> VmbusServer::AddChild(OfferInput input) {
@@ -244,6 +261,11 @@ void VmbusServer::HandleInitiateContact(const ParsedMessage& message) {
   const protocol::InitiateContact& contact = *message.As<protocol::InitiateContact>();
   const uint32_t requested = contact.vmbus_version_requested;
   protocol::VersionResponse response{};
+  if (version_ == 0) {
+    // Answers go to the VP (from 3.0) and SINT (from 5.0) the guest named; this one too.
+    message_vp_ = requested >= protocol::kVersionWin8_1 ? contact.target_vcpu : 0;
+    message_sint_ = contact.message_sint();
+  }
   if (version_ != 0) {
     GuestError(fmt::format("INITIATE_CONTACT for {:#x} while connected at {:#x}: UNLOAD first",
                            requested, version_));
@@ -475,9 +497,9 @@ void VmbusServer::HandleOpen(const protocol::OpenChannel& open) {
     data.event_flag = open.event_flag;
   }
   std::memcpy(data.user_data.data(), open.user_data, data.user_data.size());
-  OpenRequest request =
-      OpenRequest::Make(data, Interrupt(port_->GuestInterrupt(channel->relid)),
-                        FeatureFlags{features_}, OfferFlags{VisibleOfferFlags(*channel)});
+  OpenRequest request = OpenRequest::Make(
+      data, Interrupt(port_->GuestEvent(data.target_vp, message_sint_, data.event_flag)),
+      FeatureFlags{features_}, OfferFlags{VisibleOfferFlags(*channel)});
   auto [rpc, reply] = MakeRpc<OpenRequest, std::optional<OpenResult>>(std::move(request));
   if (!channel->requests.Send(OpenChannel{std::move(rpc)}).ok()) return fail("device is gone");
   channel->state = ChannelState::kOpening;
@@ -499,7 +521,7 @@ hw::Task VmbusServer::AwaitOpen(uint32_t relid, uint32_t open_id, uint32_t conne
   message.open_id = open_id;
   if (result.ok() && result->has_value()) {
     channel.state = ChannelState::kOpen;
-    port_->SetHostEventTarget(connection_id, (*result)->guest_to_host_interrupt.signal());
+    port_->SetEventTarget(connection_id, (*result)->guest_to_host_interrupt.signal());
     WatchMonitor(channel, (*result)->guest_to_host_interrupt.signal());
     message.status = protocol::kStatusSuccess;
   } else {
@@ -521,7 +543,7 @@ void VmbusServer::HandleClose(uint32_t relid) {
   }
   auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
   channel->state = ChannelState::kClosing;
-  port_->SetHostEventTarget(channel->open_data.connection_id, nullptr);
+  port_->SetEventTarget(channel->open_data.connection_id, nullptr);
   UnwatchMonitor(*channel);
   if (!channel->requests.Send(CloseChannel{std::move(rpc)}).ok()) {
     channel->state = ChannelState::kClosed;
@@ -725,7 +747,7 @@ void VmbusServer::Revoke(uint32_t relid) {
   Channel& channel = channels_[relid];
   channel.revoked = true;
   if (channel.state != ChannelState::kClosed) {
-    port_->SetHostEventTarget(channel.open_data.connection_id, nullptr);
+    port_->SetEventTarget(channel.open_data.connection_id, nullptr);
     channel.state = ChannelState::kClosed;
   }
   UnwatchMonitor(channel);
@@ -771,7 +793,7 @@ void VmbusServer::ResetConnection() {
     if (channel.state == ChannelState::kOpen || channel.state == ChannelState::kOpening) {
       auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
       (void)channel.requests.Send(CloseChannel{std::move(rpc)});
-      port_->SetHostEventTarget(channel.open_data.connection_id, nullptr);
+      port_->SetEventTarget(channel.open_data.connection_id, nullptr);
     }
     channel.state = ChannelState::kClosed;
     channel.ring_gpadl.reset();

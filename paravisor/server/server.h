@@ -1,5 +1,6 @@
 // VmbusServer: the paravisor's VMBus server. It speaks the channel control protocol with the
-// guest over a MessagePort and implements ParentBus for the devices it offers.
+// guest through the SynIC (synic::ServerPort) and implements ParentBus for the devices it
+// offers.
 //
 // Protocol: versions 0.13 through 6.0, negotiated from the guest's INITIATE_CONTACT (any known
 // version is accepted as asked; others get version_supported = 0 so the guest retries lower).
@@ -24,6 +25,7 @@
 #define CVMBUS_PARAVISOR_SERVER_SERVER_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -37,9 +39,9 @@
 #include "hw/uring/task.h"
 #include "paravisor/bus/bus.h"
 #include "paravisor/protocol/codec.h"
-#include "paravisor/server/message_port.h"
 #include "paravisor/server/monitor_scanner.h"
 #include "paravisor/server/saved_state.pb.h"
+#include "paravisor/synic/server_port.h"
 
 namespace cvmbus::paravisor {
 
@@ -79,8 +81,10 @@ struct ServerStats {
 
 class VmbusServer {
  public:
-  // Attaches to `port` on `loop`'s thread (call from that thread).
-  VmbusServer(hw::EventLoop* loop, MessagePort* port, ServerOptions options);
+  // Attaches to `port` on `loop`'s thread (call from that thread) for the VMBus message
+  // connection ids (1 before version 5.0, 4 from it). If the port refuses (another server has
+  // them), every later call logs it and the guest's posts fail at the SynIC.
+  VmbusServer(hw::EventLoop* loop, synic::ServerPort* port, ServerOptions options);
   ~VmbusServer();
   VmbusServer(const VmbusServer&) = delete;
   VmbusServer& operator=(const VmbusServer&) = delete;
@@ -136,6 +140,9 @@ class VmbusServer {
   void Log(const std::string& line);
   void GuestError(const std::string& line);
   void Send(const std::vector<uint8_t>& bytes);
+  // Posts what the outbox holds until the SynIC's queue is full; stops taking guest messages
+  // while anything is left, and takes them again once the outbox is empty.
+  void FlushOutbox();
   template <typename T>
   void SendMessage(const T& message) {
     Send(protocol::Encode(message));
@@ -182,7 +189,7 @@ class VmbusServer {
   hw::Task AwaitClose(uint32_t relid, ReplyFuture<Unit> reply);
 
   hw::EventLoop* const loop_;
-  MessagePort* const port_;
+  synic::ServerPort* const port_;
   ServerOptions options_;
   ServerStats stats_;
   uint32_t version_ = 0;  // 0: not connected.
@@ -194,7 +201,19 @@ class VmbusServer {
   uint64_t monitor_ids_[2] = {0, 0};         // 128 monitor ids.
   std::unique_ptr<MonitorScanner> monitor_;  // This connection's MNF page, if any.
   bool monitor_server_allocated_ = false;    // monitor_ is options_'s page.
-  bool paused_ = false;                      // PAUSE: messages to the guest held.
+  // Where messages to the guest go: the VP and SINT the guest named in INITIATE_CONTACT.
+  uint32_t message_vp_ = 0;
+  uint8_t message_sint_ = protocol::kMessageSint;
+  struct Outgoing {
+    uint32_t vp;
+    uint8_t sint;
+    std::vector<uint8_t> bytes;
+  };
+  // Messages the SynIC could not take yet (its per-SINT queue was full), in order. Bounded by
+  // what one guest request produces: no guest message is taken while it is not empty.
+  std::deque<Outgoing> outbox_;
+  bool accepting_ = true;  // What the port was last told.
+  bool paused_ = false;    // PAUSE: messages to the guest held.
   std::vector<std::vector<uint8_t>> held_while_paused_;
   std::map<OfferKey, saved::Channel> pending_restores_;  // Saved channels not yet re-offered.
   // Shared with tasks still awaiting replies: they check it before touching the server.

@@ -30,6 +30,11 @@ absl::StatusOr<saved::Server> VmbusServer::Save() const {
   state.set_version(version_);
   state.set_features(features_);
   state.set_paused(paused_);
+  state.set_message_vp(message_vp_);
+  state.set_message_sint(message_sint_);
+  for (const Outgoing& pending : outbox_) {
+    state.add_outbox(std::string(pending.bytes.begin(), pending.bytes.end()));
+  }
   for (const std::vector<uint8_t>& held : held_while_paused_) {
     state.add_held_messages(std::string(held.begin(), held.end()));
   }
@@ -95,6 +100,23 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
       return absl::DataLossError(fmt::format("saved state: key {} saved twice", key.ToString()));
     }
   }
+  if (state.message_sint() >= 16) {
+    return absl::DataLossError(
+        fmt::format("saved state: message SINT {} (SINTs are 0..15)", state.message_sint()));
+  }
+  // One guest request yields at most an offer per channel and ALLOFFERS_DELIVERED.
+  if (state.outbox_size() > static_cast<int>(kMaxChannels) + 1) {
+    return absl::DataLossError(
+        fmt::format("saved state: {} messages waiting for the SynIC "
+                    "(at most {})",
+                    state.outbox_size(), kMaxChannels + 1));
+  }
+  for (const std::string& pending : state.outbox()) {
+    if (pending.size() < 8 || pending.size() > protocol::kMaxMessageBytes) {
+      return absl::DataLossError(
+          fmt::format("saved state: a waiting message of {} bytes", pending.size()));
+    }
+  }
   if (state.held_messages_size() > static_cast<int>(kMaxHeldWhilePaused)) {
     return absl::DataLossError(fmt::format("saved state: {} held messages (at most {})",
                                            state.held_messages_size(), kMaxHeldWhilePaused));
@@ -134,6 +156,13 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
   for (const std::string& held : state.held_messages()) {
     held_while_paused_.emplace_back(held.begin(), held.end());
   }
+  message_vp_ = state.message_vp();
+  message_sint_ = static_cast<uint8_t>(state.message_sint());
+  outbox_.clear();
+  for (const std::string& pending : state.outbox()) {
+    outbox_.push_back(Outgoing{message_vp_, message_sint_, {pending.begin(), pending.end()}});
+  }
+  FlushOutbox();
   Log(fmt::format("restored: version {:#x}, features {:#x}, {} channels awaiting their devices",
                   version_, features_, pending_restores_.size()));
   return absl::OkStatus();
@@ -195,11 +224,11 @@ absl::StatusOr<RestoreResult> VmbusServer::RestoreChannelState(
     if (!accepted) reoffer.push_back(id);
   }
   if (saved_open) {
-    Interrupt to_guest(port_->GuestInterrupt(relid));
+    Interrupt to_guest(port_->GuestEvent(channel.open_data.target_vp, message_sint_,
+                                         channel.open_data.event_flag));
     result.open_request = OpenRequest::Make(channel.open_data, to_guest, FeatureFlags{features_},
                                             OfferFlags{VisibleOfferFlags(channel)});
-    port_->SetHostEventTarget(channel.open_data.connection_id,
-                              open->guest_to_host_interrupt.signal());
+    port_->SetEventTarget(channel.open_data.connection_id, open->guest_to_host_interrupt.signal());
     WatchMonitor(channel, open->guest_to_host_interrupt.signal());
     // Both directions once: an interrupt raised while the old paravisor went away is not lost.
     (void)to_guest.Deliver();
