@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 
 #include "base/format.h"
 #include "hw/uring/signal.h"
@@ -16,27 +17,38 @@ using protocol::MessageType;
 constexpr auto kTimeout = std::chrono::seconds(10);
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<GuestClient>> GuestClient::Create(MessagePort* port) {
-  std::unique_ptr<GuestClient> client(new GuestClient(port));
+absl::StatusOr<std::unique_ptr<GuestClient>> GuestClient::Create(GuestClientOptions options) {
+  std::unique_ptr<GuestClient> client(new GuestClient(std::move(options)));
   GuestClient* raw = client.get();
-  std::atomic<int> ready{0};  // 1 ok, -1 failed.
+  std::promise<absl::Status> ready;
   raw->thread_ = std::thread([raw, &ready] {
     auto loop = hw::EventLoop::Create();
     if (!loop.ok()) {
-      ready = -1;
+      ready.set_value(loop.status());
       return;
     }
     raw->loop_ = *std::move(loop);
-    raw->port_->AttachGuest(
-        raw->loop_.get(), [raw](std::vector<uint8_t> bytes) { raw->OnMessage(std::move(bytes)); });
-    ready = 1;
+    GuestSynicOptions synic;
+    synic.synic = raw->options_.synic;
+    synic.memory = raw->options_.memory;
+    synic.vp = raw->options_.vp;
+    synic.pages = raw->options_.pages;
+    synic.on_message = [raw](std::vector<uint8_t> bytes) { raw->OnMessage(std::move(bytes)); };
+    synic.on_event = [raw](uint16_t flag) { raw->OnEvent(flag); };
+    absl::StatusOr<std::unique_ptr<GuestSynic>> guest_synic =
+        GuestSynic::Create(std::move(synic), raw->loop_.get());
+    if (!guest_synic.ok()) {
+      ready.set_value(guest_synic.status());
+      return;
+    }
+    raw->synic_ = *std::move(guest_synic);
+    ready.set_value(absl::OkStatus());
     (void)raw->loop_->Run();
-    raw->port_->AttachGuest(nullptr, nullptr);  // No more deliveries to a stopped loop.
+    raw->synic_.reset();  // On the loop's thread, after its last drain: no more deliveries.
   });
-  while (ready.load() == 0) std::this_thread::yield();
-  if (ready.load() < 0) {
+  if (absl::Status status = ready.get_future().get(); !status.ok()) {
     raw->thread_.join();
-    return absl::InternalError("guest client: cannot create its event loop");
+    return status;
   }
   return client;
 }
@@ -48,10 +60,15 @@ GuestClient::~GuestClient() {
   // thread has ended, so no other thread can be inside Stop() or Post() any more.)
   loop_.reset();
   MutexLock lock(&mu_);
-  for (auto& [relid, fd] : event_fds_) {
-    port_->SetGuestInterruptTarget(relid, nullptr);
-    close(fd);
-  }
+  for (auto& [flag, fd] : event_fds_) close(fd);
+}
+
+void GuestClient::OnEvent(uint16_t flag) {
+  MutexLock lock(&mu_);
+  auto it = event_fds_.find(flag);
+  if (it == event_fds_.end()) return;  // No channel listens: dropped, as Linux does.
+  const uint64_t one = 1;
+  (void)!write(it->second, &one, sizeof(one));
 }
 
 void GuestClient::OnMessage(std::vector<uint8_t> bytes) {
@@ -70,8 +87,23 @@ void GuestClient::OnMessage(std::vector<uint8_t> bytes) {
   arrived_.notify_all();
 }
 
-absl::Status GuestClient::Post(const std::vector<uint8_t>& bytes) {
-  return port_->PostToHost(message_connection_id_, bytes);
+absl::Status GuestClient::PostTo(uint32_t connection_id, const std::vector<uint8_t>& bytes) {
+  if (bytes.size() > synic::kMessagePayloadBytes) {
+    return absl::InvalidArgumentError(
+        fmt::format("guest client: a {}-byte message exceeds the 240-byte payload", bytes.size()));
+  }
+  // vmbus_post_msg retries INSUFFICIENT_BUFFERS/MEMORY up to 100 times, sleeping 1..20 ms.
+  auto backoff = std::chrono::microseconds(100);
+  for (int attempt = 0;; ++attempt) {
+    const uint64_t status = synic_->PostMessage(connection_id, bytes);
+    if (status == synic::kStatusSuccess) return absl::OkStatus();
+    if (status != synic::kStatusInsufficientBuffers || attempt == 100) {
+      return absl::UnavailableError(fmt::format(
+          "guest client: HvPostMessage to connection {} returned {:#x}", connection_id, status));
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::microseconds(20000));
+  }
 }
 
 absl::Status GuestClient::SendRaw(const std::vector<uint8_t>& bytes) { return Post(bytes); }
@@ -119,7 +151,13 @@ absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
   if (version >= protocol::kVersionWin10V6_0) {
     contact.interrupt_page_or_target.target.feature_flags = features;
   }
-  if (absl::Status status = Post(protocol::EncodeInitiateContact(contact)); !status.ok()) {
+  // From 5.0 INITIATE_CONTACT goes to connection 4, and later messages to the connection the
+  // answer names; before 5.0 everything goes to connection 1 (Linux vmbus_negotiate_version).
+  const bool v5 = version >= protocol::kVersionWin10V5;
+  if (absl::Status status =
+          PostTo(v5 ? protocol::kMessageConnectionId4 : protocol::kMessageConnectionId,
+                 protocol::EncodeInitiateContact(contact));
+      !status.ok()) {
     return status;
   }
   absl::StatusOr<protocol::ParsedMessage> reply =
@@ -133,6 +171,7 @@ absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
   if (response.connection_state != protocol::kConnectionSuccessful) return response;
   version_ = version;
   features_ = response.supported_features;
+  message_connection_id_ = v5 ? response.message_connection_id : protocol::kMessageConnectionId;
   if (response.has_server_monitor_pages()) {
     monitor_memory_ = monitor.server_pages;
     monitor_page_ = response.child_to_parent_monitor_page;
@@ -262,8 +301,7 @@ int GuestClient::ChannelEventFd(uint32_t relid) {
   auto it = event_fds_.find(relid);
   if (it != event_fds_.end()) return it->second;
   const int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  event_fds_[relid] = fd;
-  port_->SetGuestInterruptTarget(relid, std::make_shared<hw::EventFdSignal>(fd));
+  event_fds_[relid] = fd;  // The channel's event flag is its relid (OpenChannel asks so).
   return fd;
 }
 
@@ -289,7 +327,12 @@ absl::Status GuestClient::SignalHost(uint32_t relid) {
         ->FetchOr32(pending, 1u << (*monitor_id % protocol::monitor::kIdsPerGroup))
         .status();
   }
-  return port_->SignalHost(connection_id);
+  const uint64_t status = synic_->SignalEvent(connection_id);
+  if (status != synic::kStatusSuccess) {
+    return absl::UnavailableError(fmt::format(
+        "guest client: HvSignalEvent on connection {:#x} returned {:#x}", connection_id, status));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace cvmbus::paravisor

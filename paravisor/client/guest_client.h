@@ -1,7 +1,9 @@
 // GuestClient: a guest-side VMBus client for tests and the demo. It negotiates a version,
 // receives offers, creates GPADLs for rings and buffers, opens and closes channels, and tears
-// things down, speaking the channel control protocol over a MessagePort exactly as a guest
-// kernel would (the same bytes Linux's vmbus driver sends).
+// things down, speaking the channel control protocol through the SynIC exactly as a guest
+// kernel would: the same bytes Linux's vmbus driver sends, posted with HvPostMessage from its
+// hypercall input page, answers taken from its SIMP slot, channel interrupts from its SIEFP
+// flags (GuestSynic does the kernel's SynIC part).
 //
 // The client runs its own EventLoop thread to receive host messages; its public methods are
 // blocking calls (each waits, with a timeout, for the host's answer) and may be called from
@@ -23,8 +25,9 @@
 #include "base/mutex.h"
 #include "guestmem/guest_memory.h"
 #include "hw/uring/event_loop.h"
+#include "paravisor/client/guest_synic.h"
 #include "paravisor/protocol/codec.h"
-#include "paravisor/server/message_port.h"
+#include "paravisor/synic/synic.h"
 
 namespace cvmbus::paravisor {
 
@@ -40,9 +43,16 @@ struct GuestMonitorSetup {
   std::optional<guestmem::GuestMemory> server_pages;
 };
 
+struct GuestClientOptions {
+  std::shared_ptr<synic::Synic> synic;  // The SynIC the server is attached to.
+  guestmem::GuestMemory memory;         // The guest's view of its SynIC pages.
+  uint32_t vp = 0;
+  GuestSynicPages pages;
+};
+
 class GuestClient {
  public:
-  static absl::StatusOr<std::unique_ptr<GuestClient>> Create(MessagePort* port);
+  static absl::StatusOr<std::unique_ptr<GuestClient>> Create(GuestClientOptions options);
   ~GuestClient();
 
   // INITIATE_CONTACT for `version` with `features`; the host's VERSION_RESPONSE.
@@ -89,12 +99,18 @@ class GuestClient {
   uint32_t features() const { return features_; }  // Granted by the last VERSION_RESPONSE.
 
  private:
-  explicit GuestClient(MessagePort* port) : port_(port) {}
+  explicit GuestClient(GuestClientOptions options) : options_(std::move(options)) {}
   void OnMessage(std::vector<uint8_t> bytes);
-  absl::Status Post(const std::vector<uint8_t>& bytes);
+  void OnEvent(uint16_t flag);
+  // HvPostMessage, retried while the SynIC answers INSUFFICIENT_BUFFERS (as vmbus_post_msg).
+  absl::Status Post(const std::vector<uint8_t>& bytes) {
+    return PostTo(message_connection_id_, bytes);
+  }
+  absl::Status PostTo(uint32_t connection_id, const std::vector<uint8_t>& bytes);
 
-  MessagePort* port_;
+  const GuestClientOptions options_;
   std::unique_ptr<hw::EventLoop> loop_;
+  std::unique_ptr<GuestSynic> synic_;  // Created and destroyed on loop_'s thread.
   std::thread thread_;
   uint32_t version_ = 0;
   uint32_t features_ = 0;
@@ -103,8 +119,8 @@ class GuestClient {
   std::condition_variable_any arrived_;
   std::deque<protocol::ParsedMessage> inbox_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint32_t, uint32_t> connection_ids_ ABSL_GUARDED_BY(mu_);  // relid ->
-  absl::flat_hash_map<uint32_t, int> event_fds_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint32_t, uint8_t> monitor_ids_ ABSL_GUARDED_BY(mu_);  // relid -> id
+  absl::flat_hash_map<uint32_t, int> event_fds_ ABSL_GUARDED_BY(mu_);            // event flag -> fd
+  absl::flat_hash_map<uint32_t, uint8_t> monitor_ids_ ABSL_GUARDED_BY(mu_);      // relid -> id
   // The child -> parent monitor page in use, if any (set by Connect).
   std::optional<guestmem::GuestMemory> monitor_memory_;
   uint64_t monitor_page_ = 0;

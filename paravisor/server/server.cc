@@ -262,9 +262,20 @@ void VmbusServer::HandleInitiateContact(const ParsedMessage& message) {
   const uint32_t requested = contact.vmbus_version_requested;
   protocol::VersionResponse response{};
   if (version_ == 0) {
-    // Answers go to the VP (from 3.0) and SINT (from 5.0) the guest named; this one too.
-    message_vp_ = requested >= protocol::kVersionWin8_1 ? contact.target_vcpu : 0;
-    message_sint_ = contact.message_sint();
+    // Answers go to the VP (from 3.0) and SINT (from 5.0) the guest named; this one too. A
+    // guest kernel turns that SINT on before it connects (Linux: hv_synic_init before
+    // vmbus_connect); one that names a SINT that cannot take messages gets no answer, rather
+    // than answers that would wait in the SynIC and stall this server.
+    const uint32_t vp = requested >= protocol::kVersionWin8_1 ? contact.target_vcpu : 0;
+    const uint8_t sint = contact.message_sint();
+    if (!port_->CanReceive(vp, sint)) {
+      GuestError(fmt::format(
+          "INITIATE_CONTACT for {:#x} names VP {} SINT {}, which cannot take messages: ignored",
+          requested, vp, sint));
+      return;
+    }
+    message_vp_ = vp;
+    message_sint_ = sint;
   }
   if (version_ != 0) {
     GuestError(fmt::format("INITIATE_CONTACT for {:#x} while connected at {:#x}: UNLOAD first",

@@ -58,6 +58,10 @@ class ServerPort {
   [[nodiscard]] virtual absl::Status PostToGuest(uint32_t vp, uint8_t sint,
                                                  absl::Span<const uint8_t> payload) = 0;
 
+  // True if VP `vp`'s SINT `sint` can take messages now (the VP exists, its SynIC and message
+  // page are on, the SINT unmasked). A guest kernel sets this up before INITIATE_CONTACT.
+  virtual bool CanReceive(uint32_t vp, uint8_t sint) const = 0;
+
   // A signal that sets event flag `flag` in VP `vp`'s SIEFP block for `sint` and interrupts
   // the VP (a channel's host -> guest interrupt). Raising it never blocks. An invalid VP,
   // SINT or flag is an error on Raise.

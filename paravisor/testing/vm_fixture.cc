@@ -19,7 +19,36 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
     if (!snp.ok()) return snp.status();
     vm->snp_ = *std::move(snp);
   }
-  vm->port_ = std::make_unique<MessagePort>(options.trusted_port);
+  // The paravisor's SynIC sees the guest's pages through the private view on an isolated VM;
+  // a SynIC that is not trusted (the host's) only through the untrusted one.
+  const bool private_synic = options.isolated && options.trusted_port;
+  const uint64_t top = options.memory_bytes;
+  vm->synic_pages_ = GuestSynicPages{.simp = top - 4 * 4096,
+                                     .siefp = top - 3 * 4096,
+                                     .hypercall = top - 2 * 4096,
+                                     .input = top - 4096};
+  if (private_synic) {
+    if (absl::Status status = vm->MakePrivate(top - 4 * 4096, 4 * 4096); !status.ok()) {
+      return status;
+    }
+  }
+  const guestmem::GuestMemory synic_view = private_synic
+                                               ? guestmem::GuestMemory::Private(vm->backing_)
+                                               : guestmem::GuestMemory::Untrusted(vm->backing_);
+  absl::StatusOr<std::shared_ptr<synic::Synic>> synic =
+      synic::Synic::Create({.name = options.trusted_port ? "paravisor" : "host",
+                            .memory = synic_view,
+                            .trusted = options.trusted_port});
+  if (!synic.ok()) return synic.status();
+  vm->synic_ = *std::move(synic);
+  if (options.isolated && options.trusted_port) {
+    absl::StatusOr<std::shared_ptr<synic::Synic>> host =
+        synic::Synic::Create({.name = "host",
+                              .memory = guestmem::GuestMemory::Untrusted(vm->backing_),
+                              .trusted = false});
+    if (!host.ok()) return host.status();
+    vm->host_synic_ = *std::move(host);
+  }
   std::promise<absl::Status> started;
   VirtualMachine* raw = vm.get();
   if (options.server_monitor_page.has_value() && options.isolated) {
@@ -46,7 +75,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
       raw->log_.push_back(line);
     };
     raw->server_options_ = server_options;
-    raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->port_.get(),
+    raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->synic_.get(),
                                                  std::move(server_options));
     raw->bus_ = raw->server_->Bus();
     started.set_value(absl::OkStatus());
@@ -58,7 +87,8 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
     vm->thread_.join();
     return status;
   }
-  absl::StatusOr<std::unique_ptr<GuestClient>> guest = GuestClient::Create(vm->port_.get());
+  absl::StatusOr<std::unique_ptr<GuestClient>> guest =
+      GuestClient::Create({.synic = vm->synic_, .memory = synic_view, .pages = vm->synic_pages_});
   if (!guest.ok()) return guest.status();
   vm->guest_ = *std::move(guest);
   return vm;
@@ -102,7 +132,7 @@ absl::Status VirtualMachine::StartRestoredServer(const saved::Server& state) {
     // the new one attached, it would detach the new one.
     bus_.reset();
     server_.reset();
-    server_ = std::make_unique<VmbusServer>(loop_.get(), port_.get(), server_options_);
+    server_ = std::make_unique<VmbusServer>(loop_.get(), synic_.get(), server_options_);
     bus_ = server_->Bus();
     status = server_->Restore(state);
   });

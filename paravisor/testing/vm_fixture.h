@@ -1,5 +1,10 @@
 // Test and demo support: an emulated SEV-SNP guest memory, a VMBus server and its devices on
-// one EventLoop thread, and a GuestClient, wired through one MessagePort.
+// one EventLoop thread, and a GuestClient, which reaches the server only through the
+// paravisor's SynIC (its SIMP, SIEFP and hypercall pages are the last four pages of guest
+// memory, private on an isolated VM).
+//
+// On an isolated VM there is also the host's SynIC (untrusted view, not trusted): nothing is
+// attached to it, so whatever reaches it is a leak a test can see.
 #ifndef CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
 #define CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
 
@@ -16,14 +21,14 @@
 #include "hw/isolation/snp_model.h"
 #include "hw/uring/event_loop.h"
 #include "paravisor/client/guest_client.h"
-#include "paravisor/server/message_port.h"
 #include "paravisor/server/server.h"
+#include "paravisor/synic/synic.h"
 
 namespace cvmbus::paravisor::testing {
 
 struct VmOptions {
   uint64_t memory_bytes = 64ull << 20;
-  bool trusted_port = true;  // The paravisor's own SynIC.
+  bool trusted_port = true;  // The server's SynIC is the paravisor's own (else the host's).
   bool isolated = true;      // An SNP model: pages start shared; ConvertToPrivate validates.
   // A page the server may hand the guest as its monitor page (ServerOptions); made private on
   // an isolated VM, as a paravisor's own memory is.
@@ -51,7 +56,10 @@ class VirtualMachine {
   VmbusServer& server() { return *server_; }
   ParentBus& bus() { return *bus_; }
   GuestClient& guest() { return *guest_; }
-  MessagePort& port() { return *port_; }
+  synic::Synic& synic() { return *synic_; }
+  synic::Synic* host_synic() { return host_synic_.get(); }  // Null unless isolated.
+  // The guest pages the client gave its SynIC.
+  const GuestSynicPages& synic_pages() const { return synic_pages_; }
   const std::shared_ptr<guestmem::MemoryBacking>& memory() const { return backing_; }
   hw::isolation::SnpModel* snp() { return snp_.get(); }
   std::vector<std::string> TakeLog();
@@ -60,7 +68,9 @@ class VirtualMachine {
   VirtualMachine() = default;
   std::shared_ptr<guestmem::MemoryBacking> backing_;
   std::unique_ptr<hw::isolation::SnpModel> snp_;
-  std::unique_ptr<MessagePort> port_;
+  std::shared_ptr<synic::Synic> synic_;
+  std::shared_ptr<synic::Synic> host_synic_;
+  GuestSynicPages synic_pages_;
   std::unique_ptr<hw::EventLoop> loop_;
   std::unique_ptr<VmbusServer> server_;
   std::unique_ptr<ParentBus> bus_;
