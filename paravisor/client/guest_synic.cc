@@ -151,16 +151,18 @@ void GuestSynic::DrainSlot() {
   const guestmem::GuestMemory& memory = options_.memory;
   const uint64_t slot = options_.pages.simp + uint64_t{options_.sint} * kMessageSlotBytes;
   while (true) {
-    absl::StatusOr<uint32_t> type = memory.ReadPlain<uint32_t>(slot);
+    // The type with a compare-exchange that changes nothing: an acquire read (the payload was
+    // written before it) that ThreadSanitizer models, unlike a fence.
+    absl::StatusOr<uint32_t> type =
+        memory.CompareExchange32(slot, kMessageTypeNone, kMessageTypeNone);
     if (!type.ok() || *type == kMessageTypeNone) return;
-    std::atomic_thread_fence(std::memory_order_acquire);  // The payload was written first.
     absl::StatusOr<uint8_t> size = memory.ReadPlain<uint8_t>(slot + 4);
     if (!size.ok()) return;
     std::vector<uint8_t> payload(std::min<size_t>(*size, kMessagePayloadBytes));
     if (!memory.Read(slot + kMessagePayloadOffset, absl::MakeSpan(payload)).ok()) return;
     // vmbus_signal_eom: empty the slot, full barrier, then EOM only if more are pending.
-    if (!memory.WritePlain<uint32_t>(slot, kMessageTypeNone).ok()) return;
-    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // (A locked compare-exchange is the full barrier: message_pending is read after it.)
+    if (!memory.CompareExchange32(slot, *type, kMessageTypeNone).ok()) return;
     absl::StatusOr<uint8_t> flags = memory.ReadPlain<uint8_t>(slot + 5);
     if (flags.ok() && (*flags & kMessageFlagPending) != 0) {
       (void)options_.synic->WriteMsr(options_.vp, kMsrEom, 0);

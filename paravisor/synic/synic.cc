@@ -54,15 +54,30 @@ absl::StatusOr<std::shared_ptr<Synic>> Synic::Create(SynicOptions options) {
   return std::shared_ptr<Synic>(new Synic(std::move(options)));
 }
 
-Synic::Synic(SynicOptions options) : options_(std::move(options)) {
+Synic::Synic(SynicOptions options)
+    : options_(std::move(options)), live_(new LiveVp[options_.vp_count]) {
+  MutexLock lock(&mu_);
   vps_.resize(options_.vp_count);
-  for (Vp& vp : vps_) vp.sint.fill(kSintMasked);  // The TLFS reset value.
+  for (uint32_t vp = 0; vp < options_.vp_count; ++vp) {
+    vps_[vp].sint.fill(kSintMasked);  // The TLFS reset value.
+    PublishLive(vp);
+  }
+}
+
+void Synic::PublishLive(uint32_t vp) {
+  const Vp& state = vps_[vp];
+  LiveVp& live = live_[vp];
+  live.scontrol.store(state.scontrol, std::memory_order_relaxed);
+  live.siefp.store(state.siefp, std::memory_order_relaxed);
+  for (uint8_t sint = 0; sint < kSintCount; ++sint) {
+    live.sint[sint].store(state.sint[sint], std::memory_order_relaxed);
+  }
 }
 
 Synic::~Synic() = default;
 
 void Synic::SetInterruptSink(std::shared_ptr<InterruptSink> sink) {
-  MutexLock lock(&mu_);
+  MutexLock lock(&sink_mu_);
   sink_ = std::move(sink);
 }
 
@@ -75,8 +90,16 @@ absl::Status Synic::MsrError(uint32_t vp, uint32_t msr, std::string_view what) c
 }
 
 SynicStats Synic::stats() const {
-  MutexLock lock(&mu_);
-  return stats_;
+  SynicStats stats;
+  {
+    MutexLock lock(&mu_);
+    stats = stats_;
+  }
+  stats.events_set = events_set_.load(std::memory_order_relaxed);
+  stats.events_coalesced = events_coalesced_.load(std::memory_order_relaxed);
+  stats.events_lost = events_lost_.load(std::memory_order_relaxed);
+  stats.interrupts = interrupts_.load(std::memory_order_relaxed);
+  return stats;
 }
 
 // --- MSRs ---------------------------------------------------------------------------------------
@@ -188,6 +211,8 @@ absl::Status Synic::WriteMsr(uint32_t vp, uint32_t msr, uint64_t value) {
         }
         return MsrError(vp, msr, "not a synthetic MSR this SynIC implements");
     }
+    PublishLive(vp);
+    hypercall_enabled_.store((hypercall_ & kHypercallEnable) != 0, std::memory_order_relaxed);
   }
   if (overlay) {
     if (absl::Status written = overlay(overlay_gpa); !written.ok()) {
@@ -195,6 +220,7 @@ absl::Status Synic::WriteMsr(uint32_t vp, uint32_t msr, uint64_t value) {
       // A refused write leaves the register as it was (not disabled with the new GPA and lock
       // bit kept), unless another VP has written it since.
       if (hypercall_ == hypercall_written) hypercall_ = hypercall_before;
+      hypercall_enabled_.store((hypercall_ & kHypercallEnable) != 0, std::memory_order_relaxed);
       return MsrError(vp, msr,
                       fmt::format("hypercall page {:#x}: {}", overlay_gpa, written.message()));
     }
@@ -239,6 +265,9 @@ absl::Status Synic::WriteSintMsr(uint32_t vp, uint8_t sint, uint64_t value,
   Vp& state = vps_[vp];
   const bool was_masked = (state.sint[sint] & kSintMasked) != 0;
   state.sint[sint] = value;
+  // Published before the flags are looked at below, with a full barrier: a SetEvent that read
+  // the SINT as masked set its flag first, so one of the two raises the interrupt.
+  live_[vp].sint[sint].store(value, std::memory_order_seq_cst);
   if (was_masked && (value & kSintMasked) == 0) {
     // Unmasked: what waited goes out, and flags set while masked get their interrupt.
     TryDeliver(vp, sint, interrupts);
@@ -297,8 +326,13 @@ void Synic::TryDeliver(uint32_t vp, uint8_t sint, std::vector<Interrupt>* interr
     // Everything but message_type first, then message_type: the guest reads the slot only
     // once it sees a type.
     if (!memory.Write(slot + 4, absl::MakeConstSpan(bytes).subspan(4)).ok()) break;
-    std::atomic_thread_fence(std::memory_order_release);
-    if (!memory.WritePlain<uint32_t>(slot, kMessageTypeVmbus).ok()) break;
+    // message_type with a seq_cst compare-exchange: a release, so a guest that reads the type
+    // (acquire) sees the bytes above. Not atomic_thread_fence plus a store: ThreadSanitizer
+    // does not model fences (GCC refuses them under -fsanitize=thread). A type the guest wrote
+    // meanwhile makes the slot busy: the message stays queued.
+    absl::StatusOr<uint32_t> published =
+        memory.CompareExchange32(slot, kMessageTypeNone, kMessageTypeVmbus);
+    if (!published.ok() || *published != kMessageTypeNone) break;
     queue.pop_front();
     ++stats_.messages_delivered;
     delivered = true;
@@ -313,10 +347,10 @@ void Synic::Raise(const std::vector<Interrupt>& interrupts) {
   if (interrupts.empty()) return;
   std::shared_ptr<InterruptSink> sink;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(&sink_mu_);
     sink = sink_;
-    stats_.interrupts += interrupts.size();
   }
+  interrupts_.fetch_add(interrupts.size(), std::memory_order_relaxed);
   if (sink == nullptr) return;  // No guest listening: the interrupt is lost, as on hardware.
   for (const Interrupt& interrupt : interrupts) sink->Assert(interrupt.vp, interrupt.vector);
 }
@@ -327,31 +361,35 @@ absl::Status Synic::SetEvent(uint32_t vp, uint8_t sint, uint16_t flag) {
         fmt::format("synic '{}': event flag {} of VP {} SINT {} does not exist", options_.name,
                     flag, vp, sint));
   }
-  std::vector<Interrupt> interrupts;
-  {
-    MutexLock lock(&mu_);
-    const Vp& state = vps_[vp];
-    if ((state.scontrol & kScontrolEnable) == 0 || (state.siefp & kPageEnable) == 0) {
-      ++stats_.events_lost;
-      return absl::OkStatus();
-    }
-    const uint64_t word = (state.siefp & kPageGpaMask) + uint64_t{sint} * kEventFlagsBlockBytes +
-                          uint64_t{flag / 32u} * 4;
-    const uint32_t bit = uint32_t{1} << (flag % 32);
-    absl::StatusOr<uint32_t> before = options_.memory.FetchOr32(word, bit);
-    if (!before.ok()) {
-      ++stats_.events_lost;
-      return absl::FailedPreconditionError(
-          fmt::format("{}: event flag {}: {}", Where(vp), flag, before.status().message()));
-    }
-    if ((*before & bit) != 0) {
-      ++stats_.events_coalesced;  // The guest has not looked yet: it will see this one too.
-      return absl::OkStatus();
-    }
-    ++stats_.events_set;
-    QueueInterrupt(vp, sint, &interrupts);
+  // The hot path of every channel interrupt: no lock, the registers' published copies.
+  const LiveVp& live = live_[vp];
+  const uint64_t siefp = live.siefp.load(std::memory_order_relaxed);
+  if ((live.scontrol.load(std::memory_order_relaxed) & kScontrolEnable) == 0 ||
+      (siefp & kPageEnable) == 0) {
+    events_lost_.fetch_add(1, std::memory_order_relaxed);
+    return absl::OkStatus();
   }
-  Raise(interrupts);
+  const uint64_t word =
+      (siefp & kPageGpaMask) + uint64_t{sint} * kEventFlagsBlockBytes + uint64_t{flag / 32u} * 4;
+  const uint32_t bit = uint32_t{1} << (flag % 32);
+  absl::StatusOr<uint32_t> before = options_.memory.FetchOr32(word, bit);
+  if (!before.ok()) {
+    events_lost_.fetch_add(1, std::memory_order_relaxed);
+    return absl::FailedPreconditionError(
+        fmt::format("{}: event flag {}: {}", Where(vp), flag, before.status().message()));
+  }
+  if ((*before & bit) != 0) {
+    // The guest has not looked yet: it will see this one too.
+    events_coalesced_.fetch_add(1, std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+  events_set_.fetch_add(1, std::memory_order_relaxed);
+  // A SINT masked (or SCONTROL turned off) after the check above: its unmask raises the
+  // interrupt for the flag set here (WriteSintMsr looks at the flags).
+  const uint64_t sint_reg = live.sint[sint].load(std::memory_order_seq_cst);
+  if ((sint_reg & kSintMasked) == 0) {
+    Raise({Interrupt{vp, static_cast<uint8_t>(sint_reg & kSintVectorMask)}});
+  }
   return absl::OkStatus();
 }
 
@@ -360,10 +398,7 @@ absl::Status Synic::SetEvent(uint32_t vp, uint8_t sint, uint16_t flag) {
 uint64_t Synic::Hypercall(uint32_t vp, uint64_t control, uint64_t input, uint64_t output) {
   (void)output;  // Neither call has output.
   if (vp >= options_.vp_count) return kStatusInvalidParameter;
-  {
-    MutexLock lock(&mu_);
-    if ((hypercall_ & kHypercallEnable) == 0) return kStatusAccessDenied;
-  }
+  if (!hypercall_enabled_.load(std::memory_order_relaxed)) return kStatusAccessDenied;
   switch (control & kControlCodeMask) {
     case kCallPostMessage:
       return PostMessage(vp, control, input);
@@ -426,7 +461,7 @@ uint64_t Synic::SignalEvent(uint32_t vp, uint64_t control, uint64_t input) {
   const uint16_t flag_number = static_cast<uint16_t>(parameter >> kFlagNumberShift);
   std::shared_ptr<hw::Signal> target;
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(&ports_mu_);
     auto it = event_ports_.find(connection_id);
     if (it == event_ports_.end()) return kStatusInvalidConnectionId;
     if (flag_number != 0) return kStatusInvalidParameter;  // Each port has one flag.
@@ -571,7 +606,7 @@ std::shared_ptr<hw::Signal> Synic::GuestEvent(uint32_t vp, uint8_t sint, uint16_
 
 void Synic::SetEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> target) {
   {
-    MutexLock lock(&mu_);
+    MutexLock lock(&ports_mu_);
     if (target) {
       event_ports_[connection_id] = target;
     } else {

@@ -169,10 +169,29 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   void Drain(uint64_t epoch);
   void ScheduleSpace() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // What the hot paths (a channel event, a guest doorbell) need, readable without mu_:
+  // written under mu_ whenever the register changes.
+  struct LiveVp {
+    std::atomic<uint64_t> scontrol{0};
+    std::atomic<uint64_t> siefp{0};
+    std::array<std::atomic<uint64_t>, kSintCount> sint;
+  };
+  void PublishLive(uint32_t vp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const SynicOptions options_;
   const std::chrono::steady_clock::time_point created_ = std::chrono::steady_clock::now();
+  const std::unique_ptr<LiveVp[]> live_;
+  std::atomic<bool> hypercall_enabled_{false};
+  std::atomic<uint64_t> events_set_{0};
+  std::atomic<uint64_t> events_coalesced_{0};
+  std::atomic<uint64_t> events_lost_{0};
+  std::atomic<uint64_t> interrupts_{0};
+  Mutex sink_mu_;
+  std::shared_ptr<InterruptSink> sink_ ABSL_GUARDED_BY(sink_mu_);
+  Mutex ports_mu_;
+  absl::flat_hash_map<uint32_t, std::shared_ptr<hw::Signal>> event_ports_
+      ABSL_GUARDED_BY(ports_mu_);
   mutable Mutex mu_;
-  std::shared_ptr<InterruptSink> sink_ ABSL_GUARDED_BY(mu_);
   uint64_t guest_os_id_ ABSL_GUARDED_BY(mu_) = 0;  // Partition-wide, as HYPERCALL.
   uint64_t hypercall_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Vp> vps_ ABSL_GUARDED_BY(mu_);
@@ -186,8 +205,7 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   bool drain_scheduled_ ABSL_GUARDED_BY(mu_) = false;
   bool space_wanted_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<Inbound> inbound_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint32_t, std::shared_ptr<hw::Signal>> event_ports_ ABSL_GUARDED_BY(mu_);
-  SynicStats stats_ ABSL_GUARDED_BY(mu_);
+  SynicStats stats_ ABSL_GUARDED_BY(mu_);  // The event and interrupt counts are atomics above.
 };
 
 }  // namespace cvmbus::paravisor::synic
