@@ -1,0 +1,177 @@
+#include "tests/kvm_vmbus/kvm_vmbus_machine.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <future>
+
+#include "base/format.h"
+#include "hw/kvm/hyperv.h"
+#include "paravisor/synic/hv_abi.h"
+#include "tests/kvm_vmbus/vmbus_guest.h"
+
+namespace cvmbus::tests {
+namespace {
+
+namespace guest = ::cvmbus::tests::vmbus_guest;
+constexpr uint64_t kMemoryBytes = 64ull << 20;
+// What a confidential guest's launch validates: the VMM's tables at 0x1000 up to its rings.
+constexpr uint64_t kLaunchFirst = 0x1000;
+constexpr uint64_t kLaunchEnd = VMBUS_GUEST_RINGS + VMBUS_GUEST_RINGS_BYTES;
+
+}  // namespace
+
+paravisor::Guid EchoInterfaceId() {
+  return *paravisor::Guid::Parse("6a1e6c0e-7b2d-4c4e-9f3a-0c5e1d2b3a40");
+}
+
+absl::StatusOr<std::unique_ptr<KvmVmbusMachine>> KvmVmbusMachine::Create(KvmVmbusOptions options) {
+  std::unique_ptr<KvmVmbusMachine> machine(new KvmVmbusMachine());
+  machine->options_ = options;
+  guestmem::MemoryOptions memory;
+  memory.name = "kvm-vmbus";
+  memory.regions = {{0, kMemoryBytes}};
+  absl::StatusOr<std::shared_ptr<guestmem::MemoryBacking>> backing =
+      guestmem::MemoryBacking::Create(memory);
+  if (!backing.ok()) return backing.status();
+  machine->backing_ = *backing;
+  if (options.confidential) {
+    absl::StatusOr<std::unique_ptr<hw::isolation::SnpModel>> snp =
+        hw::isolation::SnpModel::Create(machine->backing_);
+    if (!snp.ok()) return snp.status();
+    machine->snp_ = *std::move(snp);
+    // The guest's launch-validated memory, as an SNP launch leaves it: everything the guest
+    // uses, from the VMM's tables to its rings, is private; the rest stays shared.
+    if (absl::Status status =
+            machine->snp_->ConvertToPrivate(kLaunchFirst, kLaunchEnd - kLaunchFirst);
+        !status.ok()) {
+      return status;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<hw::kvm::KvmVm>> vm = hw::kvm::KvmVm::Create(machine->backing_);
+  if (!vm.ok()) return vm.status();
+  machine->vm_ = *std::move(vm);
+
+  const guestmem::GuestMemory untrusted = guestmem::GuestMemory::Untrusted(machine->backing_);
+  // The guest's own view of its memory (its loader's, too): private on a confidential VM.
+  const guestmem::GuestMemory guest_view =
+      options.confidential ? guestmem::GuestMemory::Private(machine->backing_) : untrusted;
+  const guestmem::GuestMemory& synic_view = guest_view;
+  absl::StatusOr<std::shared_ptr<paravisor::KvmSynic>> kvm_synic = paravisor::KvmSynic::Create(
+      machine->vm_.get(), {.name = "paravisor", .memory = synic_view, .trusted = true});
+  if (!kvm_synic.ok()) return kvm_synic.status();
+  machine->kvm_synic_ = *std::move(kvm_synic);
+
+  // The server and the echo device on one io_uring loop thread (the loop is made there: it
+  // is single-issuer).
+  KvmVmbusMachine* raw = machine.get();
+  std::promise<absl::Status> started;
+  machine->loop_thread_ = std::thread([raw, &started, confidential = options.confidential] {
+    absl::StatusOr<std::unique_ptr<hw::EventLoop>> loop = hw::EventLoop::Create();
+    if (!loop.ok()) {
+      started.set_value(loop.status());
+      return;
+    }
+    raw->loop_ = *std::move(loop);
+    paravisor::ServerOptions server;
+    server.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
+    if (confidential) server.private_memory = guestmem::GuestMemory::Private(raw->backing_);
+    server.log = [raw](const std::string& line) {
+      MutexLock lock(&raw->log_mu_);
+      raw->log_.push_back(line);
+    };
+    raw->server_ = std::make_unique<paravisor::VmbusServer>(
+        raw->loop_.get(), raw->kvm_synic_->synic().get(), std::move(server));
+    raw->bus_ = raw->server_->Bus();
+    paravisor::OfferParams params;
+    params.interface_id = EchoInterfaceId();
+    params.instance_id.data1 = 1;
+    params.allow_confidential_external_memory = true;
+    raw->device_ =
+        std::make_unique<paravisor::EchoDevice>(raw->loop_.get(), raw->bus_.get(), params);
+    started.set_value(raw->device_->Start());
+    (void)raw->loop_->Run();
+    raw->device_.reset();
+    raw->bus_.reset();
+    raw->server_.reset();
+  });
+  if (absl::Status status = started.get_future().get(); !status.ok()) {
+    machine->loop_thread_.join();
+    return status;
+  }
+
+  // The guest program and its config block, as its loader would write them.
+  if (absl::Status status = guest_view.Write(guest::kLoadGpa, guest::Image()); !status.ok()) {
+    return status;
+  }
+  vmbus_guest_config config{};
+  config.magic = VMBUS_GUEST_CONFIG_MAGIC;
+  config.version = options.confidential ? 0x60000 : 0x50003;
+  config.features = options.confidential ? 0x10 : 0;
+  config.require_confidential = options.confidential ? 1 : 0;
+  config.warmup = options.warmup;
+  config.iterations = options.iterations;
+  config.payload_bytes = options.payload_bytes;
+  const paravisor::Guid interface_id = EchoInterfaceId();
+  static_assert(sizeof(config.interface_id) == sizeof(interface_id));
+  std::memcpy(config.interface_id, &interface_id, sizeof(interface_id));
+  if (absl::Status status = guest_view.Write(
+          VMBUS_GUEST_CONFIG,
+          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&config), sizeof(config)));
+      !status.ok()) {
+    return status;
+  }
+  return machine;
+}
+
+KvmVmbusMachine::~KvmVmbusMachine() {
+  if (vm_) (void)vm_->Stop();
+  if (loop_) loop_->Stop();
+  if (loop_thread_.joinable()) loop_thread_.join();
+  loop_.reset();
+  kvm_synic_.reset();
+  vm_.reset();
+}
+
+absl::StatusOr<KvmVmbusRun> KvmVmbusMachine::Run(absl::Duration timeout) {
+  hw::kvm::LongModeEntry entry;
+  entry.rip = guest::kEntryGpa;
+  entry.rsp = VMBUS_GUEST_STACK_TOP;
+  hw::kvm::HypervCpuidFeatures features;
+  features.recommendations = paravisor::synic::kRecommendExplicitEoi;
+  entry.cpuid = hw::kvm::HypervCpuidLeaves(features);
+  if (absl::Status status = vm_->StartVcpu(entry); !status.ok()) return status;
+  absl::StatusOr<hw::kvm::VcpuExit> exit = vm_->WaitForExit(timeout);
+  KvmVmbusRun run;
+  run.debug_output = vm_->debug_output();
+  if (!exit.ok()) {
+    std::string log;
+    {
+      MutexLock lock(&log_mu_);
+      for (const std::string& line : log_) log += "  " + line + "\n";
+    }
+    return absl::Status(exit.status().code(),
+                        fmt::format("{}; the guest said:\n{}the server logged:\n{}",
+                                    exit.status().message(), run.debug_output, log));
+  }
+  run.exit_code = exit->value;
+  run.exits = vm_->exit_counts();
+  run.marks = kvm_synic_->marks();
+  const guestmem::GuestMemory guest_view = options_.confidential
+                                               ? guestmem::GuestMemory::Private(backing_)
+                                               : guestmem::GuestMemory::Untrusted(backing_);
+  if (absl::Status status = guest_view.Read(
+          VMBUS_GUEST_RESULT,
+          absl::MakeSpan(reinterpret_cast<uint8_t*>(&run.result), sizeof(run.result)));
+      !status.ok()) {
+    return status;
+  }
+  std::promise<uint64_t> echoed;
+  loop_->Post([&] { echoed.set_value(device_->stats().packets_echoed); });
+  run.echoed = echoed.get_future().get();
+  MutexLock lock(&log_mu_);
+  run.server_log = log_;
+  return run;
+}
+
+}  // namespace cvmbus::tests
