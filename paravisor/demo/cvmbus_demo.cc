@@ -21,6 +21,7 @@
 #include "base/format.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
+#include "paravisor/devices/demo_devices.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/testing/guest_channel.h"
 #include "paravisor/testing/vm_fixture.h"
@@ -49,7 +50,7 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     const std::string value = arg.substr(arg.find('=') + 1);
     char* end = nullptr;
     const long parsed = std::strtol(value.c_str(), &end, 10);
-    const long limit = target == &flags->channels ? 64 : 100000000;
+    const long limit = target == &flags->channels ? kDemoMaxDeviceCount : 100000000;
     if (value.empty() || *end != '\0' || parsed < 1 || parsed > limit) {
       fmt::print(stderr, "cvmbus_demo: '{}' needs a whole number from 1 to {}\n", arg, limit);
       return false;
@@ -72,18 +73,14 @@ int Run(const Flags& flags) {
   if (!vm.ok()) return Fail("creating the VM", vm.status());
   fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
 
-  // The paravisor's devices: one echo device per channel, offered through ParentBus.
+  // The paravisor's devices: one echo device per channel (the demo set of demo_devices.h),
+  // offered through ParentBus. The last channel (of two or more) is signalled through the
+  // monitor page (MNF).
   std::vector<std::unique_ptr<EchoDevice>> devices;
   (*vm)->OnServer([&] {
-    for (long i = 0; i < flags.channels; ++i) {
-      OfferParams params;
-      params.interface_name = "cvmbus-echo";
-      params.interface_id = *Guid::Parse("6a1e6c0e-7b2d-4c4e-9f3a-0c5e1d2b3a40");
-      params.instance_id.data1 = static_cast<uint32_t>(i + 1);
-      params.allow_confidential_external_memory = true;
-      // The last channel (of two or more) is signalled through the monitor page (MNF).
-      if (flags.channels >= 2 && i == flags.channels - 1) params.mnf_interrupt_latency = 50us;
-      devices.push_back(std::make_unique<EchoDevice>((*vm)->server_loop(), &(*vm)->bus(), params));
+    for (OfferParams& params : DemoDeviceParams(static_cast<int>(flags.channels))) {
+      devices.push_back(
+          std::make_unique<EchoDevice>((*vm)->server_loop(), &(*vm)->bus(), std::move(params)));
       if (absl::Status status = devices.back()->Start(); !status.ok()) {
         fmt::print(stderr, "cvmbus_demo: offer: {}\n", status);
       }
