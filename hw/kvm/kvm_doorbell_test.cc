@@ -173,6 +173,23 @@ TEST(KvmDoorbellTest, GuestRequestAndOurAnswerRoundTripThroughIoEventFdAndIrqFd)
                         .c_str());
 }
 
+// KVM_SET_GSI_ROUTING replaces the whole table: after AddMsiIrqFd added an MSI route, the PIC
+// line of the irqfd made before it (GSI 4) still reaches the real-mode guest.
+TEST(KvmDoorbellTest, PicLineStillWorksAfterAnMsiRouteReplacedTheRoutingTable) {
+  CVMBUS_SKIP_WITHOUT_KVM();
+  Device device;
+  ASSERT_NO_FATAL_FAILURE(MakeDevice(&device));
+  absl::StatusOr<int> msi = device.vm->AddMsiIrqFd(0x40);
+  ASSERT_TRUE(msi.ok()) << msi.status();
+  ASSERT_OK(device.vm->StartVcpu(programs::EntryFor()));
+  absl::StatusOr<uint64_t> rings = ReadEventFd(device.doorbell, kGuestTimeout);
+  ASSERT_TRUE(rings.ok()) << rings.status();
+  uint64_t transaction_id = 0;
+  ASSERT_NO_FATAL_FAILURE(ReadRequest(&device, &transaction_id));
+  EXPECT_TRUE(Answer(&device, transaction_id));
+  ASSERT_NO_FATAL_FAILURE(ExpectGuestDone(&device));
+}
+
 // The guest's checks can fail: an answer for another transaction is rejected (kExitBadAnswer),
 // no result word is written and the packet stays unconsumed.
 TEST(KvmDoorbellTest, GuestRejectsAnAnswerForAnotherTransaction) {

@@ -4,22 +4,27 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/kvm.h>
-#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
-#include <chrono>
+#include <array>
 #include <cstring>
-#include <mutex>
 
 #include "base/format.h"
-#include "base/typed_error.h"
+#include "guestmem/guest_memory.h"
+#include "hw/kvm/hypercall_page.h"
+#include "hw/kvm/kvm_internal.h"
+#include "hw/kvm/kvm_uapi.h"
 
 namespace cvmbus::hw::kvm {
 namespace {
 
-constexpr char kVcpuErrorUrl[] = "cvmbus.dev/hw.kvm.VcpuError";
+using internal::CodeFor;
+using internal::Errno;
+using internal::KvmError;
+using internal::RequireCapability;
+
 constexpr int kKvmApiVersion = 12;  // The only version KVM has ever reported (api.rst 4.1).
 
 // Intel CPUs without "unrestricted guest" run real mode in vm86 and need a 3-page TSS outside
@@ -27,103 +32,26 @@ constexpr int kKvmApiVersion = 12;  // The only version KVM has ever reported (a
 constexpr uint64_t kTssGpa = 0xfffbd000;
 constexpr uint64_t kTssBytes = 3 * 4096;
 
-// How often Stop re-sends the kick while waiting for KVM_RUN to return. One kick suffices
-// (immediate_exit covers the race with entering KVM_RUN); re-sending only guards against a
-// signal the process consumed some other way.
-constexpr auto kKickInterval = std::chrono::milliseconds(20);
+// The in-kernel irqchip's ports (PIC pair, ELCR): an OUT to them never exits to user space.
+constexpr uint16_t kIrqchipPorts[] = {0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1};
 
-std::string Errno(int error) { return std::strerror(error); }
-
-absl::Status KvmError(absl::StatusCode code, std::string_view device, std::string_view what,
-                      int error) {
-  return absl::Status(code, fmt::format("kvm '{}': {}: {}", device, what, Errno(error)));
-}
-
-// The absl code for a failed KVM ioctl whose errno says the arguments were wrong.
-absl::StatusCode CodeFor(int error) {
-  switch (error) {
-    case EINVAL:
-    case EFAULT:
-      return absl::StatusCode::kInvalidArgument;
-    case EEXIST:
-      return absl::StatusCode::kAlreadyExists;
-    case ENOMEM:
-    case ENOSPC:
-      return absl::StatusCode::kResourceExhausted;
-    default:
-      return absl::StatusCode::kInternal;
+absl::Status CheckHypercallPorts(std::string_view device, const KvmOptions& options) {
+  if (options.hypercall_port == options.signal_port) {
+    return absl::InvalidArgumentError(fmt::format(
+        "kvm '{}': the hypercall and signal ports are both {:#x}", device, options.hypercall_port));
   }
-}
-
-void IgnoreKick(int) {}
-
-// Makes sure kKickSignal interrupts a thread instead of killing the process or vanishing.
-absl::Status InstallKickHandler() {
-  static std::once_flag once;
-  static absl::Status* installed = nullptr;
-  std::call_once(once, [] {
-    struct sigaction current {};
-    if (sigaction(kKickSignal, nullptr, &current) != 0) {
-      installed = new absl::Status(absl::InternalError(
-          fmt::format("kvm: reading the action of signal {}: {}", kKickSignal, Errno(errno))));
-      return;
+  for (const uint16_t port : kIrqchipPorts) {
+    if (options.hypercall_port == port || options.signal_port == port) {
+      return absl::InvalidArgumentError(fmt::format(
+          "kvm '{}': hypercall port {:#x} / signal port {:#x}: {:#x} belongs to the in-kernel "
+          "irqchip",
+          device, options.hypercall_port, options.signal_port, port));
     }
-    const bool has_handler = (current.sa_flags & SA_SIGINFO) != 0 ||
-                             (current.sa_handler != SIG_DFL && current.sa_handler != SIG_IGN);
-    if (has_handler) {  // Any handler makes KVM_RUN return EINTR; keep the process's own.
-      installed = new absl::Status();
-      return;
-    }
-    struct sigaction action {};
-    action.sa_handler = IgnoreKick;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = 0;  // No SA_RESTART: a kicked system call returns EINTR.
-    if (sigaction(kKickSignal, &action, nullptr) != 0) {
-      installed = new absl::Status(absl::InternalError(
-          fmt::format("kvm: installing the handler of signal {}: {}", kKickSignal, Errno(errno))));
-      return;
-    }
-    installed = new absl::Status();
-  });
-  return *installed;
-}
-
-// Checks one KVM capability on the device; returns its value (> 0).
-absl::StatusOr<int> RequireCapability(int kvm_fd, std::string_view device, long capability,
-                                      std::string_view name) {
-  const int value = ioctl(kvm_fd, KVM_CHECK_EXTENSION, capability);
-  if (value <= 0) {
-    return absl::FailedPreconditionError(
-        fmt::format("kvm '{}': lacks capability {} ({})", device, name, capability));
   }
-  return value;
+  return absl::OkStatus();
 }
 
 }  // namespace
-
-std::string_view VcpuErrorName(VcpuError error) {
-  switch (error) {
-    case VcpuError::kShutdown:
-      return "shutdown";
-    case VcpuError::kUnexpectedIo:
-      return "unexpected port I/O";
-    case VcpuError::kUnexpectedMmio:
-      return "unexpected MMIO";
-    case VcpuError::kInternalError:
-      return "KVM internal error";
-    case VcpuError::kFailEntry:
-      return "entry failed";
-    case VcpuError::kUnknownExit:
-      return "unknown exit";
-    case VcpuError::kRunFailed:
-      return "KVM_RUN failed";
-  }
-  return "unknown";
-}
-
-std::optional<VcpuError> GetVcpuError(const absl::Status& status) {
-  return GetTypedError<VcpuError>(kVcpuErrorUrl, status, VcpuError::kRunFailed);
-}
 
 // --- Creation ----------------------------------------------------------------------------------
 
@@ -133,6 +61,7 @@ absl::StatusOr<std::unique_ptr<KvmVm>> KvmVm::Create(
   if (backing == nullptr) {
     return absl::InvalidArgumentError(fmt::format("kvm '{}': no memory backing", device));
   }
+  if (absl::Status status = CheckHypercallPorts(device, options); !status.ok()) return status;
   UniqueFd kvm_fd(open(device.c_str(), O_RDWR | O_CLOEXEC));
   if (!kvm_fd.valid()) {
     const int error = errno;
@@ -224,8 +153,11 @@ absl::StatusOr<std::unique_ptr<KvmVm>> KvmVm::Create(
   if (ioctl(vm_fd.get(), KVM_CREATE_IRQCHIP, 0) != 0) {
     return KvmError(absl::StatusCode::kInternal, device, "KVM_CREATE_IRQCHIP", errno);
   }
+  // 0 (no routing changes: AddMsiIrqFd fails) if KVM lacks KVM_CAP_IRQ_ROUTING.
+  const int max_routes = ioctl(vm_fd.get(), KVM_CHECK_EXTENSION, KVM_CAP_IRQ_ROUTING);
   return std::unique_ptr<KvmVm>(new KvmVm(std::move(backing), device, std::move(kvm_fd),
-                                          std::move(vm_fd), static_cast<size_t>(run_bytes)));
+                                          std::move(vm_fd), static_cast<size_t>(run_bytes), options,
+                                          max_routes > 0 ? max_routes : 0));
 }
 
 KvmVm::~KvmVm() {
@@ -237,7 +169,9 @@ KvmVm::~KvmVm() {
   run_ = nullptr;
   vcpu_fd_.Reset();
   vm_fd_.Reset();
+  MutexLock devices(&devices_mu_);
   event_fds_.clear();
+  signal_events_.clear();
   kvm_fd_.Reset();
 }
 
@@ -266,6 +200,9 @@ absl::StatusOr<int> KvmVm::AddIoEventFdAt(bool pio, uint64_t address,
   if (options.datamatch.has_value() && options.len == 0) {
     return invalid("datamatch needs a len");
   }
+  if (pio && (address == hypercall_port_ || address == signal_port_)) {
+    return invalid("the port belongs to the hypercall page");
+  }
   if (!pio) {
     const uint64_t span = options.len == 0 ? 1 : options.len;
     for (const guestmem::RegionMapping& region : backing_->regions()) {
@@ -291,7 +228,7 @@ absl::StatusOr<int> KvmVm::AddIoEventFdAt(bool pio, uint64_t address,
     request.flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
     request.datamatch = *options.datamatch;
   }
-  MutexLock lock(&control_mu_);
+  MutexLock lock(&devices_mu_);
   if (ioctl(vm_fd_.get(), KVM_IOEVENTFD, &request) != 0) {
     const int error = errno;
     return KvmError(CodeFor(error), device_path_,
@@ -312,7 +249,7 @@ absl::StatusOr<int> KvmVm::AddIrqFd(uint32_t gsi) {
   request.fd = static_cast<uint32_t>(event.get());
   request.gsi = gsi;
   request.flags = 0;
-  MutexLock lock(&control_mu_);
+  MutexLock lock(&devices_mu_);
   if (ioctl(vm_fd_.get(), KVM_IRQFD, &request) != 0) {
     const int error = errno;
     return KvmError(CodeFor(error), device_path_, fmt::format("KVM_IRQFD for GSI {}", gsi), error);
@@ -322,217 +259,147 @@ absl::StatusOr<int> KvmVm::AddIrqFd(uint32_t gsi) {
   return fd;
 }
 
-// --- The vCPU ----------------------------------------------------------------------------------
-
-absl::Status KvmVm::StartVcpu(const RealModeEntry& entry) {
-  MutexLock lock(&control_mu_);
-  if (started_.load(std::memory_order_acquire)) {
-    return absl::FailedPreconditionError(
-        fmt::format("kvm '{}': vCPU 0 was already started", device_path_));
+absl::Status KvmVm::SetRoutingLocked(std::string_view why) {
+  std::vector<uint64_t> table = routing_.Encode();
+  if (ioctl(vm_fd_.get(), uapi::kSetGsiRouting, table.data()) != 0) {
+    const int error = errno;
+    return KvmError(CodeFor(error), device_path_,
+                    fmt::format("KVM_SET_GSI_ROUTING ({} routes) {}", routing_.size(), why), error);
   }
-  if (absl::Status status = InstallKickHandler(); !status.ok()) return status;
-  if (absl::Status status = SetUpVcpu(entry); !status.ok()) {
-    if (run_ != nullptr) munmap(run_, run_bytes_);
-    run_ = nullptr;
-    vcpu_fd_.Reset();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> KvmVm::AddMsiIrqFd(uint8_t vector, uint32_t apic_id) {
+  const std::string what = fmt::format("MSI irqfd for vector {:#x} to APIC {}", vector, apic_id);
+  MutexLock lock(&devices_mu_);
+  if (ioctl(vm_fd_.get(), KVM_CHECK_EXTENSION, KVM_CAP_IRQ_ROUTING) <= 0) {
+    return absl::FailedPreconditionError(
+        fmt::format("kvm '{}': {}: lacks KVM_CAP_IRQ_ROUTING", device_path_, what));
+  }
+  absl::StatusOr<uint32_t> gsi = routing_.AddMsi(vector, apic_id);
+  if (!gsi.ok()) {
+    return absl::Status(gsi.status().code(), fmt::format("kvm '{}': {}: {}", device_path_, what,
+                                                         gsi.status().message()));
+  }
+  UniqueFd event(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!event.valid()) {
+    const int error = errno;
+    routing_.Remove(*gsi);
+    return KvmError(absl::StatusCode::kInternal, device_path_,
+                    fmt::format("eventfd for the {}", what), error);
+  }
+  if (absl::Status status = SetRoutingLocked(fmt::format("adding GSI {} for the {}", *gsi, what));
+      !status.ok()) {
+    routing_.Remove(*gsi);
+    // KVM keeps its old table when KVM_SET_GSI_ROUTING fails: routing_ matches it again.
     return status;
   }
-  // release: WaitForExit may then wait on the result, which the thread will publish.
-  started_.store(true, std::memory_order_release);
-  // The thread reads run_, run_fd_ and entry_, all written above: std::thread's start
-  // synchronizes-with the new thread.
-  thread_ = std::thread([this] { RunVcpu(); });
+  kvm_irqfd request{};
+  request.fd = static_cast<uint32_t>(event.get());
+  request.gsi = *gsi;
+  request.flags = 0;
+  if (ioctl(vm_fd_.get(), KVM_IRQFD, &request) != 0) {
+    const int error = errno;
+    routing_.Remove(*gsi);
+    absl::Status restored = SetRoutingLocked(fmt::format("dropping GSI {} again", *gsi));
+    absl::Status status =
+        KvmError(CodeFor(error), device_path_,
+                 fmt::format("KVM_IRQFD on GSI {} for the {}", *gsi, what), error);
+    if (!restored.ok()) {
+      return absl::Status(status.code(),
+                          fmt::format("{}; then {}", status.message(), restored.message()));
+    }
+    return status;
+  }
+  const int fd = event.get();
+  event_fds_.push_back(std::move(event));
+  return fd;
+}
+
+// --- The hypercall page and signal events ------------------------------------------------------
+
+absl::Status KvmVm::BindSignalEvent(uint32_t connection_id, int eventfd) {
+  const std::string what =
+      fmt::format("binding signal event connection id {:#x} to fd {}", connection_id, eventfd);
+  if (eventfd < 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("kvm '{}': {}: not a descriptor", device_path_, what));
+  }
+  MutexLock lock(&devices_mu_);
+  if (signal_events_.count(connection_id) != 0) {
+    return absl::AlreadyExistsError(
+        fmt::format("kvm '{}': {}: the id is already bound", device_path_, what));
+  }
+  UniqueFd duplicate(fcntl(eventfd, F_DUPFD_CLOEXEC, 0));
+  if (!duplicate.valid()) {
+    const int error = errno;
+    return KvmError(CodeFor(error), device_path_, fmt::format("{}: dup", what), error);
+  }
+  kvm_ioeventfd request{};
+  request.addr = signal_port_;
+  request.len = 4;
+  request.fd = duplicate.get();
+  request.flags = KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DATAMATCH;
+  request.datamatch = connection_id;
+  if (ioctl(vm_fd_.get(), KVM_IOEVENTFD, &request) != 0) {
+    const int error = errno;  // EINVAL: not an eventfd.
+    return KvmError(CodeFor(error), device_path_,
+                    fmt::format("{}: KVM_IOEVENTFD at port {:#x}", what, signal_port_), error);
+  }
+  signal_events_.emplace(connection_id, std::move(duplicate));
   return absl::OkStatus();
 }
 
-absl::Status KvmVm::SetUpVcpu(const RealModeEntry& entry) {
-  vcpu_fd_.Reset(ioctl(vm_fd_.get(), KVM_CREATE_VCPU, 0));
-  if (!vcpu_fd_.valid()) {
-    return KvmError(absl::StatusCode::kInternal, device_path_, "KVM_CREATE_VCPU 0", errno);
+absl::Status KvmVm::UnbindSignalEvent(uint32_t connection_id) {
+  MutexLock lock(&devices_mu_);
+  auto it = signal_events_.find(connection_id);
+  if (it == signal_events_.end()) {
+    return absl::NotFoundError(
+        fmt::format("kvm '{}': unbinding signal event connection id {:#x}: not bound", device_path_,
+                    connection_id));
   }
-  void* run =
-      mmap(nullptr, run_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd_.get(), /*offset=*/0);
-  if (run == MAP_FAILED) {
+  kvm_ioeventfd request{};
+  request.addr = signal_port_;
+  request.len = 4;
+  request.fd = it->second.get();
+  request.flags =
+      KVM_IOEVENTFD_FLAG_PIO | KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_DEASSIGN;
+  request.datamatch = connection_id;
+  if (ioctl(vm_fd_.get(), KVM_IOEVENTFD, &request) != 0) {
+    const int error = errno;
     return KvmError(absl::StatusCode::kInternal, device_path_,
-                    fmt::format("mapping vCPU 0's kvm_run ({} bytes)", run_bytes_), errno);
+                    fmt::format("unbinding signal event connection id {:#x}: KVM_IOEVENTFD "
+                                "deassign at port {:#x}",
+                                connection_id, signal_port_),
+                    error);
   }
-  run_ = static_cast<kvm_run*>(run);
-
-  kvm_sregs sregs{};
-  if (ioctl(vcpu_fd_.get(), KVM_GET_SREGS, &sregs) != 0) {
-    return KvmError(absl::StatusCode::kInternal, device_path_, "KVM_GET_SREGS", errno);
-  }
-  // Real mode: a segment's base is its selector * 16; the reset state already has CR0.PE = 0
-  // and 64 KiB limits.
-  sregs.cs.selector = entry.cs;
-  sregs.cs.base = uint64_t{entry.cs} << 4;
-  for (kvm_segment* segment : {&sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss}) {
-    segment->selector = entry.ds;
-    segment->base = uint64_t{entry.ds} << 4;
-  }
-  if (ioctl(vcpu_fd_.get(), KVM_SET_SREGS, &sregs) != 0) {
-    return KvmError(absl::StatusCode::kInternal, device_path_,
-                    fmt::format("KVM_SET_SREGS (cs {:#x}, ds {:#x})", entry.cs, entry.ds), errno);
-  }
-  kvm_regs regs{};
-  regs.rip = entry.ip;
-  regs.rsp = entry.sp;
-  regs.rflags = 0x2;  // Bit 1 is reserved and always set; IF = 0 until the guest's STI.
-  if (ioctl(vcpu_fd_.get(), KVM_SET_REGS, &regs) != 0) {
-    return KvmError(absl::StatusCode::kInternal, device_path_,
-                    fmt::format("KVM_SET_REGS (ip {:#x}, sp {:#x})", entry.ip, entry.sp), errno);
-  }
-  run_fd_ = vcpu_fd_.get();
-  entry_ = entry;
+  signal_events_.erase(it);
   return absl::OkStatus();
 }
 
-void KvmVm::RunVcpu() {
-  pthread_setname_np(pthread_self(), "kvm-vcpu0");
-  absl::StatusOr<VcpuExit> result = RunLoop();
-  MutexLock lock(&result_mu_);
-  result_ = std::move(result);
-  finished_ = true;
-  result_cv_.notify_all();
+absl::Status KvmVm::WriteHypercallPage(uint64_t gpa) {
+  if (gpa % kHypercallPageBytes != 0) {
+    return absl::InvalidArgumentError(fmt::format(
+        "kvm '{}': writing the hypercall page at gpa {:#x}: not 4 KiB-aligned", device_path_, gpa));
+  }
+  const std::array<uint8_t, kHypercallPageBytes> page =
+      HypercallPage(hypercall_port_, signal_port_);
+  absl::Status status = guestmem::GuestMemory::Private(backing_).Write(gpa, page);
+  if (!status.ok()) {
+    return absl::Status(status.code(),
+                        fmt::format("kvm '{}': writing the hypercall page at gpa {:#x}: {}",
+                                    device_path_, gpa, status.message()));
+  }
+  return absl::OkStatus();
 }
 
-absl::StatusOr<VcpuExit> KvmVm::RunLoop() {
-  for (;;) {
-    // acquire: pairs with Stop's store; immediate_exit covers a Stop that lands after this load.
-    if (stop_requested_.load(std::memory_order_acquire)) {
-      return VcpuExit{.reason = VcpuExit::Reason::kStopped};
-    }
-    if (ioctl(run_fd_, KVM_RUN, 0) != 0) {
-      const int error = errno;
-      if (error == EINTR || error == EAGAIN) continue;  // A kick (or another signal).
-      return Error(VcpuError::kRunFailed, fmt::format("KVM_RUN: {}", Errno(error)));
-    }
-    switch (run_->exit_reason) {
-      case KVM_EXIT_IO: {
-        absl::StatusOr<std::optional<VcpuExit>> io = HandleIo();
-        if (!io.ok()) return io.status();
-        if (io->has_value()) return **io;
-        break;
-      }
-      case KVM_EXIT_HLT:
-        return VcpuExit{.reason = VcpuExit::Reason::kHalted};
-      case KVM_EXIT_INTR:
-        break;  // A signal arrived while in the guest; the loop re-checks stop_requested_.
-      case KVM_EXIT_SHUTDOWN:
-        return Error(VcpuError::kShutdown, "KVM_EXIT_SHUTDOWN (triple fault)");
-      case KVM_EXIT_MMIO:
-        return Error(VcpuError::kUnexpectedMmio,
-                     fmt::format("{} of {} bytes at gpa {:#x}, outside guest memory and every "
-                                 "MMIO ioeventfd",
-                                 run_->mmio.is_write ? "write" : "read", run_->mmio.len,
-                                 run_->mmio.phys_addr));
-      case KVM_EXIT_INTERNAL_ERROR: {
-        std::string data;
-        for (uint32_t i = 0; i < run_->internal.ndata && i < 16; ++i) {
-          data += fmt::format(" {:#x}", run_->internal.data[i]);
-        }
-        return Error(VcpuError::kInternalError,
-                     fmt::format("KVM_EXIT_INTERNAL_ERROR suberror {} (1: emulation failed), "
-                                 "data [{} ]",
-                                 run_->internal.suberror, data));
-      }
-      case KVM_EXIT_FAIL_ENTRY:
-        return Error(VcpuError::kFailEntry,
-                     fmt::format("KVM_EXIT_FAIL_ENTRY, hardware reason {:#x}",
-                                 run_->fail_entry.hardware_entry_failure_reason));
-      default:
-        return Error(VcpuError::kUnknownExit,
-                     fmt::format("unhandled exit reason {}", run_->exit_reason));
-    }
-  }
-}
-
-absl::StatusOr<std::optional<VcpuExit>> KvmVm::HandleIo() {
-  const auto& io = run_->io;
-  const bool out = io.direction == KVM_EXIT_IO_OUT;
-  const uint64_t bytes = uint64_t{io.size} * io.count;
-  // The kernel places the data inside the kvm_run mapping; check it rather than trust it.
-  if (io.data_offset > run_bytes_ || bytes > run_bytes_ - io.data_offset) {
-    return Error(VcpuError::kUnknownExit,
-                 fmt::format("KVM_EXIT_IO data [{:#x}, +{:#x}) lies outside the {:#x}-byte "
-                             "kvm_run mapping",
-                             io.data_offset, bytes, run_bytes_));
-  }
-  const uint8_t* data = reinterpret_cast<const uint8_t*>(run_) + io.data_offset;
-  if (out && io.port == entry_.exit_port && io.count == 1 && io.size <= 4) {
-    uint32_t value = 0;
-    for (uint32_t i = 0; i < io.size; ++i) value |= uint32_t{data[i]} << (8 * i);
-    return VcpuExit{.reason = VcpuExit::Reason::kExitPort, .value = value};
-  }
-  if (out && io.port == entry_.debug_port) {
-    MutexLock lock(&result_mu_);
-    debug_output_.append(reinterpret_cast<const char*>(data), bytes);
-    return std::nullopt;
-  }
-  return Error(VcpuError::kUnexpectedIo,
-               fmt::format("{} of {} byte(s) x{} at port {:#x}, which no one handles",
-                           out ? "OUT" : "IN", io.size, io.count, io.port));
-}
-
-std::string KvmVm::Where() const {
-  kvm_regs regs{};
-  kvm_sregs sregs{};
-  if (ioctl(run_fd_, KVM_GET_REGS, &regs) != 0 || ioctl(run_fd_, KVM_GET_SREGS, &sregs) != 0) {
-    return "(registers unreadable)";
-  }
-  return fmt::format("cs:ip {:04x}:{:04x} (rip {:#x}, cr0 {:#x})", sregs.cs.selector,
-                     regs.rip & 0xffff, regs.rip, sregs.cr0);
-}
-
-absl::Status KvmVm::Error(VcpuError error, std::string_view detail) const {
-  const absl::StatusCode code = error == VcpuError::kShutdown ||
-                                        error == VcpuError::kUnexpectedIo ||
-                                        error == VcpuError::kUnexpectedMmio
-                                    ? absl::StatusCode::kAborted
-                                    : absl::StatusCode::kInternal;
-  return MakeTypedError(kVcpuErrorUrl, error, code,
-                        fmt::format("kvm '{}' vCPU 0: {}: {} at {}", device_path_,
-                                    VcpuErrorName(error), detail, Where()));
-}
-
-absl::StatusOr<VcpuExit> KvmVm::WaitForExit(absl::Duration timeout) {
-  if (!started_.load(std::memory_order_acquire)) {
-    return absl::FailedPreconditionError(
-        fmt::format("kvm '{}': no vCPU was started", device_path_));
-  }
-  std::unique_lock<Mutex> lock(result_mu_);
-  if (!result_cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-                           [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return finished_; })) {
-    return absl::DeadlineExceededError(fmt::format("kvm '{}': vCPU 0 still running after {}",
-                                                   device_path_, absl::FormatDuration(timeout)));
-  }
-  return result_;
-}
-
-absl::StatusOr<VcpuExit> KvmVm::Stop() {
-  MutexLock control(&control_mu_);
-  if (!started_.load(std::memory_order_acquire)) {
-    return absl::FailedPreconditionError(
-        fmt::format("kvm '{}': no vCPU was started", device_path_));
-  }
-  if (thread_.joinable()) {
-    // Order: the flag, then immediate_exit, then the signal. A KVM_RUN already running is
-    // interrupted by the signal; one that starts later sees immediate_exit and returns EINTR
-    // without entering the guest; the loop then sees the flag.
-    stop_requested_.store(true, std::memory_order_release);
-    std::atomic_ref<uint8_t>(run_->immediate_exit).store(1, std::memory_order_seq_cst);
-    std::unique_lock<Mutex> lock(result_mu_);
-    while (!finished_) {
-      // The thread has not finished, so it has not been joined: its handle is valid.
-      pthread_kill(thread_.native_handle(), kKickSignal);
-      result_cv_.wait_for(lock, kKickInterval,
-                          [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return finished_; });
-    }
-    lock.unlock();
-    thread_.join();
-  }
-  MutexLock lock(&result_mu_);
-  return result_;
+ExitCounts KvmVm::exit_counts() const {
+  return ExitCounts{
+      .msr = msr_exits_.load(std::memory_order_relaxed),
+      .hypercall = hypercall_exits_.load(std::memory_order_relaxed),
+      .signal_fallback = signal_fallback_exits_.load(std::memory_order_relaxed),
+      .other = other_exits_.load(std::memory_order_relaxed),
+  };
 }
 
 std::string KvmVm::debug_output() const {
