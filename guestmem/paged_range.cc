@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "base/format.h"
 #include "guestmem/errors.h"
 
@@ -55,39 +57,82 @@ absl::Status PagedRange::CheckSubRange(uint64_t offset, uint64_t len) const {
   return absl::OkStatus();
 }
 
+std::optional<GpaRangeFault> WalkGpaRanges(absl::Span<const uint64_t> words, size_t total_words,
+                                           uint32_t range_count,
+                                           absl::FunctionRef<void(const GpaRangeView&)> on_range) {
+  if (range_count == 0) {
+    return GpaRangeFault{GpaRangeFault::kNoRanges, 0, "no ranges (range_count 0)"};
+  }
+  total_words = std::max(total_words, words.size());
+  size_t next = 0;  // Index of the next range's header word.
+  uint32_t range = 0;
+  while (next < words.size()) {
+    if (range == range_count) {
+      return GpaRangeFault{GpaRangeFault::kTrailingWords, range,
+                           fmt::format("words after the last of {} ranges (word {} of {})",
+                                       range_count, next, total_words)};
+    }
+    const uint32_t byte_count = static_cast<uint32_t>(words[next]);
+    const uint32_t byte_offset = static_cast<uint32_t>(words[next] >> 32);
+    if (byte_count == 0) {
+      return GpaRangeFault{GpaRangeFault::kEmptyRange, range,
+                           fmt::format("range {}: 0 bytes at offset {}", range, byte_offset)};
+    }
+    if (byte_offset >= 4096) {
+      return GpaRangeFault{
+          GpaRangeFault::kBadOffset, range,
+          fmt::format("range {}: byte_offset {} is not inside the first page", range, byte_offset)};
+    }
+    const uint64_t pages = PagesSpanned(byte_offset, byte_count);
+    if (pages > total_words - next - 1) {
+      return GpaRangeFault{
+          GpaRangeFault::kMissingPages, range,
+          fmt::format("range {} ({} bytes at offset {}) needs {} page numbers, "
+                      "{} words are left",
+                      range, byte_count, byte_offset, pages, total_words - next - 1)};
+    }
+    const size_t have = std::min<size_t>(pages, words.size() - next - 1);
+    const absl::Span<const uint64_t> gpns = words.subspan(next + 1, have);
+    for (size_t i = 0; i < gpns.size(); ++i) {
+      if (gpns[i] > kMaxGpn) {
+        return GpaRangeFault{GpaRangeFault::kPageOverflow, range,
+                             fmt::format("range {}: page number {:#x} (index {}) overflows a GPA",
+                                         range, gpns[i], i)};
+      }
+    }
+    if (have == pages) on_range(GpaRangeView{byte_count, byte_offset, gpns});
+    next += 1 + pages;
+    ++range;
+  }
+  if (words.size() == total_words && range != range_count) {
+    return GpaRangeFault{
+        GpaRangeFault::kMissingRanges, range,
+        fmt::format("{} ranges declared, the {} words hold {}", range_count, total_words, range)};
+  }
+  return std::nullopt;
+}
+
 absl::StatusOr<std::vector<PagedRange>> ParseGpaRanges(absl::Span<const uint64_t> buf,
                                                        uint32_t range_count) {
   std::vector<PagedRange> ranges;
-  size_t word = 0;
-  for (uint32_t i = 0; i < range_count; ++i) {
-    if (word >= buf.size()) {
-      return MakeError(ErrorKind::kInvalidRange,
-                       fmt::format("gpa ranges: range {} of {} starts past the {}-word buffer", i,
-                                   range_count, buf.size()));
-    }
-    const uint32_t byte_count = static_cast<uint32_t>(buf[word]);
-    const uint32_t byte_offset = static_cast<uint32_t>(buf[word] >> 32);
-    ++word;
-    const uint64_t pages = PagesSpanned(byte_offset, byte_count);
-    if (pages > buf.size() - word) {
-      return MakeError(ErrorKind::kInvalidRange,
-                       fmt::format("gpa ranges: range {} needs {} page numbers, {} words remain", i,
-                                   pages, buf.size() - word));
-    }
-    absl::StatusOr<PagedRange> range =
-        PagedRange::Create(byte_offset, byte_count, buf.subspan(word, pages));
-    if (!range.ok()) {
-      return MakeError(*GetErrorKind(range.status()),
-                       fmt::format("gpa ranges: range {}: {}", i, range.status().message()));
-    }
-    ranges.push_back(*std::move(range));
-    word += pages;
+  absl::Status made;
+  std::optional<GpaRangeFault> fault =
+      WalkGpaRanges(buf, buf.size(), range_count, [&](const GpaRangeView& range) {
+        if (!made.ok()) return;
+        absl::StatusOr<PagedRange> paged =
+            PagedRange::Create(range.byte_offset, range.byte_count, range.gpns);
+        if (!paged.ok()) {
+          made = paged.status();
+          return;
+        }
+        ranges.push_back(*std::move(paged));
+      });
+  if (fault.has_value()) {
+    return MakeError(fault->kind == GpaRangeFault::kPageOverflow ? ErrorKind::kOverflow
+                                                                 : ErrorKind::kInvalidRange,
+                     fmt::format("gpa ranges: {}", fault->detail));
   }
-  if (word != buf.size()) {
-    return MakeError(
-        ErrorKind::kInvalidRange,
-        fmt::format("gpa ranges: {} ranges end at word {} of {}", range_count, word, buf.size()));
-  }
+  if (!made.ok()) return made;  // Not reached: the walk applies PagedRange's rules first.
   return ranges;
 }
 

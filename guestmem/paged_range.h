@@ -8,8 +8,11 @@
 #define CVMBUS_GUESTMEM_PAGED_RANGE_H_
 
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -49,10 +52,55 @@ class PagedRange {
   std::vector<uint64_t> gpns_;
 };
 
-// Parses the GPA range buffer of a GPADL or a GPA-direct packet: `range_count` ranges, each
-// {u32 byte_count, u32 byte_offset, u64 gpn[ceil((offset + count) / 4096)]}, packed in u64
-// words. `buf` is an already-copied (private) buffer; trailing words are an error (kInvalidRange)
-// so a caller cannot smuggle data past the declared ranges.
+// --- GPA range buffers: the one parser, and the one set of rules, for GPADLs (the channel
+// control protocol's GPADL_HEADER/BODY), GPA-direct ring packets, and devices.
+//
+// A buffer packs `range_count` ranges in u64 words, each {u32 byte_count, u32 byte_offset}
+// followed by exactly ceil((byte_offset + byte_count) / 4096) page numbers. The rules:
+//   - at least one range (kNoRanges);
+//   - byte_count != 0 (kEmptyRange) and byte_offset < 4096 (kBadOffset);
+//   - every page number fits a 64-bit GPA (kPageOverflow);
+//   - a range's page numbers are all in the buffer (kMissingPages);
+//   - exactly `range_count` ranges (kMissingRanges) using every word (kTrailingWords).
+// The buffer is an already-copied (private) one: it is read once.
+
+struct GpaRangeFault {
+  enum Kind : uint8_t {
+    kNoRanges,
+    kEmptyRange,
+    kBadOffset,
+    kPageOverflow,
+    kMissingPages,
+    kMissingRanges,
+    kTrailingWords,
+  };
+  Kind kind;
+  uint32_t range;      // The range it is about (range_count for kTrailingWords).
+  std::string detail;  // "range 1: 0 bytes at offset 16", for the caller's own message.
+};
+
+// One range as the walk found it; `gpns` points into the walked buffer.
+struct GpaRangeView {
+  uint32_t byte_count;
+  uint32_t byte_offset;
+  absl::Span<const uint64_t> gpns;
+};
+
+// Walks the ranges that start in `words`, the first words of a buffer of `total_words` (a
+// GPADL_HEADER carries only a prefix: its ranges are checked against the declared length,
+// and the range count only once the whole buffer is there, words.size() == total_words).
+// Calls `on_range` for each range that is whole and valid, in order, and returns the first
+// rule broken, or nullopt.
+std::optional<GpaRangeFault> WalkGpaRanges(absl::Span<const uint64_t> words, size_t total_words,
+                                           uint32_t range_count,
+                                           absl::FunctionRef<void(const GpaRangeView&)> on_range);
+inline std::optional<GpaRangeFault> CheckGpaRanges(absl::Span<const uint64_t> words,
+                                                   size_t total_words, uint32_t range_count) {
+  return WalkGpaRanges(words, total_words, range_count, [](const GpaRangeView&) {});
+}
+
+// Parses a whole buffer into PagedRanges (which own their page numbers). Errors: kOverflow for
+// kPageOverflow, kInvalidRange for the other rules; the message names the rule and the range.
 absl::StatusOr<std::vector<PagedRange>> ParseGpaRanges(absl::Span<const uint64_t> buf,
                                                        uint32_t range_count);
 

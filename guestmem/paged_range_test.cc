@@ -98,9 +98,8 @@ TEST(ParseGpaRangesTest, RejectsEveryMalformedBuffer) {
   ExpectKind(ParseGpaRanges({(uint64_t{4096} << 32) | 1, 1, 2}, 1).status(),
              ErrorKind::kInvalidRange);  // Offset.
   ExpectKind(ParseGpaRanges({0xffffffff, 1}, 1).status(), ErrorKind::kInvalidRange);
-  auto none = ParseGpaRanges({}, 0);
-  ASSERT_TRUE(none.ok());
-  EXPECT_TRUE(none->empty());
+  ExpectKind(ParseGpaRanges({}, 0).status(), ErrorKind::kInvalidRange);  // No ranges at all.
+  ExpectKind(ParseGpaRanges({one_page, uint64_t{1} << 52}, 1).status(), ErrorKind::kOverflow);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "guestmem/paged_range.h"
 #include "ring/errors.h"
 
 namespace cvmbus::ring {
@@ -119,34 +120,20 @@ absl::Status ParsePacketBody(const PacketDescriptor& descriptor, absl::Span<cons
   if (packet->type == PacketType::kDataUsingGpaDirect) {
     GpaDirectHeader header;
     std::memcpy(&header, bytes + kDescriptorBytes, sizeof(header));
-    if (header.range_count == 0) return BadRanges("GPA-direct packet with 0 ranges");
-    size_t word = (kDescriptorBytes + sizeof(header)) / 8;
-    const size_t header_words = header_bytes / 8;
-    for (uint32_t i = 0; i < header.range_count; ++i) {
-      if (word >= header_words) {
-        return BadRanges(
-            fmt::format("GPA-direct packet: range {} of {} starts past the "
-                        "{}-byte header",
-                        i, header.range_count, header_bytes));
-      }
-      const uint32_t byte_count = static_cast<uint32_t>(words[word]);
-      const uint32_t byte_offset = static_cast<uint32_t>(words[word] >> 32);
-      ++word;
-      if (byte_count == 0 || byte_offset >= 4096) {
-        return BadRanges(
-            fmt::format("GPA-direct packet: range {} has byte_count {} and "
-                        "byte_offset {}",
-                        i, byte_count, byte_offset));
-      }
-      const uint64_t pages = PagesSpanned(byte_offset, byte_count);
-      if (pages > header_words - word) {
-        return BadRanges(
-            fmt::format("GPA-direct packet: range {} needs {} page numbers, the "
-                        "header has room for {}",
-                        i, pages, header_words - word));
-      }
-      packet->gpa_ranges.push_back(GpaRange{byte_count, byte_offset, words.subspan(word, pages)});
-      word += pages;
+    // The ranges fill the rest of the header, by guestmem's rules for range buffers (the one
+    // parser: the channel control protocol's GPADLs follow the same ones).
+    const size_t first_word = (kDescriptorBytes + sizeof(header)) / 8;
+    const absl::Span<const uint64_t> range_words =
+        words.subspan(first_word, header_bytes / 8 - first_word);
+    const std::optional<guestmem::GpaRangeFault> fault = guestmem::WalkGpaRanges(
+        range_words, range_words.size(), header.range_count,
+        [&](const guestmem::GpaRangeView& range) {
+          packet->gpa_ranges.push_back(GpaRange{range.byte_count, range.byte_offset, range.gpns});
+        });
+    if (fault.has_value()) {
+      packet->gpa_ranges.clear();
+      return BadRanges(fmt::format("GPA-direct packet with {} ranges in a {}-byte header: {}",
+                                   header.range_count, header_bytes, fault->detail));
     }
   }
   return absl::OkStatus();
@@ -176,17 +163,23 @@ absl::StatusOr<uint32_t> EncodeHeader(const OutgoingPacket& packet, std::vector<
   } else if (packet.type == PacketType::kDataUsingGpaDirect) {
     if (packet.gpa_ranges.empty()) return BadRanges("GPA-direct packet with 0 ranges");
     header->push_back(uint64_t{packet.gpa_ranges.size()} << 32);
-    for (size_t i = 0; i < packet.gpa_ranges.size(); ++i) {
-      const GpaRange& range = packet.gpa_ranges[i];
-      const uint64_t pages = PagesSpanned(range.byte_offset, range.byte_count);
-      if (range.byte_count == 0 || range.byte_offset >= 4096 || range.gpns.size() != pages) {
+    const size_t first = header->size();
+    for (const GpaRange& range : packet.gpa_ranges) {
+      if (range.gpns.size() != PagesSpanned(range.byte_offset, range.byte_count)) {
         return BadRanges(
-            fmt::format("GPA-direct range {}: {} bytes at offset {} need {} page "
-                        "numbers, got {}",
-                        i, range.byte_count, range.byte_offset, pages, range.gpns.size()));
+            fmt::format("GPA-direct range of {} bytes at offset {} with {} page "
+                        "numbers",
+                        range.byte_count, range.byte_offset, range.gpns.size()));
       }
       header->push_back(uint64_t{range.byte_count} | (uint64_t{range.byte_offset} << 32));
       header->insert(header->end(), range.gpns.begin(), range.gpns.end());
+    }
+    // What we send obeys the rules we read by.
+    const absl::Span<const uint64_t> range_words = absl::MakeConstSpan(*header).subspan(first);
+    if (const std::optional<guestmem::GpaRangeFault> fault = guestmem::CheckGpaRanges(
+            range_words, range_words.size(), static_cast<uint32_t>(packet.gpa_ranges.size()));
+        fault.has_value()) {
+      return BadRanges(fmt::format("cannot send this GPA-direct packet: {}", fault->detail));
     }
   }
   const uint64_t header_bytes = header->size() * 8;

@@ -170,6 +170,33 @@ TEST(CorruptionTest, GpaDirectRangeOffsetPastThePage) {
   EXPECT_EQ(ReadError(ring), RingError::kBadRanges);
 }
 
+// The same rules as a GPADL's (guestmem::WalkGpaRanges): no words after the last range, and
+// page numbers that fit a GPA.
+TEST(CorruptionTest, GpaDirectWordsAfterTheLastRange) {
+  TestRing ring;
+  std::vector<uint8_t> packet = Descriptor(0x9, 6, 6, 0, 0);
+  Put32(&packet, 0);
+  Put32(&packet, 1);
+  Put32(&packet, 16);
+  Put32(&packet, 0);
+  Put64(&packet, 0x55);
+  Put64(&packet, 0x66);  // Not a page of the one range.
+  PutPacket(ring, 0, packet);
+  EXPECT_EQ(ReadError(ring), RingError::kBadRanges);
+}
+
+TEST(CorruptionTest, GpaDirectPageNumberOverflowsAGpa) {
+  TestRing ring;
+  std::vector<uint8_t> packet = Descriptor(0x9, 5, 5, 0, 0);
+  Put32(&packet, 0);
+  Put32(&packet, 1);
+  Put32(&packet, 16);
+  Put32(&packet, 0);
+  Put64(&packet, uint64_t{1} << 52);
+  PutPacket(ring, 0, packet);
+  EXPECT_EQ(ReadError(ring), RingError::kBadRanges);
+}
+
 TEST(CorruptionTest, GpaDirectHeaderTooShortForItsFixedPart) {
   TestRing ring;
   PutPacket(ring, 0, Descriptor(0x9, 2, 2, 0, 0));

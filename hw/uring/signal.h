@@ -4,13 +4,16 @@
 #ifndef CVMBUS_HW_URING_SIGNAL_H_
 #define CVMBUS_HW_URING_SIGNAL_H_
 
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "hw/uring/event_loop.h"
 
 namespace cvmbus::hw {
@@ -23,7 +26,8 @@ class Signal {
 };
 
 // write(2) of 1 to an eventfd: an EventLoop watch, a KVM irqfd, a thread blocked in read(2).
-// The fd is not owned. Any thread.
+// The fd is not owned: its owner must outlive every reference (OwnedEventFdSignal owns it).
+// Any thread.
 class EventFdSignal : public Signal {
  public:
   explicit EventFdSignal(int fd) : fd_(fd) {}
@@ -36,6 +40,26 @@ class EventFdSignal : public Signal {
 
  private:
   int fd_;
+};
+
+// An EventFdSignal that owns its eventfd: the fd is closed when the last reference goes. Hand
+// this (shared) to whoever raises it (the VMBus server, a SynIC event port) and keep a
+// reference for as long as you read the fd: no party can then write to a closed or reused fd,
+// whatever order the references go in. Any thread.
+class OwnedEventFdSignal : public EventFdSignal {
+ public:
+  // A new non-blocking, close-on-exec eventfd.
+  static absl::StatusOr<std::shared_ptr<OwnedEventFdSignal>> Create() {
+    const int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) return absl::InternalError("eventfd signal: eventfd failed");
+    return std::shared_ptr<OwnedEventFdSignal>(new OwnedEventFdSignal(fd));
+  }
+  ~OwnedEventFdSignal() override { close(fd()); }
+  OwnedEventFdSignal(const OwnedEventFdSignal&) = delete;
+  OwnedEventFdSignal& operator=(const OwnedEventFdSignal&) = delete;
+
+ private:
+  explicit OwnedEventFdSignal(int fd) : EventFdSignal(fd) {}
 };
 
 // IORING_OP_MSG_RING from `from` (a loop; Raise must be called on its thread) to the loop

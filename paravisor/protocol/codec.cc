@@ -11,6 +11,7 @@
 #include "base/format.h"
 #include "base/status_macros.h"
 #include "base/typed_error.h"
+#include "guestmem/paged_range.h"
 
 namespace cvmbus::paravisor::protocol {
 namespace {
@@ -53,43 +54,30 @@ std::vector<uint64_t> LoadWords(const MessageCopy& copy, size_t offset, size_t c
   return words;
 }
 
-// Checks the ranges that start in `words`, the first words of a range buffer of
-// `total_words`. When `words` is the whole buffer, also checks that exactly `range_count`
-// ranges fill it. `context` names the message for errors.
+// guestmem's rules for GPA range buffers (the one parser), as this protocol's errors: the
+// buffer's shape is kBadGpadlLayout, a range's content kBadRange, a range longer than the
+// buffer kTooManyPages. `context` names the message.
 absl::Status CheckGpaRanges(std::string_view context, uint16_t range_count,
                             absl::Span<const uint64_t> words, size_t total_words) {
-  size_t next = 0;  // Index of the next range header.
-  uint32_t ranges = 0;
-  while (next < words.size()) {
-    if (ranges == range_count) {
-      return MakeProtocolError(ProtocolError::kBadGpadlLayout,
-                               fmt::format("{}: words after the last of {} ranges (word {} of {})",
-                                           context, range_count, next, total_words));
-    }
-    const uint32_t byte_count = static_cast<uint32_t>(words[next]);
-    const uint32_t byte_offset = static_cast<uint32_t>(words[next] >> 32);
-    if (byte_count == 0 || byte_offset >= kGpadlPageBytes) {
-      return MakeProtocolError(ProtocolError::kBadRange,
-                               fmt::format("{}: range {} byte_count {} byte_offset {}", context,
-                                           ranges, byte_count, byte_offset));
-    }
-    const uint64_t pages = GpaRangePageCount(byte_count, byte_offset);
-    if (next + 1 + pages > total_words) {
-      return MakeProtocolError(
-          ProtocolError::kTooManyPages,
-          fmt::format("{}: range {} ({} bytes at offset {}) needs {} page numbers, {} words left",
-                      context, ranges, byte_count, byte_offset, pages, total_words - next - 1));
-    }
-    next += 1 + pages;
-    ++ranges;
+  const std::optional<guestmem::GpaRangeFault> fault =
+      guestmem::CheckGpaRanges(words, total_words, range_count);
+  if (!fault.has_value()) return absl::OkStatus();
+  ProtocolError error = ProtocolError::kBadGpadlLayout;
+  switch (fault->kind) {
+    case guestmem::GpaRangeFault::kEmptyRange:
+    case guestmem::GpaRangeFault::kBadOffset:
+    case guestmem::GpaRangeFault::kPageOverflow:
+      error = ProtocolError::kBadRange;
+      break;
+    case guestmem::GpaRangeFault::kMissingPages:
+      error = ProtocolError::kTooManyPages;
+      break;
+    case guestmem::GpaRangeFault::kNoRanges:
+    case guestmem::GpaRangeFault::kMissingRanges:
+    case guestmem::GpaRangeFault::kTrailingWords:
+      break;
   }
-  const bool complete = words.size() == total_words;
-  if ((ranges == range_count && next != total_words) || (complete && ranges != range_count)) {
-    return MakeProtocolError(ProtocolError::kBadGpadlLayout,
-                             fmt::format("{}: {} ranges declared, {} fill {} of {} words", context,
-                                         range_count, ranges, next, total_words));
-  }
-  return absl::OkStatus();
+  return MakeProtocolError(error, fmt::format("{}: {}", context, fault->detail));
 }
 
 absl::Status ParseGpadlHeaderWords(const MessageCopy& copy, size_t wire_bytes, ParsedMessage* out) {
@@ -315,9 +303,6 @@ absl::Status CheckAllowed(const ParsedMessage& message, Sender sender,
 }
 
 absl::Status ValidateGpaRanges(uint16_t range_count, absl::Span<const uint64_t> words) {
-  if (range_count == 0) {
-    return MakeProtocolError(ProtocolError::kBadGpadlLayout, "GPADL ranges: range_count 0");
-  }
   return CheckGpaRanges("GPADL ranges", range_count, words, words.size());
 }
 

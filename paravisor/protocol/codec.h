@@ -37,7 +37,8 @@ enum class ProtocolError {
   kBadGpadlLayout,  // GPADL range_count 0; range_buflen not a multiple of 8 or too small for
                     // range_count; range words beyond the last range; fewer ranges than
                     // declared.
-  kBadRange,        // A GPA range with byte_count 0 or byte_offset >= 4096.
+  kBadRange,        // A GPA range with byte_count 0, byte_offset >= 4096, or a page number
+                    // that does not fit a GPA.
   kTooManyPages,    // A range needs more page numbers than range_buflen holds, or an encoder
                     // was given more words than its message can carry.
   kWrongDirection,  // A message type the sending side never sends.
@@ -103,8 +104,9 @@ struct NegotiatedConnection {
 [[nodiscard]] absl::Status CheckAllowed(const ParsedMessage& message, Sender sender,
                                         const NegotiatedConnection& connection);
 
-// Validates a complete GPADL range buffer (header and bodies joined): exactly `range_count`
-// ranges that use every word. Errors: kBadGpadlLayout, kBadRange, kTooManyPages.
+// Validates a complete GPADL range buffer (header and bodies joined) by guestmem's rules for
+// range buffers (guestmem/paged_range.h, the one parser): exactly `range_count` ranges that
+// use every word. Errors: kBadGpadlLayout, kBadRange, kTooManyPages.
 [[nodiscard]] absl::Status ValidateGpaRanges(uint16_t range_count,
                                              absl::Span<const uint64_t> words);
 

@@ -116,6 +116,11 @@ TEST(MalformedTest, GpadlRangeOffsetPastThePage) {
             ProtocolError::kBadRange);
 }
 
+TEST(MalformedTest, GpadlPageNumberOverflowsAGpa) {
+  EXPECT_EQ(ParseError(GpadlHeaderBytes(16, 1, {Range(4096, 0), uint64_t{1} << 52})),
+            ProtocolError::kBadRange);
+}
+
 TEST(MalformedTest, GpadlRangeNeedsMorePagesThanTheBuffer) {
   // 0x1000 bytes at offset 1 spans two pages; range_buflen has room for one.
   EXPECT_EQ(ParseError(GpadlHeaderBytes(16, 1, {Range(4096, 1), 0x1000})),

@@ -119,7 +119,14 @@ absl::StatusOr<int> MonitorScanner::ScanOnce() {
         ++stats_.unknown_bits;
         continue;
       }
-      (void)slot.target->Raise();
+      // A device's signal that throws must not end the scan (or the process): it runs on a
+      // loop timer, where nothing may escape.
+      try {
+        (void)slot.target->Raise();
+      } catch (...) {
+        log_(fmt::format("monitor id {}: the channel's event threw; dropped",
+                         group * monitor::kIdsPerGroup + bit));
+      }
       ++stats_.signals;
       ++raised;
     }

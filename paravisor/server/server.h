@@ -7,23 +7,50 @@
 // Feature flags are granted as asked, masked by what the server supports; confidential
 // channels (0x10) only on a trusted port of a VM with private memory. Offer flags 0x2/0x4
 // (confidential ring / external memory) are set only with private memory and cleared from
-// offers when the feature was not negotiated.
+// offers when the feature was not negotiated. Messages go to the VP (from 3.0) and SINT (from
+// 5.0) the guest named in INITIATE_CONTACT.
 //
 // Channels: offered in a stable order (interface id, offer_order, instance, subchannel index)
 // after REQUESTOFFERS, then ALLOFFERS_DELIVERED; later offers go out at once. At most 2047
-// channels (relids 1..2047). GPADLs are assembled from GPADL_HEADER + GPADL_BODY, validated,
-// and handed to the device; open, close, modify and teardown are Rpcs to the device. Revoke
-// rescinds (subchannels before their primary); the relid is reused after RELID_RELEASED.
-// UNLOAD closes everything and answers UNLOAD_RESPONSE.
+// channels (relids 1..2047). Each channel is a state machine (channel.h) that owns the device
+// operation in flight; GPADLs are a table of their own (gpadl_table.h). A reply that comes back
+// for an operation nobody waits for any more (the channel closed, was reset or revoked, its
+// relid reused) is dropped and counted (ServerStats::stale_replies).
+//
+// Lifecycle (linux-guest.md, "Lifecycle a server must survive"):
+//   - UNLOAD resets the connection: every open channel is closed with its device and every
+//     GPADL torn down, and UNLOAD_RESPONSE goes out only once all of that has been answered.
+//   - INITIATE_CONTACT while connected (kexec, a crash kernel) resets the same way, then
+//     answers the new contact. Re-offers keep relids and instance GUIDs.
+//   - Every request Linux waits on is answered, errors included: OPENCHANNEL, GPADL_HEADER,
+//     GPADL_TEARDOWN (the ring of an open channel: once it is closed), UNLOAD and, from 5.3,
+//     MODIFYCHANNEL.
+//   - RELID_RELEASED for an offer that was never rescinded (the guest could not register it):
+//     the offer is withdrawn until the next connection.
+//   - The channel's guest -> host event exists from OPENCHANNEL on: a guest signal before the
+//     device answered is delivered once it does. Optionally both ring directions are signalled
+//     again a while after the open (ServerOptions::resignal_after_open).
+//   - An hvsocket channel the guest closed is rescinded.
+//   - A device's signal is held (shared) only while its channel is open; a device's stale
+//     replies never re-install it.
+// Revoke rescinds (subchannels before their primary); GPADLs of a revoked channel succeed and
+// tear down at once (Hyper-V's behaviour); the relid is reused after RELID_RELEASED.
+//
+// Bounds: GPADLs per channel and per connection, pages per GPADL and per connection,
+// MODIFYCHANNELs in flight (ServerLimits); messages to the guest wait in a bounded outbox, and
+// while anything waits (or a paused connection holds its maximum) the server stops taking
+// guest messages, which then wait in the SynIC. Nothing a guest asks for is dropped silently.
 //
 // Guest mistakes get the protocol's answer (a failure status where the message has one) and a
-// log line, never a crash or a leak.
+// log line, never a crash or a leak. An exception thrown by anything the server calls (a
+// device's signal, a callback) is caught, logged and counted (ServerStats::internal_errors).
 //
 // Threads: the server runs on `loop`'s thread; AddChild and CloneBus may be called from any
 // thread (they post to the loop).
 #ifndef CVMBUS_PARAVISOR_SERVER_SERVER_H_
 #define CVMBUS_PARAVISOR_SERVER_SERVER_H_
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -31,6 +58,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -39,6 +67,8 @@
 #include "hw/uring/task.h"
 #include "paravisor/bus/bus.h"
 #include "paravisor/protocol/codec.h"
+#include "paravisor/server/channel.h"
+#include "paravisor/server/gpadl_table.h"
 #include "paravisor/server/monitor_scanner.h"
 #include "paravisor/server/saved_state.pb.h"
 #include "paravisor/synic/server_port.h"
@@ -46,7 +76,8 @@
 namespace cvmbus::paravisor {
 
 inline constexpr uint32_t kMaxChannels = 2047;
-// Messages to the guest held while it is paused (PAUSE), at most.
+// Messages to the guest held while it is paused (PAUSE): past this many the server stops
+// taking guest messages until RESUME lets them out.
 inline constexpr size_t kMaxHeldWhilePaused = 4096;
 
 // A guest's hvsocket connect request (TL_CONNECT_REQUEST).
@@ -70,13 +101,21 @@ struct ServerOptions {
   // interface = service id); false refuses it: the guest gets TL_CONNECT_RESULT with
   // STATUS_CONNECTION_REFUSED. Unset: every connect is refused.
   std::function<bool(const HvSocketConnect&)> on_hvsocket_connect;
+  // Signal both ring directions of a channel this long after its open succeeded, for guests
+  // that ignore interrupts arriving before OPENCHANNEL_RESULT (Linux netvsc; OpenVMM #1829
+  // uses 100 ms). Unset: off (tests that count signals want it off).
+  std::optional<std::chrono::nanoseconds> resignal_after_open;
+  // What a guest can make the server hold.
+  ServerLimits limits;
   // Receives one line per guest mistake or notable event. Default: stderr.
   std::function<void(const std::string&)> log;
 };
 
 struct ServerStats {
   uint64_t messages_handled = 0;
-  uint64_t guest_errors = 0;  // Messages refused or answered with a failure.
+  uint64_t guest_errors = 0;     // Messages refused or answered with a failure.
+  uint64_t stale_replies = 0;    // Device replies for operations nobody waited for any more.
+  uint64_t internal_errors = 0;  // Exceptions caught (from devices' signals, callbacks).
 };
 
 class VmbusServer {
@@ -92,12 +131,16 @@ class VmbusServer {
   // A ParentBus handle on this server (thread-safe; the server must outlive it).
   std::unique_ptr<ParentBus> Bus();
 
-  // Servicing. Save() captures the connection, every channel and GPADL (call on the loop
-  // thread). Restore() loads that into a fresh server before the guest or devices talk to it:
-  // a device offering a saved key gets its old relid back, and must then send RestoreChannel
-  // (with an OpenResult if it was open); the reply carries the OpenRequest and the GPADLs, each
-  // marked accepted or not as bus.rs's RestoredGpadl rule says, and both directions of a
-  // restored open channel are signalled once so that no interrupt is lost.
+  // Servicing. Save() captures the connection, every channel and GPADL and the operations in
+  // flight (call on the loop thread; kFailedPrecondition while a connection reset is waiting
+  // for devices). Restore() loads that into a fresh server before the guest or devices talk
+  // to it; it validates the whole state first (relids, keys, monitor ids, GPADL ids and their
+  // ranges, ring GPADLs, limits) and refuses an inconsistent one with kDataLoss, leaving the
+  // server as it was. A device offering a saved key gets its old relid back and must then
+  // send RestoreChannel (with an OpenResult if it was open); the reply carries the
+  // OpenRequest and the GPADLs, each marked accepted or not as bus.rs's RestoredGpadl rule
+  // says, and both directions of a restored open channel are signalled once so that no
+  // interrupt is lost. Operations that were in flight are sent to the device again.
   absl::StatusOr<saved::Server> Save() const;
   absl::Status Restore(const saved::Server& state);
 
@@ -107,98 +150,140 @@ class VmbusServer {
   // The connection's monitor page scanner (null without MNF), for tests and statistics.
   const MonitorScanner* monitor() const { return monitor_.get(); }
   size_t channel_count() const { return channels_.size(); }
+  size_t gpadl_count() const { return gpadls_.size(); }
 
  private:
   class BusHandle;
-  enum class GpadlState { kInProgress, kOffered, kAccepted, kTearingDown };
-  struct Gpadl {
-    GpadlState state = GpadlState::kInProgress;
-    uint16_t range_count = 0;
-    size_t expected_words = 0;
-    std::vector<uint64_t> words;
+  using Channel = internal::Channel;
+  using Gpadl = internal::Gpadl;
+  using OfferId = internal::OfferId;
+  using OpId = internal::OpId;
+
+  enum class Phase {
+    kDisconnected,
+    kConnected,
+    kDisconnecting,  // A reset is waiting for devices; then `after_disconnect_`.
   };
-  enum class ChannelState { kClosed, kOpening, kOpen, kClosing };
-  struct Channel {
-    uint32_t relid = 0;
-    OfferParams params;
-    uint16_t offer_flags = 0;  // As offered (before masking by the connection's features).
-    Sender<ChannelRequest> requests;
-    std::shared_ptr<Receiver<ChannelServerRequest>> server_requests;
-    ChannelState state = ChannelState::kClosed;
-    bool offered_to_guest = false;
-    bool revoked = false;  // Rescinded; waiting for RELID_RELEASED.
-    std::optional<uint8_t> monitor_id;
-    std::map<uint32_t, Gpadl> gpadls;
-    std::optional<uint32_t> ring_gpadl;  // While open.
-    OpenData open_data;                  // As of the last open.
-    bool awaiting_restore = false;       // Restored from saved state; the device must confirm.
+  struct AfterDisconnect {
+    bool unload_response = false;                      // UNLOAD: answer it.
+    std::optional<protocol::InitiateContact> contact;  // A new contact: handle it.
   };
 
+  // --- server.cc: plumbing ---
   absl::StatusOr<OfferResources> AddChild(OfferInput input);
   void OnMessage(uint32_t connection_id, std::vector<uint8_t> bytes);
   void Dispatch(const protocol::ParsedMessage& message);
   void Log(const std::string& line);
   void GuestError(const std::string& line);
+  // Runs `fn`, catching whatever it throws (logged as `what`, counted).
+  void Guarded(std::string_view what, const std::function<void()>& fn) noexcept;
   void Send(const std::vector<uint8_t>& bytes);
-  // Posts what the outbox holds until the SynIC's queue is full; stops taking guest messages
-  // while anything is left, and takes them again once the outbox is empty.
-  void FlushOutbox();
   template <typename T>
   void SendMessage(const T& message) {
     Send(protocol::Encode(message));
   }
+  // Posts what the outbox holds until the SynIC's queue is full.
+  void FlushOutbox();
+  // Takes guest messages only while nothing waits in the outbox and a pause holds less than
+  // its maximum.
+  void UpdateAccepting();
+  // Waits for a device's reply on the loop, then calls `done` (guarded); `done` is not called
+  // if the server is gone.
+  template <typename R>
+  hw::Task AwaitReply(const char* what, ReplyFuture<R> reply,
+                      std::function<void(absl::StatusOr<R>)> done);
+  OpId NextOp() { return next_op_++; }
+  Channel* FindRelid(uint32_t relid);
+  Channel* FindOffer(OfferId offer);
+  // FindRelid, logging a guest error naming `operation` when there is none.
+  Channel* FindForGuest(uint32_t relid, const char* operation);
+  bool connected() const { return phase_ == Phase::kConnected; }
+  // Whether an answer asked for on `epoch` may still go to the guest.
+  bool Answerable(uint64_t epoch) const { return connected() && epoch == connection_epoch_; }
+  void StaleReply(std::string_view what, OfferId offer, OpId op);
 
-  void HandleInitiateContact(const protocol::ParsedMessage& message);
-  // Validates the guest's monitor pages (INITIATE_CONTACT, MODIFY_CONNECTION) and sets up
-  // monitor_: the server's page if `server_pages_asked` and it has one, else the guest's
-  // page where the VM is not confidential, else none. An error is the guest's mistake and
-  // leaves monitor_ as it was.
+  // --- connection.cc: the connection's state machine ---
+  void HandleInitiateContact(const protocol::InitiateContact& contact);
+  void Contact(const protocol::InitiateContact& contact);
   absl::Status SetUpMonitorPage(uint64_t parent_to_child, uint64_t child_to_parent,
                                 bool server_pages_asked);
+  void HandleUnload();
+  // Starts a reset of every channel; CheckDisconnected finishes it.
+  void StartDisconnect(AfterDisconnect next);
+  void ReleaseChannel(Channel& channel);
+  void ReleaseGpadl(Gpadl& gpadl);
+  // Finishes a reset once every channel is released and every GPADL gone.
+  void CheckDisconnected();
   void HandleModifyConnection(const protocol::ModifyConnection& modify);
   void HandlePause();
   void HandleResume();
   void HandleTlConnect(const protocol::TlConnectRequest& request);
+
+  // --- offers.cc: offers, revoke, relids ---
+  void Attach(std::shared_ptr<OfferInput> offer);
+  hw::Task WatchServerRequests(OfferId offer, std::shared_ptr<Receiver<ChannelServerRequest>> r);
+  void HandleRequestOffers();
+  void SendOffer(Channel& channel);
+  bool MayOffer(const Channel& channel) const;
+  uint16_t VisibleOfferFlags(const Channel& channel) const;
+  void Revoke(OfferId offer);
+  void RevokeOne(Channel& channel);
+  void HandleRelIdReleased(uint32_t relid);
+  // Erases a channel (and its GPADLs) and frees its relid and monitor id.
+  void EraseChannel(OfferId offer);
+  void FreeRelid(uint32_t relid);
+  std::optional<uint8_t> AllocateMonitorId();
+  void FreeMonitorId(uint8_t id);
   void WatchMonitor(const Channel& channel, std::shared_ptr<hw::Signal> target);
   void UnwatchMonitor(const Channel& channel);
-  void HandleRequestOffers();
+
+  // --- channel_ops.cc: the channel state machine ---
   void HandleOpen(const protocol::OpenChannel& open);
+  void StartOpen(Channel& channel, internal::OpenParams params);
+  void FailOpen(const internal::OpenParams& params, uint32_t relid);
+  void OnOpenReply(OfferId offer, OpId op, absl::StatusOr<std::optional<OpenResult>> result);
   void HandleClose(uint32_t relid);
+  // Stops the guest -> host event and the interrupt of an open, sends the close.
+  void CloseWithDevice(Channel& channel, bool released);
+  void OnCloseReply(OfferId offer, OpId op);
+  // The channel left the open states: its deferred GPADL teardowns go to the device.
+  void ChannelStopped(Channel& channel);
+  void HandleModify(const protocol::ModifyChannel& modify);
+  void AnswerModify(uint32_t relid, uint64_t epoch, uint32_t status);
+  void OnModifyReply(OfferId offer, OpId op, absl::StatusOr<int32_t> status);
+  void Resignal(OfferId offer, OpId open_op);
+
+  // --- gpadls.cc: the GPADL table's protocol ---
   void HandleGpadlHeader(const protocol::ParsedMessage& message);
   void HandleGpadlBody(const protocol::ParsedMessage& message);
+  void FinishGpadl(Gpadl& gpadl);
+  void OfferGpadl(Gpadl& gpadl);
+  void OnGpadlReply(GpadlId id, OpId op, absl::StatusOr<bool> accepted);
   void HandleGpadlTeardown(const protocol::GpadlTeardown& teardown);
-  void HandleRelIdReleased(uint32_t relid);
-  void HandleUnload();
-  void HandleModify(const protocol::ModifyChannel& modify);
+  void TeardownWithDevice(Gpadl& gpadl);
+  void OnTeardownReply(GpadlId id, OpId op);
+  // Erases a GPADL, answering the teardowns that wait for it (if their connection is current).
+  void GpadlGone(GpadlId id);
+  void SendCreated(uint32_t relid, GpadlId id, uint32_t status);
+  void SendTorndown(GpadlId id);
 
-  void SendOffer(Channel& channel);
-  absl::StatusOr<RestoreResult> RestoreChannelState(uint32_t relid,
+  // --- server_save.cc ---
+  absl::StatusOr<RestoreResult> RestoreChannelState(OfferId offer,
                                                     const std::optional<OpenResult>& open);
-  static void ApplySaved(const saved::Channel& saved, Channel* channel);
-  void FinishGpadl(Channel& channel, uint32_t gpadl_id);
-  void Revoke(uint32_t relid);
-  void ResetConnection();
-  uint16_t VisibleOfferFlags(const Channel& channel) const;
-  Channel* FindChannel(uint32_t relid, const char* operation);
-  hw::Task WatchServerRequests(uint32_t relid, std::shared_ptr<Receiver<ChannelServerRequest>> r);
-  hw::Task AwaitOpen(uint32_t relid, uint32_t open_id, uint32_t connection_id,
-                     ReplyFuture<std::optional<OpenResult>> reply);
-  hw::Task AwaitGpadl(uint32_t relid, uint32_t gpadl_id, ReplyFuture<bool> reply);
-  hw::Task AwaitTeardown(uint32_t relid, uint32_t gpadl_id, ReplyFuture<Unit> reply);
-  hw::Task AwaitModify(uint32_t relid, ReplyFuture<int32_t> reply);
-  hw::Task AwaitClose(uint32_t relid, ReplyFuture<Unit> reply);
 
   hw::EventLoop* const loop_;
   synic::ServerPort* const port_;
   ServerOptions options_;
   ServerStats stats_;
-  uint32_t version_ = 0;  // 0: not connected.
+
+  // The connection.
+  Phase phase_ = Phase::kDisconnected;
+  AfterDisconnect after_disconnect_;
+  bool resetting_ = false;         // StartDisconnect is walking the channels and GPADLs.
+  uint64_t connection_epoch_ = 1;  // Bumped by every connect and every reset.
+  uint32_t version_ = 0;           // 0: not connected.
   uint32_t features_ = 0;
   bool offers_requested_ = false;
-  std::map<uint32_t, Channel> channels_;  // By relid.
-  std::vector<uint32_t> free_relids_;     // Released relids, reused lowest first.
-  uint32_t next_relid_ = 1;
-  uint64_t monitor_ids_[2] = {0, 0};         // 128 monitor ids.
   std::unique_ptr<MonitorScanner> monitor_;  // This connection's MNF page, if any.
   bool monitor_server_allocated_ = false;    // monitor_ is options_'s page.
   // Where messages to the guest go: the VP and SINT the guest named in INITIATE_CONTACT.
@@ -215,13 +300,39 @@ class VmbusServer {
   bool accepting_ = true;  // What the port was last told.
   bool paused_ = false;    // PAUSE: messages to the guest held.
   std::vector<std::vector<uint8_t>> held_while_paused_;
-  std::map<OfferKey, saved::Channel> pending_restores_;  // Saved channels not yet re-offered.
+
+  // Channels by relid (unique at any time), and by OfferId.
+  std::map<uint32_t, std::unique_ptr<Channel>> channels_;
+  absl::flat_hash_map<OfferId, Channel*> by_offer_;
+  // Restored channels whose device has not offered again, by key.
+  std::map<OfferKey, OfferId> awaiting_device_;
+  internal::GpadlTable gpadls_{options_.limits};
+  std::vector<uint32_t> free_relids_;  // Released relids, reused lowest first.
+  uint32_t next_relid_ = 1;
+  uint64_t monitor_ids_[2] = {0, 0};  // 128 monitor ids.
+  OfferId next_offer_ = 1;
+  OpId next_op_ = 1;
   // Shared with tasks still awaiting replies: they check it before touching the server.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 // The connection id the guest signals for channel `relid` (in the offer).
 constexpr uint32_t ChannelConnectionId(uint32_t relid) { return 0x10000 + relid; }
+
+template <typename R>
+hw::Task VmbusServer::AwaitReply(const char* what, ReplyFuture<R> reply,
+                                 std::function<void(absl::StatusOr<R>)> done) {
+  std::shared_ptr<bool> alive = alive_;
+  // Nothing may escape a task (it would end the process): a failure to wait is a reply that
+  // never came, handled like a dropped Rpc.
+  absl::StatusOr<R> result = absl::CancelledError("vmbus server: waiting for the reply failed");
+  try {
+    result = co_await reply.On(loop_);
+  } catch (...) {
+  }
+  if (!*alive) co_return;
+  Guarded(what, [&] { done(std::move(result)); });
+}
 
 }  // namespace cvmbus::paravisor
 

@@ -1,31 +1,39 @@
-// Servicing: saving and restoring the VMBus server's state.
+// Servicing: saving the VMBus server's state, and a restored channel's confirmation by its
+// device (RestoreChannel). Restore itself is in server_restore.cc.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/format.h"
+#include "paravisor/server/saved_codes.h"
 #include "paravisor/server/server.h"
 
 namespace cvmbus::paravisor {
 namespace {
 
+using internal::GpadlState;
+
 std::string GuidBytes(const Guid& guid) {
   return std::string(reinterpret_cast<const char*>(&guid), sizeof(guid));
 }
 
-absl::StatusOr<Guid> GuidFrom(const std::string& bytes) {
-  Guid guid;
-  if (bytes.size() != sizeof(guid)) {
-    return absl::DataLossError(
-        fmt::format("saved state: a GUID of {} bytes (expected 16)", bytes.size()));
-  }
-  std::memcpy(&guid, bytes.data(), sizeof(guid));
-  return guid;
+void SaveOpenData(const OpenData& data, saved::OpenData* out) {
+  out->set_target_vp(data.target_vp);
+  out->set_ring_offset(data.ring_offset);
+  out->set_ring_gpadl_id(data.ring_gpadl_id);
+  out->set_event_flag(data.event_flag);
+  out->set_connection_id(data.connection_id);
+  out->set_user_data(std::string(data.user_data.begin(), data.user_data.end()));
 }
 
 }  // namespace
 
 absl::StatusOr<saved::Server> VmbusServer::Save() const {
+  if (phase_ == Phase::kDisconnecting) {
+    return absl::FailedPreconditionError(
+        "vmbus server: the connection is being reset (waiting for devices); save once it is done");
+  }
   saved::Server state;
   state.set_version(version_);
   state.set_features(features_);
@@ -48,201 +56,192 @@ absl::StatusOr<saved::Server> VmbusServer::Save() const {
   for (const auto& [relid, channel] : channels_) {
     saved::Channel* out = state.add_channels();
     out->set_relid(relid);
-    out->set_interface_id(GuidBytes(channel.params.interface_id));
-    out->set_instance_id(GuidBytes(channel.params.instance_id));
-    out->set_subchannel_index(channel.params.subchannel_index);
-    out->set_offer_flags(channel.offer_flags);
-    out->set_state(static_cast<uint32_t>(channel.state));
-    out->set_offered_to_guest(channel.offered_to_guest);
-    out->set_revoked(channel.revoked);
-    out->set_has_monitor_id(channel.monitor_id.has_value());
-    out->set_monitor_id(channel.monitor_id.value_or(0));
-    out->set_has_ring_gpadl(channel.ring_gpadl.has_value());
-    out->set_ring_gpadl(channel.ring_gpadl.value_or(0));
-    saved::OpenData* open = out->mutable_open_data();
-    open->set_target_vp(channel.open_data.target_vp);
-    open->set_ring_offset(channel.open_data.ring_offset);
-    open->set_ring_gpadl_id(channel.open_data.ring_gpadl_id);
-    open->set_event_flag(channel.open_data.event_flag);
-    open->set_connection_id(channel.open_data.connection_id);
-    open->set_user_data(
-        std::string(channel.open_data.user_data.begin(), channel.open_data.user_data.end()));
-    for (const auto& [id, gpadl] : channel.gpadls) {
+    out->set_interface_id(GuidBytes(channel->params.interface_id));
+    out->set_instance_id(GuidBytes(channel->params.instance_id));
+    out->set_subchannel_index(channel->params.subchannel_index);
+    out->set_offer_flags(channel->offer_flags);
+    uint32_t code = kSavedClosed;
+    if (std::holds_alternative<internal::Opening>(channel->state)) code = kSavedOpening;
+    if (std::holds_alternative<internal::Open>(channel->state)) code = kSavedOpen;
+    if (const auto* closing = std::get_if<internal::Closing>(&channel->state)) {
+      code = kSavedClosing;
+      if (closing->reopen.has_value()) {
+        out->mutable_reopen()->set_open_id(closing->reopen->open_id);
+        SaveOpenData(closing->reopen->data, out->mutable_reopen()->mutable_open_data());
+      }
+    }
+    if (const auto* released = std::get_if<internal::Released>(&channel->state)) {
+      code = kSavedReleased;
+      out->set_declined_by_guest(released->declined_by_guest);
+    }
+    out->set_state(code);
+    out->set_offered_to_guest(code != kSavedReleased);
+    out->set_revoked(channel->revoked());
+    out->set_has_monitor_id(channel->monitor_id.has_value());
+    out->set_monitor_id(channel->monitor_id.value_or(0));
+    if (const internal::OpenParams* open = channel->open_params()) {
+      out->set_has_ring_gpadl(true);
+      out->set_ring_gpadl(open->data.ring_gpadl_id);
+      out->set_open_id(open->open_id);
+      SaveOpenData(open->data, out->mutable_open_data());
+    }
+    for (const internal::PendingModify& modify : channel->modifies) {
+      out->add_pending_modify_vps(modify.target_vp);
+    }
+    for (const GpadlId id : gpadls_.IdsOf(channel->offer)) {
+      const Gpadl& gpadl = *gpadls_.Find(id);
       saved::Gpadl* g = out->add_gpadls();
       g->set_id(id);
       g->set_state(static_cast<uint32_t>(gpadl.state));
       g->set_range_count(gpadl.range_count);
       g->set_expected_words(gpadl.expected_words);
       for (uint64_t word : gpadl.words) g->add_words(word);
+      g->set_teardown_waiters(gpadl.teardown_waiters);
+      g->set_created_owed(gpadl.created_owed);
+      g->set_teardown_deferred(gpadl.teardown_deferred);
     }
   }
   return state;
 }
 
-absl::Status VmbusServer::Restore(const saved::Server& state) {
-  if (version_ != 0 || !channels_.empty()) {
-    return absl::FailedPreconditionError("vmbus server: restore into a server already in use");
-  }
-  std::map<OfferKey, saved::Channel> pending;
-  for (const saved::Channel& channel : state.channels()) {
-    absl::StatusOr<Guid> interface_id = GuidFrom(channel.interface_id());
-    absl::StatusOr<Guid> instance_id = GuidFrom(channel.instance_id());
-    if (!interface_id.ok()) return interface_id.status();
-    if (!instance_id.ok()) return instance_id.status();
-    if (channel.relid() == 0 || channel.relid() > kMaxChannels || channel.state() > 3 ||
-        channel.subchannel_index() > 0xffff || channel.monitor_id() >= 128) {
-      return absl::DataLossError(
-          fmt::format("saved state: channel {} is malformed", channel.relid()));
-    }
-    const OfferKey key{*interface_id, *instance_id,
-                       static_cast<uint16_t>(channel.subchannel_index())};
-    if (!pending.emplace(key, channel).second) {
-      return absl::DataLossError(fmt::format("saved state: key {} saved twice", key.ToString()));
-    }
-  }
-  if (state.message_sint() >= 16) {
-    return absl::DataLossError(
-        fmt::format("saved state: message SINT {} (SINTs are 0..15)", state.message_sint()));
-  }
-  // One guest request yields at most an offer per channel and ALLOFFERS_DELIVERED.
-  if (state.outbox_size() > static_cast<int>(kMaxChannels) + 1) {
-    return absl::DataLossError(
-        fmt::format("saved state: {} messages waiting for the SynIC "
-                    "(at most {})",
-                    state.outbox_size(), kMaxChannels + 1));
-  }
-  for (const std::string& pending : state.outbox()) {
-    if (pending.size() < 8 || pending.size() > protocol::kMaxMessageBytes) {
-      return absl::DataLossError(
-          fmt::format("saved state: a waiting message of {} bytes", pending.size()));
-    }
-  }
-  if (state.held_messages_size() > static_cast<int>(kMaxHeldWhilePaused)) {
-    return absl::DataLossError(fmt::format("saved state: {} held messages (at most {})",
-                                           state.held_messages_size(), kMaxHeldWhilePaused));
-  }
-  for (const std::string& held : state.held_messages()) {
-    if (held.size() < 8 || held.size() > protocol::kMaxMessageBytes) {
-      return absl::DataLossError(
-          fmt::format("saved state: a held message of {} bytes", held.size()));
-    }
-  }
-  const uint64_t monitor_page = state.monitor_page_gpa();
-  const bool server_page = state.monitor_page_server_allocated();
-  if (monitor_page % 4096 != 0 ||
-      (server_page && options_.server_monitor_page != std::optional<uint64_t>(monitor_page))) {
-    return absl::DataLossError(
-        fmt::format("saved state: monitor page {:#x}{} is not one this server can use",
-                    monitor_page, server_page ? " (the server's)" : ""));
-  }
-  if (monitor_page != 0) {
-    // Not cleared: a bit the guest set while the old server went away is found by the first
-    // scan, so no notification is lost.
-    const guestmem::GuestMemory& memory = server_page && options_.private_memory.has_value()
-                                              ? *options_.private_memory
-                                              : options_.untrusted_memory;
-    monitor_ = std::make_unique<MonitorScanner>(loop_, memory, monitor_page,
-                                                [this](const std::string& line) { Log(line); });
-    monitor_server_allocated_ = server_page;
-  }
-  version_ = state.version();
-  features_ = state.features();
-  offers_requested_ = state.offers_requested();
-  next_relid_ = std::min<uint32_t>(std::max<uint32_t>(state.next_relid(), 1), kMaxChannels + 1);
-  free_relids_.assign(state.free_relids().begin(), state.free_relids().end());
-  pending_restores_ = std::move(pending);
-  paused_ = state.paused();
-  held_while_paused_.clear();
-  for (const std::string& held : state.held_messages()) {
-    held_while_paused_.emplace_back(held.begin(), held.end());
-  }
-  message_vp_ = state.message_vp();
-  message_sint_ = static_cast<uint8_t>(state.message_sint());
-  outbox_.clear();
-  for (const std::string& pending : state.outbox()) {
-    outbox_.push_back(Outgoing{message_vp_, message_sint_, {pending.begin(), pending.end()}});
-  }
-  FlushOutbox();
-  Log(fmt::format("restored: version {:#x}, features {:#x}, {} channels awaiting their devices",
-                  version_, features_, pending_restores_.size()));
-  return absl::OkStatus();
-}
-
-void VmbusServer::ApplySaved(const saved::Channel& saved, Channel* channel) {
-  channel->offer_flags = static_cast<uint16_t>(saved.offer_flags());
-  // An open or close that was in flight is settled as the device reports in RestoreChannel.
-  channel->state = saved.state() == static_cast<uint32_t>(ChannelState::kOpen)
-                       ? ChannelState::kOpen
-                       : ChannelState::kClosed;
-  channel->offered_to_guest = saved.offered_to_guest();
-  channel->revoked = saved.revoked();
-  if (saved.has_monitor_id()) channel->monitor_id = static_cast<uint8_t>(saved.monitor_id());
-  if (saved.has_ring_gpadl()) channel->ring_gpadl = saved.ring_gpadl();
-  const saved::OpenData& open = saved.open_data();
-  channel->open_data.target_vp = open.target_vp();
-  channel->open_data.ring_offset = open.ring_offset();
-  channel->open_data.ring_gpadl_id = open.ring_gpadl_id();
-  channel->open_data.event_flag = static_cast<uint16_t>(open.event_flag());
-  channel->open_data.connection_id = open.connection_id();
-  std::memcpy(channel->open_data.user_data.data(), open.user_data().data(),
-              std::min(open.user_data().size(), channel->open_data.user_data.size()));
-  for (const saved::Gpadl& g : saved.gpadls()) {
-    Gpadl& gpadl = channel->gpadls[g.id()];
-    gpadl.state = static_cast<GpadlState>(std::min<uint32_t>(g.state(), 3));
-    gpadl.range_count = static_cast<uint16_t>(g.range_count());
-    gpadl.expected_words = g.expected_words();
-    gpadl.words.assign(g.words().begin(), g.words().end());
-  }
-  channel->awaiting_restore = true;
-}
-
 absl::StatusOr<RestoreResult> VmbusServer::RestoreChannelState(
-    uint32_t relid, const std::optional<OpenResult>& open) {
-  auto it = channels_.find(relid);
-  if (it == channels_.end()) return absl::NotFoundError("vmbus server: restore of no channel");
-  Channel& channel = it->second;
-  if (!channel.awaiting_restore) {
+    OfferId offer, const std::optional<OpenResult>& open) {
+  Channel* channel = FindOffer(offer);
+  if (channel == nullptr) return absl::NotFoundError("vmbus server: restore of no channel");
+  const uint32_t relid = channel->relid;
+  if (!channel->awaiting_restore) {
     return absl::FailedPreconditionError(
         fmt::format("vmbus server: channel {} has no saved state to restore", relid));
   }
-  const bool saved_open = channel.state == ChannelState::kOpen;
-  if (saved_open != open.has_value()) {
+  std::shared_ptr<hw::Signal> signal;
+  if (open.has_value()) signal = open->guest_to_host_interrupt.signal();
+  const bool device_open = signal != nullptr;
+  const bool saved_open = std::holds_alternative<internal::Open>(channel->state);
+  const bool saved_in_flight = channel->busy();
+  if (!saved_in_flight && saved_open != device_open) {
     return absl::FailedPreconditionError(
         fmt::format("vmbus server: channel {} was saved {} but the device restores it {}", relid,
-                    saved_open ? "open" : "closed", open.has_value() ? "open" : "closed"));
+                    saved_open ? "open" : "closed", device_open ? "open" : "closed"));
   }
-  channel.awaiting_restore = false;
+  channel->awaiting_restore = false;
   RestoreResult result;
-  std::vector<uint32_t> reoffer;
-  for (auto& [id, gpadl] : channel.gpadls) {
+  std::vector<GpadlId> reoffer;
+  std::vector<GpadlId> teardown;
+  for (const GpadlId id : gpadls_.IdsOf(offer)) {
+    Gpadl& gpadl = *gpadls_.Find(id);
     if (gpadl.state == GpadlState::kInProgress) continue;  // Still assembling: the guest goes on.
     // Accepted (or being torn down) GPADLs must restore; one the device never answered was not
     // accepted, and is offered to it again below.
-    const bool accepted = gpadl.state != GpadlState::kOffered;
+    const bool accepted =
+        gpadl.state == GpadlState::kAccepted || gpadl.state == GpadlState::kTearingDown;
     result.gpadls.push_back(
         RestoredGpadl{GpadlRequest{id, gpadl.range_count, gpadl.words}, accepted});
     if (!accepted) reoffer.push_back(id);
+    if (gpadl.state == GpadlState::kTearingDown) teardown.push_back(id);
   }
-  if (saved_open) {
-    Interrupt to_guest(port_->GuestEvent(channel.open_data.target_vp, message_sint_,
-                                         channel.open_data.event_flag));
-    result.open_request = OpenRequest::Make(channel.open_data, to_guest, FeatureFlags{features_},
-                                            OfferFlags{VisibleOfferFlags(channel)});
-    port_->SetEventTarget(channel.open_data.connection_id, open->guest_to_host_interrupt.signal());
-    WatchMonitor(channel, open->guest_to_host_interrupt.signal());
-    // Both directions once: an interrupt raised while the old paravisor went away is not lost.
-    (void)to_guest.Deliver();
-    (void)open->guest_to_host_interrupt.Deliver();
-  }
-  std::shared_ptr<bool> alive = alive_;
-  loop_->Post([this, alive, relid, reoffer] {
-    if (!*alive) return;
-    auto again = channels_.find(relid);
-    if (again == channels_.end()) return;
-    for (uint32_t id : reoffer) {
-      again->second.gpadls[id].state = GpadlState::kInProgress;
-      FinishGpadl(again->second, id);
+  // What to do once the device has its reply: operations that were in flight go again.
+  enum class Then { kNothing, kOpenAgain, kClose, kReopen };
+  Then then = Then::kNothing;
+  if (auto* opening = std::get_if<internal::Opening>(&channel->state)) {
+    if (device_open) {  // The open finished while we were away: now it is open.
+      channel->state = internal::Open{.op = NextOp(),
+                                      .params = opening->params,
+                                      .latch = opening->latch,
+                                      .interrupt = opening->interrupt,
+                                      .device_signal = nullptr};
+      protocol::OpenResult answer{};
+      answer.child_relid = relid;
+      answer.open_id = std::get<internal::Open>(channel->state).params.open_id;
+      answer.status = protocol::kStatusSuccess;
+      if (connected()) SendMessage(answer);
+    } else {
+      then = Then::kOpenAgain;
     }
+  } else if (auto* closing = std::get_if<internal::Closing>(&channel->state)) {
+    then = device_open ? Then::kClose : Then::kReopen;
+    (void)closing;
+  }
+  if (auto* now_open = std::get_if<internal::Open>(&channel->state); now_open && device_open) {
+    now_open->device_signal = signal;
+    result.open_request =
+        OpenRequest::Make(now_open->params.data, Interrupt(now_open->interrupt),
+                          FeatureFlags{features_}, OfferFlags{VisibleOfferFlags(*channel)});
+    port_->SetEventTarget(now_open->params.data.connection_id, signal);
+    WatchMonitor(*channel, signal);
+    std::shared_ptr<internal::EventLatch> latch = now_open->latch;
+    std::shared_ptr<internal::GuestInterrupt> interrupt = now_open->interrupt;
+    // Both directions once: an interrupt raised while the old paravisor went away is not lost.
+    // (A device's signal that throws must not cost the device its restore reply.)
+    Guarded("restore signal", [&] {
+      (void)latch->Connect(signal);
+      (void)interrupt->Raise();
+      (void)signal->Raise();
+    });
+  } else if (then == Then::kClose) {
+    // Closed by the guest while the device was open: close it again, with its open result.
+    auto& closing = std::get<internal::Closing>(channel->state);
+    result.open_request = OpenRequest::Make(
+        closing.params.data, Interrupt(std::make_shared<internal::GuestInterrupt>(nullptr)),
+        FeatureFlags{features_}, OfferFlags{VisibleOfferFlags(*channel)});
+  }
+  std::vector<uint32_t> modifies;
+  for (const internal::PendingModify& modify : channel->modifies) {
+    if (modify.op == 0) modifies.push_back(modify.target_vp);
+  }
+  std::erase_if(channel->modifies, [](const internal::PendingModify& m) { return m.op == 0; });
+  std::shared_ptr<bool> alive = alive_;
+  loop_->Post([this, alive, offer, reoffer, teardown, then, modifies] {
+    if (!*alive) return;
+    Guarded("restore follow-up", [&] {
+      Channel* again = FindOffer(offer);
+      if (again == nullptr) return;
+      for (const GpadlId id : reoffer) {
+        if (Gpadl* gpadl = gpadls_.Find(id); gpadl != nullptr && gpadl->op == 0) OfferGpadl(*gpadl);
+      }
+      for (const GpadlId id : teardown) {
+        if (Gpadl* gpadl = gpadls_.Find(id); gpadl != nullptr && gpadl->op == 0) {
+          TeardownWithDevice(*gpadl);
+        }
+      }
+      if (then == Then::kOpenAgain) {
+        if (auto* opening = std::get_if<internal::Opening>(&again->state);
+            opening && !opening->op) {
+          internal::OpenParams params = opening->params;
+          const bool latched = opening->latch->latched();  // Signalled while we were away.
+          port_->SetEventTarget(params.data.connection_id, nullptr);
+          opening->latch->Disconnect();
+          again->state = internal::Closed{};
+          StartOpen(*again, std::move(params));
+          if (auto* reopened = std::get_if<internal::Opening>(&again->state); reopened && latched) {
+            (void)reopened->latch->Raise();
+          }
+        }
+      } else if (then == Then::kClose || then == Then::kReopen) {
+        if (auto* closing = std::get_if<internal::Closing>(&again->state);
+            closing && !closing->op) {
+          if (then == Then::kReopen) {
+            OnCloseReply(offer, 0);  // Closed already: finish it (and reopen, if asked).
+          } else {
+            internal::OpenParams params = closing->params;
+            std::optional<internal::OpenParams> reopen = closing->reopen;
+            auto interrupt = std::make_shared<internal::GuestInterrupt>(nullptr);
+            again->state = internal::Open{.op = 0,
+                                          .params = params,
+                                          .latch = std::make_shared<internal::EventLatch>(),
+                                          .interrupt = interrupt,
+                                          .device_signal = nullptr};
+            CloseWithDevice(*again, /*released=*/false);
+            if (auto* now = std::get_if<internal::Closing>(&again->state)) now->reopen = reopen;
+          }
+        }
+      }
+      for (const uint32_t vp : modifies) {
+        protocol::ModifyChannel modify{};
+        modify.child_relid = again->relid;
+        modify.target_vp = vp;
+        HandleModify(modify);
+      }
+    });
   });
   return result;
 }

@@ -1,0 +1,322 @@
+// The server's rules where a test must see exactly what it posts and raises, or give it
+// options of its own: the fake SynIC port (the test is the guest) and scripted devices.
+#include <gtest/gtest.h>
+
+#include "paravisor/server/server.h"
+#include "paravisor/server/testing/server_harness.h"
+
+namespace cvmbus::paravisor {
+namespace {
+
+using namespace std::chrono_literals;
+using protocol::kStatusSuccess;
+using protocol::MessageType;
+using testing::Answer;
+using testing::ScriptedDevice;
+using testing::ServerHarness;
+using testing::TestOffer;
+
+std::unique_ptr<ServerHarness> Harness(ServerOptions options = {}) {
+  auto harness = ServerHarness::Create(std::move(options));
+  EXPECT_TRUE(harness.ok()) << harness.status();
+  return *std::move(harness);
+}
+
+uint32_t OnlyRelid(ServerHarness& h) {
+  auto offers = h.RequestOffers();
+  EXPECT_TRUE(offers.ok() && offers->size() == 1);
+  return offers.ok() && !offers->empty() ? (*offers)[0].child_relid : 0;
+}
+
+// Opens `relid` with a fresh 4-page ring GPADL `gpadl`; the OPENCHANNEL_RESULT status.
+uint32_t OpenWithRing(ServerHarness& h, uint32_t relid, uint32_t gpadl, uint32_t vp = 0) {
+  auto created = h.CreateGpadl(relid, gpadl, 4, 0x100 + 0x10 * gpadl);
+  EXPECT_TRUE(created.ok() && *created == kStatusSuccess);
+  auto opened = h.Open(relid, gpadl, vp);
+  EXPECT_TRUE(opened.ok()) << opened.status();
+  return opened.ok() ? *opened : 0xdead;
+}
+
+// Messages go to the VP and SINT the guest named in INITIATE_CONTACT, and a new contact (a
+// kexec'd kernel on another CPU) moves them.
+TEST(ServerRulesTest, MessagesGoWhereTheContactSaid) {
+  auto h = Harness();
+  h->AddDevice(TestOffer(1, 1));
+  protocol::InitiateContact contact{};
+  contact.vmbus_version_requested = protocol::kVersionWin10V6_0;
+  contact.target_vcpu = 2;
+  contact.interrupt_page_or_target.target.message_sint = 5;
+  ASSERT_TRUE(h->Send(protocol::EncodeInitiateContact(contact)).ok());
+  auto response = h->port().WaitFor(MessageType::kVersionResponse, 5s);
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ(response->vp, 2u);
+  EXPECT_EQ(response->sint, 5);
+  ASSERT_TRUE(h->Send(protocol::Encode(protocol::RequestOffers{})).ok());
+  auto offer = h->port().WaitFor(MessageType::kOfferChannel, 5s);
+  ASSERT_TRUE(offer.ok());
+  EXPECT_EQ(offer->vp, 2u);
+  EXPECT_EQ(offer->sint, 5);
+  contact.target_vcpu = 3;
+  contact.interrupt_page_or_target.target.message_sint = 2;
+  ASSERT_TRUE(h->Send(protocol::EncodeInitiateContact(contact)).ok());
+  response = h->port().WaitFor(MessageType::kVersionResponse, 5s);
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ(response->vp, 3u);
+  EXPECT_EQ(response->sint, 2);
+}
+
+// CPU offline: MODIFYCHANNEL moves the channel's interrupt to the new VP before the answer,
+// and a closed channel's interrupt reaches no VP at all (the device may still hold it).
+TEST(ServerRulesTest, ModifyChannelRetargetsTheInterruptAndCloseCutsItOff) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  const uint16_t flag = static_cast<uint16_t>(relid);
+  Interrupt to_guest;
+  h->OnServer([&] { to_guest = device->last_open()->interrupt; });
+  ASSERT_TRUE(to_guest.Deliver().ok());
+  EXPECT_EQ(h->port().events(0, 2, flag), 1u);
+  ASSERT_TRUE(h->SendModify(relid, 3).ok());
+  auto response = h->port().WaitFor(MessageType::kModifyChannelResponse, 5s);
+  ASSERT_TRUE(response.ok());
+  EXPECT_EQ(response->message.As<protocol::ModifyChannelResponse>()->status, kStatusSuccess);
+  ASSERT_TRUE(to_guest.Deliver().ok());
+  EXPECT_EQ(h->port().events(3, 2, flag), 1u);
+  EXPECT_EQ(h->port().events(0, 2, flag), 1u);
+  ASSERT_TRUE(h->SendClose(relid).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->events().back() == "close"; }));
+  ASSERT_TRUE(to_guest.Deliver().ok());
+  EXPECT_EQ(h->port().events(3, 2, flag), 1u);
+  EXPECT_FALSE(h->port().HasEventTarget(ChannelConnectionId(relid)));
+}
+
+// Guest-driven growth is bounded, and each refusal is answered.
+TEST(ServerRulesTest, GpadlLimitsRefuseWithAnAnswer) {
+  ServerOptions options;
+  options.limits.gpadls_per_channel = 2;
+  options.limits.gpadls = 3;
+  options.limits.pages_per_gpadl = 8;
+  options.limits.gpadl_pages = 20;
+  auto h = Harness(options);
+  h->AddDevice(TestOffer(1, 1));
+  h->AddDevice(TestOffer(1, 2));
+  ASSERT_TRUE(h->Connect().ok());
+  auto offers = h->RequestOffers();
+  ASSERT_TRUE(offers.ok() && offers->size() == 2);
+  const uint32_t a = (*offers)[0].child_relid;
+  const uint32_t b = (*offers)[1].child_relid;
+  EXPECT_NE(*h->CreateGpadl(a, 1, 9), kStatusSuccess);  // Pages per GPADL.
+  EXPECT_EQ(*h->CreateGpadl(a, 1, 8), kStatusSuccess);
+  EXPECT_EQ(*h->CreateGpadl(a, 2, 8), kStatusSuccess);
+  EXPECT_NE(*h->CreateGpadl(a, 3, 1), kStatusSuccess);  // Per channel.
+  EXPECT_NE(*h->CreateGpadl(b, 4, 5), kStatusSuccess);  // Pages per connection: 16 + 5 > 20.
+  EXPECT_EQ(*h->CreateGpadl(b, 4, 4), kStatusSuccess);
+  EXPECT_NE(*h->CreateGpadl(b, 5, 1), kStatusSuccess);  // Per connection.
+  // A GPADL still being assembled counts too (its header reserved the pages).
+  ASSERT_TRUE(h->SendTeardown(a, 2).ok());
+  ASSERT_TRUE(h->port().WaitFor(MessageType::kGpadlTorndown, 5s).ok());
+  std::vector<uint64_t> words = {uint64_t{40} * 4096};
+  for (uint64_t i = 0; i < 40; ++i) words.push_back(0x800 + i);
+  auto big = protocol::EncodeGpadl(b, 6, 1, words);
+  ASSERT_TRUE(big.ok());
+  ASSERT_TRUE(h->Send((*big)[0]).ok());  // 40 pages: refused at the header.
+  auto created = h->port().WaitFor(MessageType::kGpadlCreated, 5s);
+  ASSERT_TRUE(created.ok());
+  EXPECT_NE(created->message.As<protocol::GpadlCreated>()->creation_status, kStatusSuccess);
+  h->OnServer([&] { EXPECT_EQ(h->server().gpadl_count(), 2u); });
+}
+
+TEST(ServerRulesTest, ModifiesInFlightAreBounded) {
+  ServerOptions options;
+  options.limits.modifies_in_flight = 2;
+  auto h = Harness(options);
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  h->OnServer([&] { device->script().modify = Answer::kHold; });
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(h->SendModify(relid, 1).ok());
+  auto refused = h->port().WaitFor(MessageType::kModifyChannelResponse, 5s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->message.As<protocol::ModifyChannelResponse>()->status, kStatusSuccess);
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_modifies() == 2; }));
+  h->OnServer([&] {
+    EXPECT_TRUE(device->ReleaseModify(0));
+    EXPECT_TRUE(device->ReleaseModify(0));
+  });
+  for (int i = 0; i < 2; ++i) {
+    auto answered = h->port().WaitFor(MessageType::kModifyChannelResponse, 5s);
+    ASSERT_TRUE(answered.ok());
+    EXPECT_EQ(answered->message.As<protocol::ModifyChannelResponse>()->status, kStatusSuccess);
+  }
+}
+
+// A modify answer that comes back after a reset is not sent to the new connection.
+TEST(ServerRulesTest, AStaleModifyReplyIsDropped) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1), {.modify = Answer::kHold});
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  ASSERT_TRUE(h->SendModify(relid, 1).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_modifies() == 1; }));
+  ASSERT_TRUE(h->Connect().ok());  // kexec: a reset (close, teardown), then the answer.
+  h->OnServer([&] { EXPECT_TRUE(device->ReleaseModify(0)); });
+  EXPECT_TRUE(h->port().NothingArrives(MessageType::kModifyChannelResponse, 100ms));
+  h->OnServer([&] { EXPECT_EQ(h->server().stats().stale_replies, 1u); });
+}
+
+// The optional re-signal: both ring directions are signalled a while after the open (OpenVMM
+// #1829), and not at all if the channel closed before.
+TEST(ServerRulesTest, BothDirectionsAreSignalledAgainAfterTheOpen) {
+  ServerOptions options;
+  options.resignal_after_open = 20ms;
+  auto h = Harness(options);
+  ScriptedDevice* first = h->AddDevice(TestOffer(1, 1));
+  ScriptedDevice* second = h->AddDevice(TestOffer(1, 2));
+  ASSERT_TRUE(h->Connect().ok());
+  auto offers = h->RequestOffers();
+  ASSERT_TRUE(offers.ok() && offers->size() == 2);
+  const uint32_t a = (*offers)[0].child_relid;
+  const uint32_t b = (*offers)[1].child_relid;
+  ASSERT_EQ(OpenWithRing(*h, a, 1), kStatusSuccess);
+  ASSERT_EQ(OpenWithRing(*h, b, 2), kStatusSuccess);
+  ASSERT_TRUE(h->SendClose(b).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return first->last_signal()->raised() == 1; }));
+  EXPECT_EQ(h->port().events(0, 2, static_cast<uint16_t>(a)), 1u);
+  std::this_thread::sleep_for(50ms);
+  h->OnServer([&] { EXPECT_EQ(second->last_signal()->raised(), 0u); });
+  EXPECT_EQ(h->port().events(0, 2, static_cast<uint16_t>(b)), 0u);
+}
+
+TEST(ServerRulesTest, NoResignalByDefault) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect().ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  std::this_thread::sleep_for(50ms);
+  h->OnServer([&] { EXPECT_EQ(device->last_signal()->raised(), 0u); });
+  EXPECT_EQ(h->port().events(0, 2, static_cast<uint16_t>(relid)), 0u);
+}
+
+// Backpressure: while the SynIC refuses messages the server keeps them in order and takes no
+// guest messages; none is lost.
+TEST(ServerRulesTest, AFullSintStopsGuestMessagesAndLosesNothing) {
+  auto h = Harness();
+  for (uint32_t i = 1; i <= 10; ++i) h->AddDevice(TestOffer(1, i));
+  ASSERT_TRUE(h->Connect().ok());
+  h->port().SetQueueLimit(3);
+  ASSERT_TRUE(h->Send(protocol::Encode(protocol::RequestOffers{})).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return !h->port().accepting(); }));
+  h->port().SetQueueLimit(std::nullopt);
+  auto delivered = h->port().WaitFor(MessageType::kAllOffersDelivered, 5s);
+  ASSERT_TRUE(delivered.ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return h->port().accepting(); }));
+  int offers = 0;
+  for (const auto& posted : h->port().TakeAll()) {
+    offers += posted.message.type == MessageType::kOfferChannel ? 1 : 0;
+  }
+  EXPECT_EQ(offers, 10);
+}
+
+// A paused connection holds its messages up to kMaxHeldWhilePaused, then takes no more guest
+// requests: bounded, and nothing dropped.
+TEST(ServerRulesTest, APausedConnectionHoldsABoundedNumberOfMessages) {
+  auto h = Harness();
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V6_0, protocol::kFeaturePauseResume).ok());
+  ASSERT_TRUE(h->Send(protocol::Encode(protocol::Pause{})).ok());
+  ASSERT_TRUE(h->port().WaitFor(MessageType::kPauseResponse, 5s).ok());
+  protocol::TlConnectRequest request{};
+  const auto connect = protocol::EncodeTlConnectRequest(request, false);  // Each is refused.
+  for (size_t i = 0; i < kMaxHeldWhilePaused + 10; ++i) ASSERT_TRUE(h->Send(connect).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return !h->port().accepting(); }));
+  absl::StatusOr<saved::Server> state;
+  h->OnServer([&] { state = h->server().Save(); });
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ(state->held_messages_size(), static_cast<int>(kMaxHeldWhilePaused));
+  EXPECT_TRUE(h->port().NothingArrives(MessageType::kTlConnectResult, 20ms));
+}
+
+// --- Servicing with operations in flight: they go to the device again after the restore. ---
+
+TEST(ServerRulesTest, ATeardownAndAModifyInFlightAtSaveAreFinishedAfterRestore) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  ASSERT_EQ(*h->CreateGpadl(relid, 2, 1, 0x900), kStatusSuccess);
+  h->OnServer([&] {
+    device->script().teardown = Answer::kHold;
+    device->script().modify = Answer::kHold;
+  });
+  ASSERT_TRUE(h->SendTeardown(relid, 2).ok());
+  ASSERT_TRUE(h->SendModify(relid, 1).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_modifies() == 1; }));
+  absl::StatusOr<saved::Server> state = h->SaveAndStop();
+  ASSERT_TRUE(state.ok()) << state.status();
+  h->DropDevices();
+  ASSERT_TRUE(h->Restart(*state).ok());
+  ScriptedDevice* restored = h->AddRestoredDevice(TestOffer(1, 1), /*open=*/true);
+  ASSERT_TRUE(h->WaitUntil([&] { return restored->restore_result().has_value(); }));
+  auto torndown = h->port().WaitFor(MessageType::kGpadlTorndown, 5s);
+  ASSERT_TRUE(torndown.ok());
+  EXPECT_EQ(torndown->message.As<protocol::GpadlTorndown>()->gpadl, 2u);
+  auto modified = h->port().WaitFor(MessageType::kModifyChannelResponse, 5s);
+  ASSERT_TRUE(modified.ok());
+  h->OnServer([&] {
+    ASSERT_TRUE(restored->restore_result()->ok());
+    EXPECT_EQ(restored->restore_result()->value().gpadls.size(), 2u);
+    EXPECT_EQ(restored->events(), (std::vector<std::string>{"teardown 2", "modify 1"}));
+  });
+}
+
+TEST(ServerRulesTest, AnOpenInFlightAtSaveIsSentAgainAndAnswered) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1), {.open = Answer::kHold});
+  ASSERT_TRUE(h->Connect().ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(*h->CreateGpadl(relid, 1, 4), kStatusSuccess);
+  ASSERT_TRUE(h->SendOpen(relid, 1, 0, /*open_id=*/42).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_opens() == 1; }));
+  absl::StatusOr<saved::Server> state = h->SaveAndStop();
+  ASSERT_TRUE(state.ok());
+  h->DropDevices();
+  ASSERT_TRUE(h->Restart(*state).ok());
+  // A guest signal while the device is away is latched by the restored event port.
+  EXPECT_TRUE(h->port().Signal(ChannelConnectionId(relid)).ok());
+  ScriptedDevice* restored = h->AddRestoredDevice(TestOffer(1, 1), /*open=*/false);
+  auto result = h->port().WaitFor(MessageType::kOpenChannelResult, 5s);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(result->message.As<protocol::OpenResult>()->open_id, 42u);
+  EXPECT_EQ(result->message.As<protocol::OpenResult>()->status, kStatusSuccess) << [&] {
+    std::string lines;
+    for (const std::string& line : h->TakeLog()) lines += line + "\n";
+    return lines;
+  }();
+  h->OnServer([&] { EXPECT_EQ(restored->events(), (std::vector<std::string>{"open 1"})); });
+  ASSERT_TRUE(h->WaitUntil([&] { return restored->last_signal()->raised() == 1; }));
+}
+
+TEST(ServerRulesTest, SaveWaitsForAResetToFinish) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect().ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  h->OnServer([&] { device->script().close = Answer::kHold; });
+  ASSERT_TRUE(h->Send(protocol::Encode(protocol::Unload{})).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_closes() == 1; }));
+  h->OnServer([&] {
+    EXPECT_EQ(h->server().Save().status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_TRUE(device->ReleaseClose());
+  });
+  ASSERT_TRUE(h->port().WaitFor(MessageType::kUnloadResponse, 5s).ok());
+  h->OnServer([&] { EXPECT_TRUE(h->server().Save().ok()); });
+}
+
+}  // namespace
+}  // namespace cvmbus::paravisor
