@@ -13,6 +13,7 @@
 #include "hw/kvm/long_mode.h"
 #include "hw/kvm/testing/guests/boot_guest.h"
 #include "hw/kvm/testing/guests/cpuid_guest.h"
+#include "hw/kvm/testing/guests/string_guest.h"
 #include "hw/kvm/testing/guests/layout.h"
 #include "hw/kvm/testing/guests/msi_guest.h"
 #include "hw/kvm/testing/guests/msr_guest.h"
@@ -112,6 +113,19 @@ TEST(KvmLongModeTest, HypercallPortsMustBeUsable) {
   ASSERT_TRUE(guest.ok()) << guest.status();
   EXPECT_EQ(guest->vm->AddIoEventFd(PioAddress{kDefaultSignalPort}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// --- The guest runtime ---------------------------------------------------------------------------
+
+TEST(KvmLongModeTest, GuestStringFunctionsCopyFillAndCompareExactly) {
+  CVMBUS_SKIP_WITHOUT_KVM();
+  const auto program = CVMBUS_GUEST_PROGRAM(guest::string_guest);
+  absl::StatusOr<LongModeGuest> guest = MakeLongModeGuest(program);
+  ASSERT_TRUE(guest.ok()) << guest.status();
+  ASSERT_OK(guest->vm->StartVcpu(TestEntry(program)));
+  ASSERT_NO_FATAL_FAILURE(ExpectGuestOk(*guest));
+  EXPECT_EQ(guest->Mailbox(0), 0u) << "the first failing check";
+  EXPECT_EQ(guest->Mailbox(1), 13u) << "checks run";
 }
 
 // --- CPUID -------------------------------------------------------------------------------------

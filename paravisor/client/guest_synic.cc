@@ -95,7 +95,9 @@ uint64_t GuestSynic::PostMessage(uint32_t connection_id, absl::Span<const uint8_
   input.connection_id = connection_id;
   input.message_type = kMessageTypeVmbus;
   input.payload_size = static_cast<uint32_t>(payload.size());
-  std::memcpy(input.payload, payload.data(), std::min(payload.size(), sizeof(input.payload)));
+  if (!payload.empty()) {  // memcpy from an empty span's null pointer is undefined.
+    std::memcpy(input.payload, payload.data(), std::min(payload.size(), sizeof(input.payload)));
+  }
   MutexLock lock(&post_mu_);
   if (!options_.memory
            .Write(options_.pages.input,

@@ -322,7 +322,9 @@ void Synic::TryDeliver(uint32_t vp, uint8_t sint, std::vector<Interrupt>* interr
     header.message_flags = queue.size() > 1 ? kMessageFlagPending : 0;
     std::array<uint8_t, kMessageSlotBytes> bytes{};
     std::memcpy(bytes.data(), &header, sizeof(header));
-    std::memcpy(bytes.data() + kMessagePayloadOffset, payload.data(), payload.size());
+    if (!payload.empty()) {
+      std::memcpy(bytes.data() + kMessagePayloadOffset, payload.data(), payload.size());
+    }
     // Everything but message_type first, then message_type: the guest reads the slot only
     // once it sees a type.
     if (!memory.Write(slot + 4, absl::MakeConstSpan(bytes).subspan(4)).ok()) break;

@@ -296,7 +296,9 @@ class SynicTest : public ::testing::Test {
     input.connection_id = connection_id;
     input.message_type = message_type;
     input.payload_size = static_cast<uint32_t>(payload.size());
-    std::memcpy(input.payload, payload.data(), std::min(payload.size(), sizeof(input.payload)));
+    if (!payload.empty()) {  // memcpy from an empty span's null pointer is undefined.
+      std::memcpy(input.payload, payload.data(), std::min(payload.size(), sizeof(input.payload)));
+    }
     const absl::Status written = memory_.Write(
         gpa, absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&input), sizeof(input)));
     if (!written.ok() && gpa < kMemoryBytes) ADD_FAILURE() << written;

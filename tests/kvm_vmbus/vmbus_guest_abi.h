@@ -55,6 +55,11 @@ struct vmbus_guest_result {
   uint64_t timed_ref_end;
   uint64_t signals;      /* HvSignalEvent calls made for the channel. */
   uint64_t interrupts;   /* SINT 2 interrupts taken. */
+  /* Over the timed round trips that rang the doorbell: the sum of TSC ticks from just before
+   * HvSignalEvent to the first instruction of the interrupt handler (the host's whole turn:
+   * doorbell, SynIC, server, device, ring, interrupt), and how many there were. */
+  uint64_t doorbell_to_interrupt_tsc;
+  uint64_t doorbell_to_interrupt_count;
   uint32_t failed_step;  /* Which step failed, 0 if none. */
   uint32_t failed_value; /* What it saw. */
 };

@@ -99,6 +99,11 @@ void debug_put_dec(uint64_t value);
 
 /* --- Instructions ------------------------------------------------------------------------ */
 
+static inline uint64_t rdtsc(void) {
+  uint32_t low, high;
+  __asm__ volatile("rdtsc" : "=a"(low), "=d"(high) : : "memory");
+  return ((uint64_t)high << 32) | low;
+}
 static inline uint64_t rdmsr(uint32_t index) {
   uint32_t low, high;
   __asm__ volatile("rdmsr" : "=a"(low), "=d"(high) : "c"(index) : "memory");

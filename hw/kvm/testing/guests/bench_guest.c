@@ -6,7 +6,9 @@
  *   3  N CPUIDs (one trap to the hypervisor each), for the cost of a bare exit to KVM
  * A round trip: fast HvSignalEvent of the id, then wait until the handler of
  * TEST_BENCH_VECTOR has run (it EOIs). Mailbox out: [8] signals that did not return 0, [9] the
- * TSC ticks the N operations took (RDTSC before and after the loop).
+ * TSC ticks the N operations took (RDTSC before and after the loop), [10] for round trips the
+ * sum over them of the TSC ticks from just before the signal to the handler's first
+ * instruction.
  */
 #include "hw/kvm/guest/runtime/guest.h"
 #include "hw/kvm/testing/guests/layout.h"
@@ -14,17 +16,13 @@
 
 static volatile uint64_t* const mailbox = (volatile uint64_t*)TEST_MAILBOX_GPA;
 static volatile uint64_t interrupts;
+static volatile uint64_t last_interrupt_tsc;
 
 static void on_interrupt(struct interrupt_frame* frame) {
   (void)frame;
+  last_interrupt_tsc = rdtsc();
   interrupts = interrupts + 1;
   x2apic_eoi();
-}
-
-static inline uint64_t rdtsc(void) {
-  uint32_t low, high;
-  __asm__ volatile("rdtsc" : "=a"(low), "=d"(high));
-  return ((uint64_t)high << 32) | low;
 }
 
 uint32_t guest_main(void) {
@@ -37,12 +35,14 @@ uint32_t guest_main(void) {
     return TEST_EXIT_FAILED + 1;
   }
   uint64_t failures = 0;
+  uint64_t doorbell_to_interrupt = 0;
   const uint64_t start = rdtsc();
   for (uint64_t i = 0; i < n; ++i) {
     if (mode == 3) {
       (void)cpuid(0, 0);
       continue;
     }
+    const uint64_t signalled = rdtsc();
     if (hv_signal_event(id) != HV_STATUS_SUCCESS) ++failures;
     if (mode == 2) continue;
     if (mode == 1) {
@@ -55,8 +55,10 @@ uint32_t guest_main(void) {
         irq_disable();
       }
     }
+    doorbell_to_interrupt += last_interrupt_tsc - signalled;
   }
   mailbox[9] = rdtsc() - start;
   mailbox[8] = failures;
+  mailbox[10] = doorbell_to_interrupt;
   return TEST_EXIT_OK;
 }
