@@ -68,8 +68,11 @@ int Fail(const std::string& what, const absl::Status& status) {
 int Run(const Flags& flags) {
   // The paravisor keeps one private page to hand the guest as its monitor page.
   constexpr uint64_t kMonitorPage = 0xff000;
-  auto vm = testing::VirtualMachine::Create(
-      {.memory_bytes = 64ull << 20, .server_monitor_page = kMonitorPage});
+  // Both ring directions are signalled again 100 ms after each open, as a deployment would
+  // run it (Linux netvsc ignores interrupts that arrive before OPENCHANNEL_RESULT).
+  auto vm = testing::VirtualMachine::Create({.memory_bytes = 64ull << 20,
+                                             .server_monitor_page = kMonitorPage,
+                                             .resignal_after_open = std::chrono::milliseconds(100)});
   if (!vm.ok()) return Fail("creating the VM", vm.status());
   fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
 

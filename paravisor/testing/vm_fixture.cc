@@ -58,7 +58,8 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
   }
   vm->thread_ = std::thread([raw, &started, isolated = options.isolated,
                              monitor_page = options.server_monitor_page,
-                             on_hvsocket_connect = options.on_hvsocket_connect] {
+                             on_hvsocket_connect = options.on_hvsocket_connect,
+                             resignal_after_open = options.resignal_after_open] {
     auto loop = hw::EventLoop::Create();
     if (!loop.ok()) {
       started.set_value(loop.status());
@@ -70,6 +71,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
     if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);
     server_options.server_monitor_page = monitor_page;
     server_options.on_hvsocket_connect = on_hvsocket_connect;
+    server_options.resignal_after_open = resignal_after_open;
     server_options.log = [raw](const std::string& line) {
       MutexLock lock(&raw->log_mu_);
       raw->log_.push_back(line);

@@ -8,6 +8,7 @@
 #ifndef CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
 #define CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
 
+#include <chrono>
 #include <functional>
 #include <future>
 #include <memory>
@@ -35,6 +36,8 @@ struct VmOptions {
   std::optional<uint64_t> server_monitor_page;
   // ServerOptions::on_hvsocket_connect (runs on the server's loop thread).
   std::function<bool(const HvSocketConnect&)> on_hvsocket_connect;
+  // ServerOptions::resignal_after_open (off by default: tests count signals).
+  std::optional<std::chrono::nanoseconds> resignal_after_open;
 };
 
 class VirtualMachine {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstring>
 #include <future>
 
@@ -76,6 +77,8 @@ absl::StatusOr<std::unique_ptr<KvmVmbusMachine>> KvmVmbusMachine::Create(KvmVmbu
     paravisor::ServerOptions server;
     server.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
     if (confidential) server.private_memory = guestmem::GuestMemory::Private(raw->backing_);
+    // As a deployment runs it: both ring directions signalled again 100 ms after the open.
+    server.resignal_after_open = std::chrono::milliseconds(100);
     server.log = [raw](const std::string& line) {
       MutexLock lock(&raw->log_mu_);
       raw->log_.push_back(line);
