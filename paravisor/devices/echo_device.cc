@@ -1,8 +1,6 @@
 #include "paravisor/devices/echo_device.h"
 
 #include <fmt/format.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include "base/format.h"
 #include "guestmem/paged_range.h"
@@ -15,23 +13,22 @@ namespace cvmbus::paravisor {
 // One open of the channel: its rings, endpoints and wake-up fd. Shared by the echo task and
 // the close path; the task owns the last reference while it runs.
 struct EchoDevice::OpenChannelState {
-  int wake_fd = -1;
+  // The guest's doorbell and our own wake-ups. Shared with the server (the open's answer), so
+  // the eventfd lives until the last of us lets go: nobody writes to a closed or reused fd.
+  std::shared_ptr<hw::OwnedEventFdSignal> wake;
+  int wake_fd() const { return wake->fd(); }
   std::shared_ptr<hw::Signal> guest_interrupt;  // Outlives the endpoints, which may signal.
   std::unique_ptr<hw::RingReader> reader;
   std::unique_ptr<hw::RingWriter> writer;
   bool closing = false;
   std::optional<Rpc<Unit, Unit>> close_rpc;  // Replied when the echo task has stopped.
-  ~OpenChannelState() {
-    if (wake_fd >= 0) close(wake_fd);
-  }
 };
 
 EchoDevice::~EchoDevice() {
   *alive_ = false;
   if (open_) {  // Wake the echo task so it ends now instead of waiting on a ring nobody serves.
     open_->closing = true;
-    const uint64_t one = 1;
-    (void)!write(open_->wake_fd, &one, sizeof(one));
+    (void)open_->wake->Raise();
   }
 }
 
@@ -60,7 +57,7 @@ absl::Status EchoDevice::StartRestored(bool was_open) {
   if (was_open) {
     channel = NewChannelState();
     if (channel == nullptr) return absl::InternalError("echo device: eventfd failed");
-    open_result = OpenResult{Interrupt(std::make_shared<hw::EventFdSignal>(channel->wake_fd))};
+    open_result = OpenResult{Interrupt(channel->wake)};
   }
   auto [rpc, reply] =
       MakeRpc<std::optional<OpenResult>, absl::StatusOr<RestoreResult>>(std::move(open_result));
@@ -83,7 +80,7 @@ hw::Task EchoDevice::FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> re
   }
   for (const RestoredGpadl& gpadl : result->gpadls) {
     // Not accepted: the server offers it to us again as a new GPADL request.
-    if (gpadl.accepted) gpadls_[gpadl.request.id] = gpadl.request;
+    if (gpadl.accepted) (void)AcceptGpadl(gpadl.request);
   }
   if (result->open_request.has_value() && channel != nullptr) {
     stats_.last_open = *result->open_request;
@@ -105,12 +102,8 @@ hw::Task EchoDevice::ServeRequests() {
     std::optional<ChannelRequest> request = co_await requests_->Next(loop_);
     if (!*alive || !request.has_value()) co_return;
     if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
-      const GpadlRequest& input = gpadl->rpc.input();
-      const bool valid = guestmem::ParseGpaRanges(input.buf, input.count).ok();
-      if (valid) {
-        gpadls_[input.id] = input;
-        ++stats_.gpadls;
-      }
+      const bool valid = AcceptGpadl(gpadl->rpc.input());
+      if (valid) ++stats_.gpadls;
       std::move(gpadl->rpc).Reply(valid);
     } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
       gpadls_.erase(teardown->rpc.input());
@@ -126,10 +119,22 @@ hw::Task EchoDevice::ServeRequests() {
   }
 }
 
+bool EchoDevice::AcceptGpadl(const GpadlRequest& request) {
+  // Parsed once, here: the open uses the parsed ranges (the server has already checked the
+  // same buffer against the same rules, guestmem::WalkGpaRanges).
+  absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
+      guestmem::ParseGpaRanges(request.buf, request.count);
+  if (!ranges.ok()) return false;
+  gpadls_[request.id] = *std::move(ranges);
+  return true;
+}
+
 std::shared_ptr<EchoDevice::OpenChannelState> EchoDevice::NewChannelState() {
+  absl::StatusOr<std::shared_ptr<hw::OwnedEventFdSignal>> wake = hw::OwnedEventFdSignal::Create();
+  if (!wake.ok()) return nullptr;
   auto channel = std::make_shared<OpenChannelState>();
-  channel->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  return channel->wake_fd < 0 ? nullptr : channel;
+  channel->wake = *std::move(wake);
+  return channel;
 }
 
 std::optional<OpenResult> EchoDevice::Open(const OpenRequest& request) {
@@ -149,7 +154,7 @@ std::optional<OpenResult> EchoDevice::Open(const OpenRequest& request) {
     return std::nullopt;
   }
   stats_.last_error = absl::OkStatus();
-  return OpenResult{Interrupt(std::make_shared<hw::EventFdSignal>(channel->wake_fd))};
+  return OpenResult{Interrupt(channel->wake)};
 }
 
 absl::Status EchoDevice::AttachRings(const OpenRequest& request,
@@ -163,12 +168,11 @@ absl::Status EchoDevice::AttachRings(const OpenRequest& request,
 
   auto gpadl = gpadls_.find(request.open_data.ring_gpadl_id);
   if (gpadl == gpadls_.end()) return absl::NotFoundError("echo device: no ring GPADL");
-  absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
-      guestmem::ParseGpaRanges(gpadl->second.buf, gpadl->second.count);
-  if (!ranges.ok() || ranges->size() != 1) {
+  const std::vector<guestmem::PagedRange>& ranges = gpadl->second;
+  if (ranges.size() != 1) {
     return absl::InvalidArgumentError("echo device: the ring GPADL must be one range");
   }
-  const absl::Span<const uint64_t> pages = (*ranges)[0].gpns();
+  const absl::Span<const uint64_t> pages = ranges[0].gpns();
   const uint32_t split = request.open_data.ring_offset;
   // Guest -> host ring first, host -> guest ring at ring_offset; each needs 2+ pages.
   if (split < 2 || pages.size() < split + 2) {
@@ -189,9 +193,9 @@ absl::Status EchoDevice::AttachRings(const OpenRequest& request,
   if (!channel->guest_interrupt) {
     return absl::FailedPreconditionError("echo device: no guest interrupt");
   }
-  channel->reader = std::make_unique<hw::RingReader>(loop_, *std::move(incoming), channel->wake_fd,
+  channel->reader = std::make_unique<hw::RingReader>(loop_, *std::move(incoming), channel->wake_fd(),
                                                      channel->guest_interrupt.get());
-  channel->writer = std::make_unique<hw::RingWriter>(loop_, *std::move(outgoing), channel->wake_fd,
+  channel->writer = std::make_unique<hw::RingWriter>(loop_, *std::move(outgoing), channel->wake_fd(),
                                                      channel->guest_interrupt.get());
   open_ = channel;
   Echo(channel);
@@ -206,8 +210,7 @@ void EchoDevice::Close(Rpc<Unit, Unit> rpc) {
   }
   open_->closing = true;
   open_->close_rpc = std::move(rpc);
-  const uint64_t one = 1;
-  (void)!write(open_->wake_fd, &one, sizeof(one));  // Wake the echo task so it sees `closing`.
+  (void)open_->wake->Raise();  // Wake the echo task so it sees `closing`.
   open_.reset();
 }
 
