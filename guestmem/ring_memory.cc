@@ -152,21 +152,4 @@ bool RingMemory::WriteDataSlow(uint32_t offset, const void* in, size_t len) cons
   return true;
 }
 
-bool RingMemory::WriteRecordSlow(uint32_t offset, uint64_t prefix_low, uint64_t prefix_high,
-                                 absl::Span<const uint8_t> body, uint64_t suffix) const {
-  const size_t padded = (body.size() + 7) & ~size_t{7};
-  const size_t total = 16 + padded + 8;
-  if (offset >= data_size_ || total > data_size_) return false;
-  const auto at = [&](size_t delta) {
-    return static_cast<uint32_t>((uint64_t{offset} + delta) % data_size_);
-  };
-  uint8_t tail[16] = {};  // Padding (< 8 bytes) then the suffix.
-  const size_t padding = padded - body.size();
-  std::memcpy(tail + padding, &suffix, sizeof(suffix));
-  const uint64_t prefix[2] = {prefix_low, prefix_high};
-  return WriteDataSlow(offset, prefix, 16) &&
-         (body.empty() || WriteDataSlow(at(16), body.data(), body.size())) &&
-         WriteDataSlow(at(16 + body.size()), tail, padding + 8);
-}
-
 }  // namespace cvmbus::guestmem

@@ -78,30 +78,16 @@ class RingMemory {
     }
     return ReadDataSlow(offset, out, len);
   }
-  // Writes one record at `offset`: the 16-byte prefix `{prefix_low, prefix_high}`, then `body`
-  // zero-padded to a multiple of 8 bytes, then the 8-byte `suffix` (the shape of every ring
-  // packet without ranges). Same preconditions as WriteData for the whole record; false,
-  // writing nothing, otherwise. The double-mapped case stores the prefix, padding and suffix
-  // from registers: a prefix reloaded from a just-written stack copy would be a failed store
-  // forward, which waits for every earlier store (including the previous packet's, whose lines
-  // the reader may hold) to reach the cache.
-  bool WriteRecord(uint32_t offset, uint64_t prefix_low, uint64_t prefix_high,
-                   absl::Span<const uint8_t> body, uint64_t suffix) const {
-    const size_t padded = (body.size() + 7) & ~size_t{7};
-    const size_t total = 16 + padded + 8;
-    if (double_mapping_ == nullptr || offset >= data_size_ || total > data_size_) {
-      return WriteRecordSlow(offset, prefix_low, prefix_high, body, suffix);
+  // The data area from `offset` for `len` bytes as one writable host range, wrapping included,
+  // when the data is double-mapped and offset < data_size(), 0 < len <= data_size(); null
+  // otherwise (then use WriteData). For writers that compose their own stores (the ring's
+  // packet writer stores its header words from registers): every store through it must be
+  // racy-safe (internal::RacyStore), as the other side may be writing the same bytes.
+  uint8_t* ContiguousData(uint32_t offset, size_t len) const {
+    if (double_mapping_ == nullptr || offset >= data_size_ || len > data_size_ || len == 0) {
+      return nullptr;
     }
-    uint8_t* at = double_mapping_ + offset;
-    internal::RacyStore(at, &prefix_low, 8);
-    internal::RacyStore(at + 8, &prefix_high, 8);
-    if (padded != 0) {
-      const uint64_t zero = 0;
-      internal::RacyStore(at + 16 + padded - 8, &zero, 8);  // The padding; the body overlays it.
-      internal::RacyStore(at + 16, body.data(), body.size());
-    }
-    internal::RacyStore(at + 16 + padded, &suffix, 8);
-    return true;
+    return double_mapping_ + offset;
   }
   bool WriteData(uint32_t offset, const void* in, size_t len) const {
     if (double_mapping_ != nullptr && offset < data_size_ && len <= data_size_ && len > 0) {
@@ -120,8 +106,6 @@ class RingMemory {
   void MapTwice(const RingMemoryOptions& options);
   bool ReadDataSlow(uint32_t offset, void* out, size_t len) const;
   bool WriteDataSlow(uint32_t offset, const void* in, size_t len) const;
-  bool WriteRecordSlow(uint32_t offset, uint64_t prefix_low, uint64_t prefix_high,
-                       absl::Span<const uint8_t> body, uint64_t suffix) const;
   // Calls fn(host_address, offset_in_copy, bytes) for each contiguous piece of [offset, +len).
   template <typename Fn>
   void ForEachPiece(uint32_t offset, size_t len, Fn&& fn) const;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <vector>
 
 #include "guestmem/errors.h"
@@ -69,28 +70,28 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"anonymous_scattered", BackingType::kAnonymous, true, {5, 130, 9, 7, 150}, false}),
     [](const testing::TestParamInfo<Case>& info) { return info.param.name; });
 
-TEST(RingMemoryTest, WriteRecordPadsAndWrapsTheSameWithAndWithoutDoubleMapping) {
+TEST(RingMemoryTest, ContiguousDataIsTheDoubleMappingOnly) {
   for (const bool double_map : {true, false}) {
-    auto backing = MakeBacking(BackingType::kMemfd);
-    auto ring = RingMemory::Create(GuestMemory::Private(backing), {0, 1, 2},
-                                   {.allow_double_mapping = double_map});
+    auto ring = RingMemory::Create(GuestMemory::Private(MakeBacking(BackingType::kMemfd)),
+                                   {0, 1, 2}, {.allow_double_mapping = double_map});
     ASSERT_TRUE(ring.ok());
     ASSERT_EQ(ring->double_mapped(), double_map);
-    std::vector<uint8_t> junk(8192, 0xee);
-    ASSERT_TRUE(ring->WriteData(0, junk.data(), 8192));
-    const uint64_t prefix_low = 0x0807060504030201, prefix_high = 0x100f0e0d0c0b0a09;
-    const std::vector<uint8_t> body = {0xa1, 0xa2, 0xa3};  // Padded with 5 zeros.
-    const uint32_t offset = 8192 - 16;                     // Wraps after the prefix.
-    ASSERT_TRUE(ring->WriteRecord(offset, prefix_low, prefix_high, body, 0x1122334455667788));
-    std::vector<uint8_t> back(32);
-    ASSERT_TRUE(ring->ReadData(offset, back.data(), back.size()));
-    std::vector<uint8_t> expected = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
-    expected.insert(expected.end(), {0xa1, 0xa2, 0xa3, 0, 0, 0, 0, 0});
-    expected.insert(expected.end(), {0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11});
-    EXPECT_EQ(back, expected) << "double_map " << double_map;
-    EXPECT_FALSE(ring->WriteRecord(8192, prefix_low, prefix_high, body, 0));
-    EXPECT_TRUE(ring->WriteRecord(0, prefix_low, prefix_high, {},
-                                  0));  // Empty body: prefix and suffix only.
+    if (!double_map) {
+      EXPECT_EQ(ring->ContiguousData(0, 8), nullptr);
+      continue;
+    }
+    // A window that wraps is one range: its bytes past the end are the start of the data.
+    uint8_t* window = ring->ContiguousData(8192 - 4, 8);
+    ASSERT_NE(window, nullptr);
+    const uint8_t bytes[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    std::memcpy(window, bytes, 8);
+    uint8_t head[4] = {};
+    ASSERT_TRUE(ring->ReadData(0, head, 4));
+    EXPECT_EQ(head[0], 5);
+    EXPECT_EQ(head[3], 8);
+    EXPECT_EQ(ring->ContiguousData(8192, 1), nullptr);  // Offset outside the data.
+    EXPECT_EQ(ring->ContiguousData(0, 8193), nullptr);  // Longer than the data.
+    EXPECT_EQ(ring->ContiguousData(0, 0), nullptr);
   }
 }
 

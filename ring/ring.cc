@@ -6,6 +6,7 @@
 
 #include "base/format.h"
 #include "ring/errors.h"
+#include "ring/record_writer.h"
 
 namespace cvmbus::ring {
 namespace {
@@ -158,8 +159,8 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
     const uint64_t first_word = uint64_t{static_cast<uint16_t>(packet.type)} |
                                 uint64_t{kDescriptorBytes / 8} << 16 | uint64_t{length / 8} << 32 |
                                 uint64_t{packet.flags} << 48;
-    if (!memory_.WriteRecord(next_, first_word, packet.transaction_id, packet.payload,
-                             TrailerFor(next_))) {
+    if (!WriteRecord(memory_, next_, first_word, packet.transaction_id, packet.payload,
+                     TrailerFor(next_))) {
       return absl::InternalError("outgoing ring: copy outside the data area");
     }
   } else if (absl::Status status =
