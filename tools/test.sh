@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, runs every test, then reruns the tests tagged
-# "concurrency" under ThreadSanitizer, and ends with one line "N passed, N failed" counting
+# "concurrency" under ThreadSanitizer and the server's tests under ASan + UBSan, and ends with one line "N passed, N failed" counting
 # individual test cases (a test target that did not build or run counts as one failure).
 #
 #   tools/test.sh            everything
@@ -57,6 +57,9 @@ run_pass() {
 run_pass "tests" "tests(set(${targets[*]}))"
 if [[ $# -eq 0 ]]; then
   run_pass "tsan" "attr(tags, 'concurrency', tests(//...))" --config=tsan
+  # Everything a guest drives in the server (end to end, its rules, the SynIC, the replay
+  # scripts, the guest personalities) again under ASan + UBSan (errors are fatal).
+  run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/...))" --config=asan --config=ubsan
   # The ring fuzzer (clang, libFuzzer + ASan + UBSan): its corpus plus 20000 runs, one case.
   echo "== fuzz smoke"
   if ring/fuzz/fuzz_smoke.sh 20000 >/tmp/cvmbus_fuzz_smoke.log 2>&1; then
