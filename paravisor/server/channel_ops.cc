@@ -34,6 +34,10 @@ void VmbusServer::HandleOpen(const protocol::OpenChannel& open) {
   };
   Channel* channel = FindRelid(open.child_relid);
   if (channel == nullptr) return fail("unknown channel");
+  if (open.target_vp != protocol::kTargetVpDisableInterrupt && open.target_vp >= port_->vp_count()) {
+    return fail(fmt::format("target VP {} does not exist (the guest has {})", open.target_vp,
+                            port_->vp_count()));
+  }
   OpenData& data = params.data;
   data.target_vp = open.target_vp;
   data.ring_offset = open.downstream_page_offset;
@@ -299,6 +303,9 @@ void VmbusServer::HandleModify(const protocol::ModifyChannel& modify) {
   }
   if (modify.target_vp == protocol::kTargetVpDisableInterrupt) {
     return fail("MODIFYCHANNEL cannot disable interrupts");
+  }
+  if (modify.target_vp >= port_->vp_count()) {
+    return fail(fmt::format("the guest has {} VPs", port_->vp_count()));
   }
   if (open->params.data.target_vp == protocol::kTargetVpDisableInterrupt) {
     return fail("the channel was opened with interrupts disabled");  // OpenVMM #2877.

@@ -92,6 +92,26 @@ TEST(ServerRulesTest, ModifyChannelRetargetsTheInterruptAndCloseCutsItOff) {
   EXPECT_FALSE(h->port().HasEventTarget(ChannelConnectionId(relid)));
 }
 
+// A channel may only target a VP the guest has (the port's four here): OPENCHANNEL and
+// MODIFYCHANNEL naming another are answered with a failure, and nothing is opened or moved.
+TEST(ServerRulesTest, TargetVpsOutsideTheGuestAreRefusedWithAnAnswer) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  EXPECT_NE(OpenWithRing(*h, relid, 1, /*vp=*/4), kStatusSuccess);
+  h->OnServer([&] { EXPECT_FALSE(device->last_open().has_value()); });
+  ASSERT_EQ(h->Open(relid, 1, 3).value_or(0xdead), kStatusSuccess);  // The last VP is fine.
+  ASSERT_TRUE(h->SendModify(relid, 4).ok());
+  auto refused = h->port().WaitFor(MessageType::kModifyChannelResponse, 5s);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->message.As<protocol::ModifyChannelResponse>()->status, kStatusSuccess);
+  Interrupt to_guest;
+  h->OnServer([&] { to_guest = device->last_open()->interrupt; });
+  ASSERT_TRUE(to_guest.Deliver().ok());
+  EXPECT_EQ(h->port().events(3, 2, static_cast<uint16_t>(relid)), 1u);  // Still on VP 3.
+}
+
 // Guest-driven growth is bounded, and each refusal is answered.
 TEST(ServerRulesTest, GpadlLimitsRefuseWithAnAnswer) {
   ServerOptions options;

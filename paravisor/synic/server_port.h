@@ -39,6 +39,9 @@ class ServerPort {
   // True for the paravisor's own (trusted) SynIC: confidential channels may be negotiated.
   virtual bool trusted() const = 0;
 
+  // How many VPs the guest has (VP indexes 0..vp_count()-1): the targets a channel may name.
+  virtual uint32_t vp_count() const = 0;
+
   // Registers the server for guest posts to `connection_ids` (kInvalidArgument for an id
   // outside 1..0xffffff, kAlreadyExists if another server has it). A null `loop` detaches:
   // no handler runs after Detach returns on the loop's thread, and guest posts to the ids

@@ -124,7 +124,7 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   absl::Status SetEvent(uint32_t vp, uint8_t sint, uint16_t flag);
 
   SynicStats stats() const;
-  uint32_t vp_count() const { return options_.vp_count; }
+  uint32_t vp_count() const override { return options_.vp_count; }
   const guestmem::GuestMemory& memory() const { return options_.memory; }
 
  private:

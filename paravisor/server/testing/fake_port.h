@@ -38,6 +38,7 @@ class FakePort : public synic::ServerPort {
 
   // --- synic::ServerPort ---
   bool trusted() const override { return trusted_; }
+  uint32_t vp_count() const override { return vp_count_; }
   absl::Status AttachServer(hw::EventLoop* loop, std::vector<uint32_t> connection_ids,
                             MessageHandler on_message, std::function<void()> on_space) override;
   void DetachServer() override;
