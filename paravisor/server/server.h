@@ -105,6 +105,11 @@ struct ServerOptions {
   // that ignore interrupts arriving before OPENCHANNEL_RESULT (Linux netvsc; OpenVMM #1829
   // uses 100 ms). Unset: off (tests that count signals want it off).
   std::optional<std::chrono::nanoseconds> resignal_after_open;
+  // After Restore, a channel whose device has not offered again within this time is revoked:
+  // the guest gets a rescind (and closes, tears down and releases it as for any revoke), and
+  // the device, should it come later, is offered afresh (OpenVMM #2879). Unset: such channels
+  // wait for their device for ever, open as far as the guest can tell.
+  std::optional<std::chrono::nanoseconds> restore_claim_deadline;
   // What a guest can make the server hold.
   ServerLimits limits;
   // Receives one line per guest mistake or notable event. Default: stderr.
@@ -252,6 +257,7 @@ class VmbusServer {
   void AnswerModify(uint32_t relid, uint64_t epoch, uint32_t status);
   void OnModifyReply(OfferId offer, OpId op, absl::StatusOr<int32_t> status);
   void Resignal(OfferId offer, OpId open_op);
+  void RevokeUnclaimed();  // restore_claim_deadline passed: revoke what no device took back.
 
   // --- gpadls.cc: the GPADL table's protocol ---
   void HandleGpadlHeader(const protocol::ParsedMessage& message);

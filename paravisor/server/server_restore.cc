@@ -387,7 +387,28 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
       fmt::format("restored: version {:#x}, features {:#x}, {} channels awaiting their devices, "
                   "{} GPADLs",
                   version_, features_, awaiting_device_.size(), gpadls_.size()));
+  if (options_.restore_claim_deadline.has_value() && !awaiting_device_.empty()) {
+    std::shared_ptr<bool> alive = alive_;
+    (void)loop_->AddTimer(*options_.restore_claim_deadline, [this, alive] {
+      if (*alive) Guarded("revoke unclaimed channels", [&] { RevokeUnclaimed(); });
+    });
+  }
   return absl::OkStatus();
+}
+
+void VmbusServer::RevokeUnclaimed() {
+  // Taken out of awaiting_device_ first: a device offering one of these keys from now on gets
+  // a new channel (once the guest has released the old relid), never the revoked one.
+  std::vector<std::pair<OfferKey, OfferId>> unclaimed(awaiting_device_.begin(),
+                                                      awaiting_device_.end());
+  awaiting_device_.clear();
+  for (const auto& [key, offer] : unclaimed) {
+    Channel* channel = FindOffer(offer);
+    if (channel == nullptr) continue;
+    Log(fmt::format("channel {} ({}): no device took it back after the restore; revoked",
+                    channel->relid, key.ToString()));
+    Revoke(offer);
+  }
 }
 
 }  // namespace cvmbus::paravisor

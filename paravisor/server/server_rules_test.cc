@@ -321,6 +321,55 @@ TEST(ServerRulesTest, AnOpenInFlightAtSaveIsSentAgainAndAnswered) {
   ASSERT_TRUE(h->WaitUntil([&] { return restored->last_signal()->raised() == 1; }));
 }
 
+// OpenVMM #2879: after a restore, a channel no device takes back within the deadline is
+// revoked (the guest is told, and closes, tears down and releases it), and the device, when
+// it does come, is offered afresh.
+TEST(ServerRulesTest, ARestoredChannelNoDeviceClaimsIsRevokedAndOfferedAfreshLater) {
+  ServerOptions options;
+  options.restore_claim_deadline = std::chrono::milliseconds(50);
+  auto h = Harness(std::move(options));
+  h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  absl::StatusOr<saved::Server> state = h->SaveAndStop();
+  ASSERT_TRUE(state.ok()) << state.status();
+  h->DropDevices();
+  ASSERT_TRUE(h->Restart(*state).ok());
+  auto rescind = h->port().WaitFor(MessageType::kRescindChannelOffer, 5s);
+  ASSERT_TRUE(rescind.ok()) << "the unclaimed channel was not revoked";
+  EXPECT_EQ(rescind->message.As<protocol::RescindChannelOffer>()->child_relid, relid);
+  // Linux: close, tear the ring down, release the relid.
+  ASSERT_TRUE(h->SendClose(relid).ok());
+  ASSERT_TRUE(h->SendTeardown(relid, 1).ok());
+  auto torndown = h->port().WaitFor(MessageType::kGpadlTorndown, 5s);
+  ASSERT_TRUE(torndown.ok());
+  ASSERT_TRUE(h->SendRelease(relid).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return h->server().channel_count() == 0; }));
+  // The device comes back late: a new offer, not the revoked channel.
+  h->AddDevice(TestOffer(1, 1));
+  auto offer = h->port().WaitFor(MessageType::kOfferChannel, 5s);
+  ASSERT_TRUE(offer.ok()) << "the late device was not offered";
+  EXPECT_EQ(h->server().channel_count(), 1u);
+}
+
+// Without a deadline the restored channel waits for its device (and the guest sees nothing).
+TEST(ServerRulesTest, WithoutADeadlineARestoredChannelWaitsForItsDevice) {
+  auto h = Harness();
+  h->AddDevice(TestOffer(1, 1));
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  absl::StatusOr<saved::Server> state = h->SaveAndStop();
+  ASSERT_TRUE(state.ok()) << state.status();
+  h->DropDevices();
+  ASSERT_TRUE(h->Restart(*state).ok());
+  EXPECT_FALSE(h->port().WaitFor(MessageType::kRescindChannelOffer, 200ms).ok());
+  ScriptedDevice* restored = h->AddRestoredDevice(TestOffer(1, 1), /*open=*/true);
+  ASSERT_TRUE(h->WaitUntil([&] { return restored->restore_result().has_value(); }));
+  h->OnServer([&] { EXPECT_TRUE(restored->restore_result()->ok()); });
+}
+
 TEST(ServerRulesTest, SaveWaitsForAResetToFinish) {
   auto h = Harness();
   ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
