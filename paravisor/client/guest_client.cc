@@ -14,7 +14,6 @@
 namespace cvmbus::paravisor {
 namespace {
 using protocol::MessageType;
-constexpr auto kTimeout = std::chrono::seconds(10);
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GuestClient>> GuestClient::Create(GuestClientOptions options) {
@@ -74,6 +73,7 @@ void GuestClient::OnEvent(uint16_t flag) {
 void GuestClient::OnMessage(std::vector<uint8_t> bytes) {
   absl::StatusOr<protocol::ParsedMessage> parsed = protocol::ParseMessage(bytes);
   if (!parsed.ok()) return;  // A malformed host message: a real guest would log and drop it.
+  if (options_.on_message) options_.on_message(*parsed);
   MutexLock lock(&mu_);
   if (const auto* offer = parsed->As<protocol::OfferChannel>()) {
     connection_ids_[offer->child_relid] = offer->connection_id;
@@ -110,12 +110,19 @@ absl::Status GuestClient::SendRaw(const std::vector<uint8_t>& bytes) { return Po
 
 absl::StatusOr<protocol::ParsedMessage> GuestClient::WaitFor(MessageType type,
                                                              std::chrono::milliseconds timeout) {
+  return WaitForMatching(
+      type, [](const protocol::ParsedMessage&) { return true; }, timeout);
+}
+
+absl::StatusOr<protocol::ParsedMessage> GuestClient::WaitForMatching(
+    MessageType type, const std::function<bool(const protocol::ParsedMessage&)>& matches,
+    std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   MutexLock lock(&mu_);
   std::unique_lock<Mutex> wait_lock(mu_, std::adopt_lock);
   while (true) {
     for (auto it = inbox_.begin(); it != inbox_.end(); ++it) {
-      if (it->type == type) {
+      if (it->type == type && matches(*it)) {
         protocol::ParsedMessage message = std::move(*it);
         inbox_.erase(it);
         wait_lock.release();
@@ -125,7 +132,8 @@ absl::StatusOr<protocol::ParsedMessage> GuestClient::WaitFor(MessageType type,
     if (arrived_.wait_until(wait_lock, deadline) == std::cv_status::timeout) {
       wait_lock.release();
       return absl::DeadlineExceededError(
-          fmt::format("guest client: no {} from the host", protocol::MessageTypeName(type)));
+          fmt::format("guest client: no {} from the host within {} ms",
+                      protocol::MessageTypeName(type), timeout.count()));
     }
   }
 }
@@ -161,8 +169,7 @@ absl::StatusOr<protocol::VersionResponse> GuestClient::Connect(uint32_t version,
     return status;
   }
   absl::StatusOr<protocol::ParsedMessage> reply =
-      WaitFor(MessageType::kVersionResponse,
-              std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+      WaitFor(MessageType::kVersionResponse, options_.timeout);
   if (!reply.ok()) return reply.status();
   const protocol::VersionResponse response = *reply->As<protocol::VersionResponse>();
   if (!response.version_supported) {
@@ -186,9 +193,7 @@ absl::StatusOr<std::vector<protocol::OfferChannel>> GuestClient::RequestOffers()
   if (absl::Status status = Post(protocol::Encode(protocol::RequestOffers{})); !status.ok()) {
     return status;
   }
-  if (absl::Status status = WaitFor(MessageType::kAllOffersDelivered,
-                                    std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout))
-                                .status();
+  if (absl::Status status = WaitFor(MessageType::kAllOffersDelivered, options_.timeout).status();
       !status.ok()) {
     return status;
   }
@@ -216,8 +221,7 @@ absl::StatusOr<uint32_t> GuestClient::CreateGpadl(uint32_t relid, uint32_t gpadl
   for (const auto& message : *messages) {
     if (absl::Status status = Post(message); !status.ok()) return status;
   }
-  auto created = WaitFor(MessageType::kGpadlCreated,
-                         std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  auto created = WaitFor(MessageType::kGpadlCreated, options_.timeout);
   if (!created.ok()) return created.status();
   return created->As<protocol::GpadlCreated>()->creation_status;
 }
@@ -227,9 +231,7 @@ absl::Status GuestClient::TeardownGpadl(uint32_t relid, uint32_t gpadl_id) {
   teardown.child_relid = relid;
   teardown.gpadl = gpadl_id;
   if (absl::Status status = Post(protocol::Encode(teardown)); !status.ok()) return status;
-  return WaitFor(MessageType::kGpadlTorndown,
-                 std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout))
-      .status();
+  return WaitFor(MessageType::kGpadlTorndown, options_.timeout).status();
 }
 
 absl::StatusOr<uint32_t> GuestClient::OpenChannel(uint32_t relid, uint32_t ring_gpadl,
@@ -258,8 +260,7 @@ absl::StatusOr<uint32_t> GuestClient::OpenChannel(uint32_t relid, uint32_t ring_
   if (absl::Status status = Post(protocol::EncodeOpenChannel(open, with_tail)); !status.ok()) {
     return status;
   }
-  auto result = WaitFor(MessageType::kOpenChannelResult,
-                        std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  auto result = WaitFor(MessageType::kOpenChannelResult, options_.timeout);
   if (!result.ok()) return result.status();
   return result->As<protocol::OpenResult>()->status;
 }
@@ -275,8 +276,7 @@ absl::StatusOr<uint32_t> GuestClient::ModifyChannel(uint32_t relid, uint32_t tar
   modify.child_relid = relid;
   modify.target_vp = target_vp;
   if (absl::Status status = Post(protocol::Encode(modify)); !status.ok()) return status;
-  auto response = WaitFor(MessageType::kModifyChannelResponse,
-                          std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  auto response = WaitFor(MessageType::kModifyChannelResponse, options_.timeout);
   if (!response.ok()) return response.status();
   return response->As<protocol::ModifyChannelResponse>()->status;
 }
@@ -291,9 +291,7 @@ absl::Status GuestClient::Unload() {
   if (absl::Status status = Post(protocol::Encode(protocol::Unload{})); !status.ok()) {
     return status;
   }
-  return WaitFor(MessageType::kUnloadResponse,
-                 std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout))
-      .status();
+  return WaitFor(MessageType::kUnloadResponse, options_.timeout).status();
 }
 
 int GuestClient::ChannelEventFd(uint32_t relid) {

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -48,6 +49,12 @@ struct GuestClientOptions {
   guestmem::GuestMemory memory;         // The guest's view of its SynIC pages.
   uint32_t vp = 0;
   GuestSynicPages pages;
+  // How long each blocking call waits for the host's answer.
+  std::chrono::milliseconds timeout = std::chrono::seconds(10);
+  // Sees every host message the client parses, in arrival order, before any wait can take it
+  // (a guest's view of the whole conversation). Runs on the client's loop thread and must not
+  // block or call back into the client.
+  std::function<void(const protocol::ParsedMessage&)> on_message;
 };
 
 class GuestClient {
@@ -83,6 +90,12 @@ class GuestClient {
   absl::Status SendRaw(const std::vector<uint8_t>& bytes);
   absl::StatusOr<protocol::ParsedMessage> WaitFor(protocol::MessageType type,
                                                   std::chrono::milliseconds timeout);
+  // The same for the first message of `type` that `matches` (e.g. the GPADL_CREATED of one
+  // GPADL id); `matches` runs under the client's lock and must not call back into it.
+  absl::StatusOr<protocol::ParsedMessage> WaitForMatching(
+      protocol::MessageType type,
+      const std::function<bool(const protocol::ParsedMessage&)>& matches,
+      std::chrono::milliseconds timeout);
   // Drops every message received and not yet waited for.
   void DiscardInbox();
   // True if no message of `type` arrives within `quiet` (for "the host said nothing" checks).
