@@ -267,6 +267,18 @@ absl::Status PinnedPages::Write(uint64_t offset, absl::Span<const uint8_t> in) c
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<iovec>> PinnedPages::IoVecs(uint64_t offset, uint64_t len,
+                                                      bool device_writes) const {
+  if (absl::Status status = CheckSpan("I/O", offset, len, device_writes); !status.ok()) {
+    return status;
+  }
+  std::vector<iovec> iovecs;
+  ForEachPiece(offset, len, [&](uint8_t* host, size_t, size_t chunk) {
+    iovecs.push_back(iovec{host, chunk});
+  });
+  return iovecs;
+}
+
 absl::StatusOr<absl::Span<uint8_t>> PinnedPages::PrivateSpan() const {
   const char* name = backing_ ? backing_->name().c_str() : "(moved)";
   if (view_ != View::kPrivate) {

@@ -18,6 +18,8 @@
 #ifndef CVMBUS_GUESTMEM_GUEST_MEMORY_H_
 #define CVMBUS_GUESTMEM_GUEST_MEMORY_H_
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -122,6 +124,14 @@ class PinnedPages {
   // Direct bytes, for the private view only (kNotPrivate otherwise) and only when the pinned
   // pages are GPA-contiguous (kInvalidArgument otherwise). Valid while this object lives.
   [[nodiscard]] absl::StatusOr<absl::Span<uint8_t>> PrivateSpan() const;
+
+  // Host memory of bytes [offset, offset + len) as iovecs, one per GPA-contiguous piece, for
+  // I/O a device runs straight between a backing and guest pages (io_uring readv/writev).
+  // `device_writes`: the I/O stores into the pages (a disk read), which needs kReadWrite.
+  // Valid while this object lives: the pages cannot change state meanwhile. Errors as Read
+  // and Write.
+  [[nodiscard]] absl::StatusOr<std::vector<iovec>> IoVecs(uint64_t offset, uint64_t len,
+                                                          bool device_writes) const;
 
   // The host address of pinned page `index`, for guestmem-internal fast paths (a ring mapping).
   uint8_t* page_host_address(size_t index) const {

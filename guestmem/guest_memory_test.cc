@@ -302,6 +302,28 @@ TEST(PinTest, ReadWriteAcrossNonContiguousPages) {
   ExpectKind(pinned->PrivateSpan().status(), ErrorKind::kInvalidArgument);  // Not contiguous.
 }
 
+TEST(PinTest, IoVecsArePiecesOfContiguousPagesAndNeedTheAccess) {
+  auto backing = MakeSparse();
+  GuestMemory memory = GuestMemory::Private(backing);
+  auto pinned = memory.Pin({7, 8, 3, 512}, Access::kReadWrite);
+  ASSERT_TRUE(pinned.ok());
+  // From the middle of page 7 through 8 (contiguous), all of 3, the head of 512.
+  auto iovecs = pinned->IoVecs(100, 2 * 4096 - 100 + 4096 + 10, /*device_writes=*/true);
+  ASSERT_TRUE(iovecs.ok()) << iovecs.status();
+  ASSERT_EQ(iovecs->size(), 3u);
+  EXPECT_EQ((*iovecs)[0].iov_base, pinned->page_host_address(0) + 100);
+  EXPECT_EQ((*iovecs)[0].iov_len, 2 * 4096 - 100u);
+  EXPECT_EQ((*iovecs)[1].iov_base, pinned->page_host_address(2));
+  EXPECT_EQ((*iovecs)[1].iov_len, 4096u);
+  EXPECT_EQ((*iovecs)[2].iov_base, pinned->page_host_address(3));
+  EXPECT_EQ((*iovecs)[2].iov_len, 10u);
+  ExpectKind(pinned->IoVecs(4 * 4096 - 1, 2, true).status(), ErrorKind::kOutOfRange);
+  auto read_only = memory.Pin({3}, Access::kRead);
+  ASSERT_TRUE(read_only.ok());
+  ExpectKind(read_only->IoVecs(0, 16, /*device_writes=*/true).status(), ErrorKind::kReadOnly);
+  EXPECT_TRUE(read_only->IoVecs(0, 16, /*device_writes=*/false).ok());
+}
+
 TEST(PinTest, DirectSpansOnlyForThePrivateView) {
   auto backing = MakeSparse();
   auto untrusted = GuestMemory::Untrusted(backing).Pin({1, 2}, Access::kReadWrite);
