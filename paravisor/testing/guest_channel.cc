@@ -54,9 +54,13 @@ absl::StatusOr<std::unique_ptr<GuestChannel>> GuestChannel::Open(VirtualMachine*
 }
 
 absl::Status GuestChannel::Send(absl::Span<const uint8_t> payload, uint64_t transaction_id) {
-  absl::StatusOr<bool> signal = out_.Write({.flags = ring::kFlagCompletionRequested,
-                                            .transaction_id = transaction_id,
-                                            .payload = payload});
+  return SendPacket({.flags = ring::kFlagCompletionRequested,
+                     .transaction_id = transaction_id,
+                     .payload = payload});
+}
+
+absl::Status GuestChannel::SendPacket(const ring::OutgoingPacket& packet) {
+  absl::StatusOr<bool> signal = out_.Write(packet);
   if (!signal.ok()) return signal.status();
   if (!*signal) return absl::OkStatus();
   ++signals_sent_;

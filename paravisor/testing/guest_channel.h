@@ -35,6 +35,9 @@ class GuestChannel {
                                                             GuestChannelOptions options);
   // Writes one in-band packet and signals the host if the ring rules say so.
   absl::Status Send(absl::Span<const uint8_t> payload, uint64_t transaction_id);
+  // Writes one packet of any kind (a GPA-direct packet naming guest pages a device moves data
+  // through, as storvsc's) and signals the host if the ring rules say so.
+  absl::Status SendPacket(const ring::OutgoingPacket& packet);
   // Waits (up to `timeout`) for the next packet from the host; copies it into `packet`.
   absl::Status Receive(ring::PacketBuffer* buffer, std::chrono::milliseconds timeout);
   absl::Status Close();

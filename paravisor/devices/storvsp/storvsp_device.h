@@ -1,0 +1,107 @@
+// StorvspDevice: the Hyper-V synthetic SCSI controller a Linux guest's storvsc binds to, with
+// one disk (LUN 0 of path 0, target 0). It offers the SCSI class through ParentBus, runs the
+// VSTOR initialization (VstorNegotiation), and serves EXECUTE_SRB packets: commands the disk
+// answers itself complete at once, reads and writes go to the BlockBackend straight between it
+// and the guest's buffer pages, in the view the open request allows (SrbExecutor). Every
+// packet gets a completion with its transaction id, errors included; a request for another
+// LUN or target gets SRB_STATUS_INVALID_LUN (INQUIRY there: peripheral qualifier 3), as
+// Hyper-V answers for a missing disk.
+//
+// Not yet: subchannels (max_subchannels must be 0), hot-plug (ENUMERATE_BUS), servicing.
+//
+// Threads: everything runs on `loop`'s thread; Start() must be called there too. The backend
+// must outlive the device.
+#ifndef CVMBUS_PARAVISOR_DEVICES_STORVSP_STORVSP_DEVICE_H_
+#define CVMBUS_PARAVISOR_DEVICES_STORVSP_STORVSP_DEVICE_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "guestmem/paged_range.h"
+#include "hw/uring/event_loop.h"
+#include "hw/uring/ring_endpoint.h"
+#include "hw/uring/signal.h"
+#include "hw/uring/task.h"
+#include "paravisor/bus/bus.h"
+#include "paravisor/devices/storvsp/block_backend.h"
+#include "paravisor/devices/storvsp/scsi_disk.h"
+#include "paravisor/devices/storvsp/srb_executor.h"
+#include "paravisor/devices/storvsp/vstor_negotiation.h"
+
+namespace cvmbus::paravisor::storvsp {
+
+// The SCSI controller class (Linux hyperv.h HV_SCSI_GUID).
+inline constexpr Guid kScsiInterfaceId{
+    0xba6163d9, 0x04a1, 0x4d29, {0xb6, 0x05, 0x72, 0xe2, 0xff, 0xb1, 0xdc, 0x7f}};
+
+struct StorvspOptions {
+  Guid instance_id;
+  DiskOptions disk;  // disk.sectors and read_only must match the backend.
+  // The confidential-external-memory offer flag: SRB buffers may then be private pages.
+  bool allow_confidential_external_memory = false;
+};
+
+struct StorvspStats {
+  uint64_t packets = 0;      // Guest packets taken from the ring.
+  uint64_t srbs = 0;         // EXECUTE_SRBs answered.
+  uint64_t bad_packets = 0;  // Answered with an error for being malformed.
+  uint64_t opens = 0;
+  uint64_t closes = 0;
+  uint16_t version = 0;      // The VSTOR version negotiated on the last open.
+  absl::Status last_error;   // The last malformed packet's or failed open's reason.
+};
+
+class StorvspDevice {
+ public:
+  // Errors: disk options that ScsiDisk refuses, or that disagree with the backend's size or
+  // read-only flag.
+  static absl::StatusOr<std::unique_ptr<StorvspDevice>> Create(hw::EventLoop* loop, ParentBus* bus,
+                                                               StorvspOptions options,
+                                                               BlockBackend* backend);
+  ~StorvspDevice();
+
+  absl::Status Start();  // Offers the controller and serves its requests.
+  const StorvspStats& stats() const { return stats_; }
+
+ private:
+  struct OpenChannelState;
+  StorvspDevice(hw::EventLoop* loop, ParentBus* bus, StorvspOptions options, ScsiDisk disk,
+                BlockBackend* backend);
+  hw::Task ServeRequests();
+  hw::Task Serve(std::shared_ptr<OpenChannelState> channel);
+  std::optional<OpenResult> Open(const OpenRequest& request);
+  absl::Status AttachRings(const OpenRequest& request, std::shared_ptr<OpenChannelState> channel);
+  void Close(Rpc<Unit, Unit> rpc);
+  // One guest packet: answers it now or starts its I/O.
+  void Handle(const std::shared_ptr<OpenChannelState>& channel, const ring::Packet& packet);
+  void HandleSrb(const std::shared_ptr<OpenChannelState>& channel, const ring::Packet& packet,
+                 const VstorRequest& request);
+  // Queues a completion for `transaction_id` and writes what fits.
+  void Complete(const std::shared_ptr<OpenChannelState>& channel, uint64_t transaction_id,
+                std::vector<uint8_t> payload);
+  void FlushCompletions(OpenChannelState& channel);
+  void MaybeFinishClose(const std::shared_ptr<OpenChannelState>& channel);
+
+  hw::EventLoop* const loop_;
+  ParentBus* const bus_;
+  const StorvspOptions options_;
+  const ScsiDisk disk_;
+  BlockBackend* const backend_;
+  SrbExecutor executor_;
+  std::optional<OfferResources> resources_;
+  std::unique_ptr<Receiver<ChannelRequest>> requests_;
+  std::optional<Sender<ChannelServerRequest>> to_server_;
+  std::map<GpadlId, std::vector<guestmem::PagedRange>> gpadls_;  // Accepted, parsed once.
+  std::shared_ptr<OpenChannelState> open_;
+  StorvspStats stats_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+}  // namespace cvmbus::paravisor::storvsp
+
+#endif  // CVMBUS_PARAVISOR_DEVICES_STORVSP_STORVSP_DEVICE_H_
