@@ -1,6 +1,7 @@
 #include "hw/uring/event_loop.h"
 
 #include <fmt/format.h>
+#include <limits.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace cvmbus::hw {
@@ -183,6 +185,70 @@ void EventLoop::SleepAwaiter::await_suspend(std::coroutine_handle<> handle) {
   }
 }
 
+bool EventLoop::FileIoAwaiter::await_ready() noexcept {
+  const char* name = op == Op::kReadV ? "readv" : "writev";
+  if (offset_bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    // io_uring reads (u64)-1 as "the file position": never let an offset mean that.
+    failed = absl::InvalidArgumentError(
+        fmt::format("event loop: {} fd {} at {}: offset beyond INT64_MAX", name, fd, offset_bytes));
+  } else if (iovecs.size() > IOV_MAX) {
+    failed =
+        absl::InvalidArgumentError(fmt::format("event loop: {} fd {} at {}: {} iovecs > {}", name,
+                                               fd, offset_bytes, iovecs.size(), IOV_MAX));
+  }
+  return !failed.ok();
+}
+
+void EventLoop::FileIoAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  Operation operation{.kind = Kind::kFileIo, .fd = fd, .waiter = handle, .cqe_result = &result};
+  const bool read = op == Op::kReadV;
+  const int io_fd = fd;
+  const iovec* vecs = iovecs.data();
+  const auto count = static_cast<unsigned>(iovecs.size());
+  const uint64_t offset = offset_bytes;
+  if (loop->Submit(std::move(operation), [=](io_uring_sqe* sqe, Operation&) {
+        if (read) {
+          io_uring_prep_readv(sqe, io_fd, vecs, count, offset);
+        } else {
+          io_uring_prep_writev(sqe, io_fd, vecs, count, offset);
+        }
+      }) == 0) {
+    failed = absl::ResourceExhaustedError("event loop: submission queue full");
+    loop->Post([handle] { handle.resume(); });
+  }
+}
+
+absl::StatusOr<size_t> EventLoop::FileIoAwaiter::await_resume() const {
+  if (!failed.ok()) return failed;
+  if (result < 0) {
+    return absl::ErrnoToStatus(
+        -result, fmt::format("event loop: {} fd {} at {}", op == Op::kReadV ? "readv" : "writev",
+                             fd, offset_bytes));
+  }
+  return static_cast<size_t>(result);
+}
+
+void EventLoop::SyncAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  Operation operation{.kind = Kind::kFileIo, .fd = fd, .waiter = handle, .cqe_result = &result};
+  const int sync_fd = fd;
+  const unsigned flags = datasync ? IORING_FSYNC_DATASYNC : 0;
+  if (loop->Submit(std::move(operation), [=](io_uring_sqe* sqe, Operation&) {
+        io_uring_prep_fsync(sqe, sync_fd, flags);
+      }) == 0) {
+    failed = absl::ResourceExhaustedError("event loop: submission queue full");
+    loop->Post([handle] { handle.resume(); });
+  }
+}
+
+absl::Status EventLoop::SyncAwaiter::await_resume() const {
+  if (!failed.ok()) return failed;
+  if (result < 0) {
+    return absl::ErrnoToStatus(
+        -result, fmt::format("event loop: {} fd {}", datasync ? "fdatasync" : "fsync", fd));
+  }
+  return absl::OkStatus();
+}
+
 void EventLoop::Post(std::function<void()> fn) {
   {
     MutexLock lock(&post_mu_);
@@ -252,6 +318,13 @@ void EventLoop::Dispatch(const io_uring_cqe& cqe) {
       if (owned->kind == Kind::kPoll && cqe.res < 0) {
         *owned->result = Errno("poll", -cqe.res);
       }
+      owned->waiter.resume();
+      return;
+    }
+    case Kind::kFileIo: {
+      std::unique_ptr<Operation> owned = std::move(it->second);
+      operations_.erase(it);
+      *owned->cqe_result = cqe.res;
       owned->waiter.resume();
       return;
     }
@@ -342,7 +415,9 @@ void EventLoop::CancelAll() {
     }
   }
   for (auto& [id, operation] : operations_) {
-    if (operation->waiter) operation->waiter.destroy();
+    // A file read the kernel has not completed may still write into buffers in the waiter's
+    // frame after the ring closes: leak that frame rather than free memory the kernel owns.
+    if (operation->waiter && operation->kind != Kind::kFileIo) operation->waiter.destroy();
   }
   operations_.clear();
 }

@@ -20,6 +20,7 @@
 #define CVMBUS_HW_URING_EVENT_LOOP_H_
 
 #include <liburing.h>
+#include <sys/uio.h>
 
 #include <chrono>
 #include <coroutine>
@@ -33,6 +34,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "base/mutex.h"
 
 namespace cvmbus::hw {
@@ -100,6 +102,55 @@ class EventLoop {
   };
   SleepAwaiter Sleep(std::chrono::nanoseconds delay) { return SleepAwaiter{this, delay}; }
 
+  // Positioned vectored file I/O: `co_await loop.ReadV(fd, offset_bytes, iovecs)` and
+  // `co_await loop.WriteV(...)` (IORING_OP_READV / WRITEV) resume with the bytes transferred.
+  // A short count (end of file, a full disk) is not an error here: the caller decides. Errors
+  // name the operation, fd and offset: "event loop: readv fd 7 at 4096: Bad file descriptor",
+  // with the errno's absl code (absl::ErrnoToStatusCode).
+  //
+  // Lifetimes: `fd` is not owned. `iovecs` and the memory they describe must stay valid, and
+  // untouched by the caller, until the awaiting coroutine resumes (or is destroyed by the
+  // loop's teardown). Preconditions, reported as kInvalidArgument without submitting:
+  // `offset_bytes` <= INT64_MAX and at most IOV_MAX iovecs.
+  //
+  // Teardown: a coroutine suspended here when the loop is destroyed is cancelled and destroyed,
+  // never resumed, once the kernel has completed the request. If the kernel has not completed
+  // it within teardown's bound, the frame is deliberately leaked rather than freed, since the
+  // kernel may still write into buffers that live in it.
+  struct FileIoAwaiter {
+    enum class Op { kReadV, kWriteV };
+    EventLoop* loop;
+    Op op;
+    int fd;
+    uint64_t offset_bytes;
+    absl::Span<const iovec> iovecs;
+    int result = 0;       // The CQE's res, written by the loop before resuming.
+    absl::Status failed;  // Set when the request was never submitted.
+    bool await_ready() noexcept;
+    void await_suspend(std::coroutine_handle<> handle);
+    absl::StatusOr<size_t> await_resume() const;
+  };
+  FileIoAwaiter ReadV(int fd, uint64_t offset_bytes, absl::Span<const iovec> iovecs) {
+    return FileIoAwaiter{this, FileIoAwaiter::Op::kReadV, fd, offset_bytes, iovecs};
+  }
+  FileIoAwaiter WriteV(int fd, uint64_t offset_bytes, absl::Span<const iovec> iovecs) {
+    return FileIoAwaiter{this, FileIoAwaiter::Op::kWriteV, fd, offset_bytes, iovecs};
+  }
+  // `co_await loop.Sync(fd, datasync)`: IORING_OP_FSYNC, with IORING_FSYNC_DATASYNC (only the
+  // data and the metadata needed to read it back, like fdatasync(2)) when `datasync`. Errors:
+  // "event loop: fdatasync fd 7: Bad file descriptor". Teardown as for FileIoAwaiter.
+  struct SyncAwaiter {
+    EventLoop* loop;
+    int fd;
+    bool datasync;
+    int result = 0;       // The CQE's res, written by the loop before resuming.
+    absl::Status failed;  // Set when the request was never submitted.
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> handle);
+    absl::Status await_resume() const;
+  };
+  SyncAwaiter Sync(int fd, bool datasync) { return SyncAwaiter{this, fd, datasync}; }
+
   // Work deferred until the loop goes idle. BeforeWaiting() runs once, on the loop thread, after
   // the loop has dispatched everything ready and before it waits for more (and before Run()
   // returns). For work that batches until then, such as a ring writer's end-of-burst signal
@@ -123,14 +174,16 @@ class EventLoop {
   size_t operations_in_flight() const { return operations_.size(); }
 
  private:
-  enum class Kind { kWatch, kTimer, kPoll, kSleep, kSendMessage, kCancel };
+  // kFileIo: readv, writev and fsync, whose kernel side may write into the waiter's memory.
+  enum class Kind { kWatch, kTimer, kPoll, kSleep, kFileIo, kSendMessage, kCancel };
   struct Operation {
     Kind kind;
     int fd = -1;
     std::function<void(uint64_t)> on_event;  // kWatch
     std::function<void()> on_timer;          // kTimer
-    std::coroutine_handle<> waiter;          // kPoll, kSleep
+    std::coroutine_handle<> waiter;          // kPoll, kSleep, kFileIo
     absl::Status* result = nullptr;          // kPoll: where to put the outcome
+    int* cqe_result = nullptr;               // kFileIo: where to put the CQE's res
     __kernel_timespec timeout{};             // kTimer, kSleep: must outlive the SQE
     bool cancelled = false;
   };
