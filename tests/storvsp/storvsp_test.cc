@@ -217,6 +217,11 @@ TEST_F(StorvspTest, BadRequestsGetErrorCompletions) {
   std::vector<uint8_t> shared = RoundTrip(Srb({0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0}, 512, 1), 0x304,
                                           {{.byte_count = 512, .byte_offset = 0, .gpns = shared_page}});
   EXPECT_EQ(shared[12 + 2], kSrbInvalidRequest);
+  // A buffer past the end of guest memory (where paravisor memory would be): unreachable.
+  const uint64_t outside[] = {(64ull << 20) / 4096 + 16};
+  std::vector<uint8_t> beyond = RoundTrip(Srb({0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0}, 512, 1), 0x305,
+                                          {{.byte_count = 512, .byte_offset = 0, .gpns = outside}});
+  EXPECT_EQ(beyond[12 + 2], kSrbInvalidRequest);
   vm_->OnServer([&] { EXPECT_EQ(device_->stats().bad_packets, 3u); });
 }
 
@@ -270,6 +275,33 @@ TEST_F(StorvspFileTest, WritesReachTheFileAndReadsComeBackThroughIoUring) {
   EXPECT_EQ(read[12 + 2], kSrbSuccess);
   std::vector<uint8_t> back(8192);
   ASSERT_TRUE(Private().Read((kDataGpn + 2) * 4096, absl::MakeSpan(back)).ok());
+  EXPECT_EQ(back, data);
+  // Nothing outside the request was written: the blocks on either side are still zero.
+  const int check = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(check, 0);
+  std::vector<uint8_t> around(512);
+  ASSERT_EQ(pread(check, around.data(), around.size(), 63 * 512), 512);
+  EXPECT_EQ(around, std::vector<uint8_t>(512, 0));
+  ASSERT_EQ(pread(check, around.data(), around.size(), 80 * 512), 512);
+  EXPECT_EQ(around, std::vector<uint8_t>(512, 0));
+  close(check);
+}
+
+// The other way round: bytes put in the file from outside are what the guest reads.
+TEST_F(StorvspFileTest, BytesWrittenToTheFileAreWhatTheGuestReads) {
+  ASSERT_NO_FATAL_FAILURE(Initialize());
+  std::vector<uint8_t> data(4096);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(255 - i % 251);
+  const int fd = open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 1000 * 512), 4096);
+  close(fd);
+  const uint64_t page[] = {kDataGpn + 1};
+  std::vector<uint8_t> read = RoundTrip(Srb({0x28, 0, 0, 0, 0x03, 0xe8, 0, 0, 8, 0}, 4096, 1),
+                                        0x501, {{.byte_count = 4096, .byte_offset = 0, .gpns = page}});
+  EXPECT_EQ(read[12 + 2], kSrbSuccess);
+  std::vector<uint8_t> back(4096);
+  ASSERT_TRUE(Private().Read((kDataGpn + 1) * 4096, absl::MakeSpan(back)).ok());
   EXPECT_EQ(back, data);
 }
 
