@@ -9,6 +9,7 @@ packages=(
   liburing-dev libabsl-dev libfmt-dev libgtest-dev libgmock-dev
   dpdk-dev librte-bus-vmbus23   # DPDK 22.11's VMBus ring functions: an independent ring peer.
   protobuf-compiler libprotobuf-dev  # Saved state of the VMBus server.
+  fio                      # The storage peer storvsp_bench compares with (same file, io_uring).
 )
 
 missing=()
