@@ -268,7 +268,7 @@ absl::Status PinnedPages::Write(uint64_t offset, absl::Span<const uint8_t> in) c
 }
 
 absl::StatusOr<std::vector<iovec>> PinnedPages::IoVecs(uint64_t offset, uint64_t len,
-                                                      bool device_writes) const {
+                                                       bool device_writes) const {
   if (absl::Status status = CheckSpan("I/O", offset, len, device_writes); !status.ok()) {
     return status;
   }

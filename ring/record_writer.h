@@ -38,7 +38,8 @@ inline bool WriteRecord(const guestmem::RingMemory& memory, uint32_t offset, uin
   guestmem::internal::RacyStore(at + 8, &prefix_high, 8);
   if (padded != 0) {
     const uint64_t zero = 0;
-    guestmem::internal::RacyStore(at + 16 + padded - 8, &zero, 8);  // Padding; the body overlays it.
+    guestmem::internal::RacyStore(at + 16 + padded - 8, &zero,
+                                  8);  // Padding; the body overlays it.
     guestmem::internal::RacyStore(at + 16, body.data(), body.size());
   }
   guestmem::internal::RacyStore(at + 16 + padded, &suffix, 8);

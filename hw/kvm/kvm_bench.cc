@@ -44,8 +44,8 @@ void PrintRow(const std::string& what, int rep, double cacheline_ns, const RawRe
                         "{:.3f} {:.3f} {:.3f})\n",
                         what, rep, cacheline_ns, ring::bench::PlacementName(cacheline_ns),
                         ns(result.guest_ns), ns(result.doorbell_to_interrupt_ns),
-                        ns(result.median_ns), ns(result.p99_ns),
-                        result.exits.total() / n, result.exits.msr / n, result.exits.hypercall / n,
+                        ns(result.median_ns), ns(result.p99_ns), result.exits.total() / n,
+                        result.exits.msr / n, result.exits.hypercall / n,
                         result.exits.signal_fallback / n, result.exits.other / n)
                 .c_str());
   std::fflush(stdout);
@@ -89,8 +89,8 @@ int Main(int argc, char** argv) {
                                 "the host saw the doorbells\n",
                                 iterations, tsc_per_ns)
                         .c_str());
-  std::printf("%-26s %3s %8s %5s %10s %10s %10s %10s  %s\n", "what", "rep", "cacheline",
-              "place", "guest ns", "turn ns", "median ns", "p99 ns",
+  std::printf("%-26s %3s %8s %5s %10s %10s %10s %10s  %s\n", "what", "rep", "cacheline", "place",
+              "guest ns", "turn ns", "median ns", "p99 ns",
               "user-space exits/op (msr hypercall fallback other)");
   struct Case {
     const char* name;

@@ -70,9 +70,10 @@ int Run(const Flags& flags) {
   constexpr uint64_t kMonitorPage = 0xff000;
   // Both ring directions are signalled again 100 ms after each open, as a deployment would
   // run it (Linux netvsc ignores interrupts that arrive before OPENCHANNEL_RESULT).
-  auto vm = testing::VirtualMachine::Create({.memory_bytes = 64ull << 20,
-                                             .server_monitor_page = kMonitorPage,
-                                             .resignal_after_open = std::chrono::milliseconds(100)});
+  auto vm =
+      testing::VirtualMachine::Create({.memory_bytes = 64ull << 20,
+                                       .server_monitor_page = kMonitorPage,
+                                       .resignal_after_open = std::chrono::milliseconds(100)});
   if (!vm.ok()) return Fail("creating the VM", vm.status());
   fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
 

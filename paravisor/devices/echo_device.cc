@@ -193,10 +193,10 @@ absl::Status EchoDevice::AttachRings(const OpenRequest& request,
   if (!channel->guest_interrupt) {
     return absl::FailedPreconditionError("echo device: no guest interrupt");
   }
-  channel->reader = std::make_unique<hw::RingReader>(loop_, *std::move(incoming), channel->wake_fd(),
-                                                     channel->guest_interrupt.get());
-  channel->writer = std::make_unique<hw::RingWriter>(loop_, *std::move(outgoing), channel->wake_fd(),
-                                                     channel->guest_interrupt.get());
+  channel->reader = std::make_unique<hw::RingReader>(
+      loop_, *std::move(incoming), channel->wake_fd(), channel->guest_interrupt.get());
+  channel->writer = std::make_unique<hw::RingWriter>(
+      loop_, *std::move(outgoing), channel->wake_fd(), channel->guest_interrupt.get());
   open_ = channel;
   Echo(channel);
   return absl::OkStatus();

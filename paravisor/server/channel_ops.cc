@@ -34,7 +34,8 @@ void VmbusServer::HandleOpen(const protocol::OpenChannel& open) {
   };
   Channel* channel = FindRelid(open.child_relid);
   if (channel == nullptr) return fail("unknown channel");
-  if (open.target_vp != protocol::kTargetVpDisableInterrupt && open.target_vp >= port_->vp_count()) {
+  if (open.target_vp != protocol::kTargetVpDisableInterrupt &&
+      open.target_vp >= port_->vp_count()) {
     return fail(fmt::format("target VP {} does not exist (the guest has {})", open.target_vp,
                             port_->vp_count()));
   }

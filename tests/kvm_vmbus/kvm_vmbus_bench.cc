@@ -71,17 +71,17 @@ int Main(int argc, char** argv) {
   }
   const double tsc_per_ns = hw::kvm::TscPerNs();
   std::printf("VMBus round trip, KVM vCPU guest <-> paravisor SynIC + server + echo device\n");
-  std::printf("%u timed round trips per run, %u-byte requests, TSC %.3f GHz\n\n",
-              flags.iterations, flags.payload, tsc_per_ns);
-  std::printf("%-13s %3s %9s %5s %10s %10s %9s %9s %9s\n", "mode", "rep", "cacheline",
-              "place", "us/rt", "turn us", "turn/raw", "exits/rt", "irqs/rt");
+  std::printf("%u timed round trips per run, %u-byte requests, TSC %.3f GHz\n\n", flags.iterations,
+              flags.payload, tsc_per_ns);
+  std::printf("%-13s %3s %9s %5s %10s %10s %9s %9s %9s\n", "mode", "rep", "cacheline", "place",
+              "us/rt", "turn us", "turn/raw", "exits/rt", "irqs/rt");
   int status = 0;
   for (uint32_t rep = 0; rep < flags.reps; ++rep) {
     const double cacheline_ns = ring::bench::CacheLineRoundTripNs();
     const char* place = ring::bench::PlacementName(cacheline_ns);
-    absl::StatusOr<hw::kvm::RawResult> raw = hw::kvm::RunRawBench(
-        hw::kvm::RawMode::kRoundTripHlt, flags.iterations, /*bound=*/true,
-        /*host_spins=*/false, tsc_per_ns);
+    absl::StatusOr<hw::kvm::RawResult> raw =
+        hw::kvm::RunRawBench(hw::kvm::RawMode::kRoundTripHlt, flags.iterations, /*bound=*/true,
+                             /*host_spins=*/false, tsc_per_ns);
     if (!raw.ok()) {
       std::printf("raw run failed: %s\n", raw.status().ToString().c_str());
       return 1;
@@ -113,11 +113,11 @@ int Main(int argc, char** argv) {
       // The second TIME_REF_COUNT read is itself one MSR exit: not the round trips'.
       const double exits = (end.exits.total() - start.exits.total() - 1.0) / n;
       const vmbus_guest_result& result = run->result;
-      const double turn_us =
-          result.doorbell_to_interrupt_count == 0
-              ? 0
-              : static_cast<double>(result.doorbell_to_interrupt_tsc) / tsc_per_ns / 1000.0 /
-                    static_cast<double>(result.doorbell_to_interrupt_count);
+      const double turn_us = result.doorbell_to_interrupt_count == 0
+                                 ? 0
+                                 : static_cast<double>(result.doorbell_to_interrupt_tsc) /
+                                       tsc_per_ns / 1000.0 /
+                                       static_cast<double>(result.doorbell_to_interrupt_count);
       // Interrupts over the whole run (warm-up included) per round trip of the whole run.
       const double irqs = static_cast<double>(result.interrupts) / (n + 100);
       std::printf("%-13s %3u %7.0fns %5s %10.2f %10.2f %9.2f %9.4f %9.4f\n",

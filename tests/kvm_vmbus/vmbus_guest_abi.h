@@ -53,8 +53,8 @@ struct vmbus_guest_result {
   uint64_t round_trips;     /* Completed and checked. */
   uint64_t timed_ref_start; /* TIME_REF_COUNT (100 ns) around the timed round trips. */
   uint64_t timed_ref_end;
-  uint64_t signals;      /* HvSignalEvent calls made for the channel. */
-  uint64_t interrupts;   /* SINT 2 interrupts taken. */
+  uint64_t signals;    /* HvSignalEvent calls made for the channel. */
+  uint64_t interrupts; /* SINT 2 interrupts taken. */
   /* Over the timed round trips that rang the doorbell: the sum of TSC ticks from just before
    * HvSignalEvent to the first instruction of the interrupt handler (the host's whole turn:
    * doorbell, SynIC, server, device, ring, interrupt), and how many there were. */

@@ -97,8 +97,8 @@ class Bench {
       started = device_->Start();
     });
     if (!started.ok()) return started;
-    auto version = vm_->guest().Connect(protocol::kVersionWin10V6_0,
-                                        protocol::kFeatureConfidentialChannels);
+    auto version =
+        vm_->guest().Connect(protocol::kVersionWin10V6_0, protocol::kFeatureConfidentialChannels);
     if (!version.ok()) return version.status();
     auto offers = vm_->guest().RequestOffers();
     if (!offers.ok() || offers->size() != 1) return absl::InternalError("no storvsp offer");
@@ -147,10 +147,10 @@ class Bench {
     const auto submit = [&](uint32_t slot) -> absl::Status {
       for (uint32_t i = 0; i < kSlotPages; ++i) pages[i] = kBufferGpn + slot * kSlotPages + i;
       const std::vector<uint8_t> packet = Read16(lba(), blocks);
-      const ring::GpaRange range{.byte_count = blocks * 512,
-                                 .byte_offset = 0,
-                                 .gpns = absl::MakeConstSpan(pages).subspan(
-                                     0, (blocks * 512 + 4095) / 4096)};
+      const ring::GpaRange range{
+          .byte_count = blocks * 512,
+          .byte_offset = 0,
+          .gpns = absl::MakeConstSpan(pages).subspan(0, (blocks * 512 + 4095) / 4096)};
       ++outstanding;
       return channel_->SendPacket({.type = ring::PacketType::kDataUsingGpaDirect,
                                    .flags = ring::kFlagCompletionRequested,
@@ -262,7 +262,8 @@ int Main(int argc, char** argv) {
     bool random;
   };
   int status = 0;
-  for (const Job job : {Job{"4 KiB random read", 4096, true}, Job{"256 KiB seq read", 262144, false}}) {
+  for (const Job job :
+       {Job{"4 KiB random read", 4096, true}, Job{"256 KiB seq read", 262144, false}}) {
     for (const uint32_t depth : {1u, 32u}) {
       absl::StatusOr<Row> ours = bench.Run(job.bytes / 512, depth, job.random, seconds);
       absl::StatusOr<Row> fio = Fio(path, job.bytes, depth, job.random, seconds);

@@ -8,8 +8,8 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "hw/storage/file_backing.h"
@@ -42,18 +42,17 @@ class StorvspTest : public ::testing::Test {
     backend_ = MakeBackend();
     ASSERT_NE(backend_, nullptr);
     vm_->OnServer([&] {
-      auto device = StorvspDevice::Create(
-          vm_->server_loop(), &vm_->bus(),
-          {.instance_id = Guid{0x5c51, 1, 2, {}},
-           .disk = {.sectors = kDiskBytes / 512, .serial = "e2e"},
-           .allow_confidential_external_memory = true},
-          backend_);
+      auto device = StorvspDevice::Create(vm_->server_loop(), &vm_->bus(),
+                                          {.instance_id = Guid{0x5c51, 1, 2, {}},
+                                           .disk = {.sectors = kDiskBytes / 512, .serial = "e2e"},
+                                           .allow_confidential_external_memory = true},
+                                          backend_);
       ASSERT_TRUE(device.ok()) << device.status();
       device_ = *std::move(device);
       ASSERT_TRUE(device_->Start().ok());
     });
-    auto version = vm_->guest().Connect(protocol::kVersionWin10V6_0,
-                                        protocol::kFeatureConfidentialChannels);
+    auto version =
+        vm_->guest().Connect(protocol::kVersionWin10V6_0, protocol::kFeatureConfidentialChannels);
     ASSERT_TRUE(version.ok()) << version.status();
     auto offers = vm_->guest().RequestOffers();
     ASSERT_TRUE(offers.ok() && offers->size() == 1);
@@ -122,9 +121,9 @@ class StorvspTest : public ::testing::Test {
 
   void Initialize() {
     EXPECT_EQ(Status(RoundTrip(Control(VstorOperation::kBeginInitialization), ~0ull - 2)), 0u);
-    EXPECT_EQ(Status(RoundTrip(Control(VstorOperation::kQueryProtocolVersion, kVersionWin10),
-                               ~0ull - 2)),
-              kNtRevisionMismatch);
+    EXPECT_EQ(
+        Status(RoundTrip(Control(VstorOperation::kQueryProtocolVersion, kVersionWin10), ~0ull - 2)),
+        kNtRevisionMismatch);
     EXPECT_EQ(Status(RoundTrip(Control(VstorOperation::kQueryProtocolVersion, kVersionWin8_1),
                                ~0ull - 2)),
               0u);
@@ -164,8 +163,9 @@ TEST_F(StorvspTest, LinuxInitializesThenWritesAndReadsThroughPrivatePages) {
 
   // READ(10) of the same blocks into another page.
   const uint64_t read_pages[] = {kDataGpn + 3};
-  std::vector<uint8_t> read = RoundTrip(Srb({0x28, 0, 0, 0, 0, 16, 0, 0, 8, 0}, 4096, 1), 0x102,
-                                        {{.byte_count = 4096, .byte_offset = 0, .gpns = read_pages}});
+  std::vector<uint8_t> read =
+      RoundTrip(Srb({0x28, 0, 0, 0, 0, 16, 0, 0, 8, 0}, 4096, 1), 0x102,
+                {{.byte_count = 4096, .byte_offset = 0, .gpns = read_pages}});
   EXPECT_EQ(read[12 + 2], kSrbSuccess);
   std::vector<uint8_t> back(4096);
   ASSERT_TRUE(Private().Read((kDataGpn + 3) * 4096, absl::MakeSpan(back)).ok());
@@ -214,8 +214,9 @@ TEST_F(StorvspTest, BadRequestsGetErrorCompletions) {
   EXPECT_EQ(Status(tiny), kNtInvalidParameter);
   // A buffer in pages the private view does not have (shared pages: the host's).
   const uint64_t shared_page[] = {0x380};
-  std::vector<uint8_t> shared = RoundTrip(Srb({0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0}, 512, 1), 0x304,
-                                          {{.byte_count = 512, .byte_offset = 0, .gpns = shared_page}});
+  std::vector<uint8_t> shared =
+      RoundTrip(Srb({0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0}, 512, 1), 0x304,
+                {{.byte_count = 512, .byte_offset = 0, .gpns = shared_page}});
   EXPECT_EQ(shared[12 + 2], kSrbInvalidRequest);
   // A buffer past the end of guest memory (where paravisor memory would be): unreachable.
   const uint64_t outside[] = {(64ull << 20) / 4096 + 16};
@@ -256,9 +257,9 @@ TEST_F(StorvspFileTest, WritesReachTheFileAndReadsComeBackThroughIoUring) {
   ASSERT_TRUE(Private().Write(kDataGpn * 4096, data).ok());
   const uint64_t pages[] = {kDataGpn, kDataGpn + 1};
   // WRITE(10) with FUA: 16 blocks at LBA 64, durable before it completes.
-  std::vector<uint8_t> wrote = RoundTrip(Srb({0x2a, 0x08, 0, 0, 0, 64, 0, 0, 16, 0}, 8192, 0),
-                                         0x401,
-                                         {{.byte_count = 8192, .byte_offset = 0, .gpns = pages}});
+  std::vector<uint8_t> wrote =
+      RoundTrip(Srb({0x2a, 0x08, 0, 0, 0, 64, 0, 0, 16, 0}, 8192, 0), 0x401,
+                {{.byte_count = 8192, .byte_offset = 0, .gpns = pages}});
   EXPECT_EQ(wrote[12 + 2], kSrbSuccess);
   std::vector<uint8_t> on_disk(8192);
   const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
@@ -297,8 +298,9 @@ TEST_F(StorvspFileTest, BytesWrittenToTheFileAreWhatTheGuestReads) {
   ASSERT_EQ(pwrite(fd, data.data(), data.size(), 1000 * 512), 4096);
   close(fd);
   const uint64_t page[] = {kDataGpn + 1};
-  std::vector<uint8_t> read = RoundTrip(Srb({0x28, 0, 0, 0, 0x03, 0xe8, 0, 0, 8, 0}, 4096, 1),
-                                        0x501, {{.byte_count = 4096, .byte_offset = 0, .gpns = page}});
+  std::vector<uint8_t> read =
+      RoundTrip(Srb({0x28, 0, 0, 0, 0x03, 0xe8, 0, 0, 8, 0}, 4096, 1), 0x501,
+                {{.byte_count = 4096, .byte_offset = 0, .gpns = page}});
   EXPECT_EQ(read[12 + 2], kSrbSuccess);
   std::vector<uint8_t> back(4096);
   ASSERT_TRUE(Private().Read((kDataGpn + 1) * 4096, absl::MakeSpan(back)).ok());

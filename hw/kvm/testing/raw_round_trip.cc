@@ -65,7 +65,6 @@ class BenchHyperv : public HypervExitHandler {
   KvmVm* const vm_;
 };
 
-
 // Waits for doorbells on `fd` (a blocking read(2), or spinning on a non-blocking one); returns
 // how many arrived (the eventfd's count), 0 on an error.
 uint64_t WaitDoorbell(int fd, bool spin) {

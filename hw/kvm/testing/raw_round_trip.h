@@ -21,7 +21,7 @@ enum class RawMode { kRoundTripHlt = 0, kRoundTripSpin = 1, kSignalOnly = 2, kCp
 
 struct RawResult {
   uint64_t operations = 0;
-  double guest_ns = 0;   // Per operation, by the guest's TSC over its whole loop.
+  double guest_ns = 0;  // Per operation, by the guest's TSC over its whole loop.
   // Round trips: from just before the guest's HvSignalEvent to the first instruction of its
   // interrupt handler, by its TSC (the host's whole turn, without the guest's own loop).
   double doorbell_to_interrupt_ns = 0;

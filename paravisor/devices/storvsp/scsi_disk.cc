@@ -124,7 +124,8 @@ ScsiDisk::Outcome ScsiDisk::Execute(const ScsiRequest& request) const {
       return ModeSense(request, /*ten_byte=*/true);
     case kReadCapacity10: {
       std::vector<uint8_t> data(8);
-      PutBe32(data.data(), static_cast<uint32_t>(std::min<uint64_t>(options_.sectors - 1, 0xffffffff)));
+      PutBe32(data.data(),
+              static_cast<uint32_t>(std::min<uint64_t>(options_.sectors - 1, 0xffffffff)));
       PutBe32(data.data() + 4, kSectorBytes);
       return Data(request, std::move(data), 8);
     }
@@ -180,7 +181,7 @@ ScsiDisk::Outcome ScsiDisk::Inquiry(const ScsiRequest& request) const {
     data[2] = 0x05;  // SPC-3.
     data[3] = 0x02;  // Response data format 2.
     data[4] = 36 - 5;
-    data[7] = 0x02;  // CMDQUE.
+    data[7] = 0x02;                // CMDQUE.
     PutText(&data[8], 8, "Msft");  // Linux keys its Hyper-V disk settings on this vendor.
     PutText(&data[16], 16, "Virtual Disk");
     PutText(&data[32], 4, "1.0");

@@ -22,11 +22,11 @@
 namespace cvmbus::paravisor::storvsp {
 
 struct DiskOptions {
-  uint64_t sectors = 0;       // Capacity in 512-byte logical blocks (> 0).
+  uint64_t sectors = 0;  // Capacity in 512-byte logical blocks (> 0).
   bool read_only = false;
   // VPD 0x80 (unit serial number) and the NAA identifier of VPD 0x83 come from these.
   std::string serial = "cvmbus";
-  uint64_t naa_id = 0;        // The low 60 bits of an NAA type 6 identifier.
+  uint64_t naa_id = 0;  // The low 60 bits of an NAA type 6 identifier.
   // The largest transfer (QUERY_PROPERTIES max_transfer_bytes), reported in VPD 0xB0.
   uint32_t max_transfer_bytes = 256 * 1024;
 };

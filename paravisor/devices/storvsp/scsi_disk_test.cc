@@ -79,9 +79,9 @@ TEST(ScsiDiskTest, VpdPagesListSerialIdentifierAndLimits) {
   auto limits = Answer(disk, Request({0x12, 1, 0xb0, 0, 255, 0}, 255));
   ASSERT_EQ(limits.data.size(), 64u);
   EXPECT_EQ(limits.data[3], 0x3c);
-  EXPECT_EQ((limits.data[8] << 24) | (limits.data[9] << 16) | (limits.data[10] << 8) |
-                limits.data[11],
-            512);  // 256 KiB in blocks.
+  EXPECT_EQ(
+      (limits.data[8] << 24) | (limits.data[9] << 16) | (limits.data[10] << 8) | limits.data[11],
+      512);  // 256 KiB in blocks.
   auto characteristics = Answer(disk, Request({0x12, 1, 0xb1, 0, 255, 0}, 255));
   EXPECT_EQ(characteristics.data[5], 1);  // Non-rotating.
   EXPECT_EQ(Sense(Answer(disk, Request({0x12, 1, 0xb2, 0, 255, 0}, 255))),
@@ -92,8 +92,7 @@ TEST(ScsiDiskTest, ReadCapacityReportsTheLastLba) {
   const ScsiDisk disk = Disk();
   auto ten = Answer(disk, Request({0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 8));
   EXPECT_EQ(ten.data, (std::vector<uint8_t>{0x00, 0x1f, 0xff, 0xff, 0, 0, 0x02, 0}));
-  auto sixteen =
-      Answer(disk, Request({0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, 32));
+  auto sixteen = Answer(disk, Request({0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, 32));
   ASSERT_EQ(sixteen.data.size(), 32u);
   EXPECT_EQ(sixteen.data[5], 0x1f);
   EXPECT_EQ(sixteen.data[7], 0xff);
@@ -162,11 +161,11 @@ TEST(ScsiDiskTest, ReadsAndWritesBecomeTransfers) {
 TEST(ScsiDiskTest, BadReadsAndWritesAreRefusedWithSense) {
   const ScsiDisk disk = Disk();
   // Past the end (the last 8 blocks are fine; one more is not), and an LBA that would wrap.
-  EXPECT_EQ(Sense(Answer(disk, Request({0x88, 0, 0, 0, 0, 0, 0, 0x1f, 0xff, 0xf9, 0, 0, 0, 8, 0, 0},
-                                       4096))),
+  EXPECT_EQ(Sense(Answer(
+                disk, Request({0x88, 0, 0, 0, 0, 0, 0, 0x1f, 0xff, 0xf9, 0, 0, 0, 8, 0, 0}, 4096))),
             (std::vector<int>{5, 0x21, 0}));
-  EXPECT_EQ(Sense(Answer(disk, Request({0x88, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-                                        0, 0, 0, 8, 0, 0},
+  EXPECT_EQ(Sense(Answer(disk, Request({0x88, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
+                                        0, 0, 8, 0, 0},
                                        4096))),
             (std::vector<int>{5, 0x21, 0}));
   // More blocks than the buffer holds, the wrong direction, more than the transfer limit.

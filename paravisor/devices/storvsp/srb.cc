@@ -36,8 +36,8 @@ uint32_t LoadU32(const uint8_t* at) {
 
 absl::StatusOr<ScsiRequest> ParseScsiRequest(const VstorRequest& request) {
   if (request.operation != VstorOperation::kExecuteSrb) {
-    return absl::InvalidArgumentError(fmt::format(
-        "storvsp: operation {} is not EXECUTE_SRB", static_cast<uint32_t>(request.operation)));
+    return absl::InvalidArgumentError(fmt::format("storvsp: operation {} is not EXECUTE_SRB",
+                                                  static_cast<uint32_t>(request.operation)));
   }
   const uint8_t* body = request.body.data();  // Our copy, zero-extended: read each field once.
   ScsiRequest srb;
@@ -72,9 +72,9 @@ absl::StatusOr<ScsiRequest> ParseScsiRequest(const VstorRequest& request) {
 
 std::vector<uint8_t> FixedSense(uint8_t key, uint8_t asc, uint8_t ascq) {
   std::vector<uint8_t> sense(18, 0);
-  sense[0] = 0x70;          // Current error, fixed format.
+  sense[0] = 0x70;  // Current error, fixed format.
   sense[2] = key & 0x0f;
-  sense[7] = 10;            // Additional sense length: bytes 8..17.
+  sense[7] = 10;  // Additional sense length: bytes 8..17.
   sense[12] = asc;
   sense[13] = ascq;
   return sense;

@@ -64,7 +64,7 @@ absl::StatusOr<ScsiRequest> ParseScsiRequest(const VstorRequest& request);
 struct SrbResult {
   uint8_t srb_status = kSrbSuccess;  // Without kSrbAutosenseValid: added when sense is given.
   uint8_t scsi_status = kScsiGood;
-  uint32_t transferred = 0;  // Bytes moved (for a short transfer: SUCCESS with this count).
+  uint32_t transferred = 0;    // Bytes moved (for a short transfer: SUCCESS with this count).
   std::vector<uint8_t> sense;  // At most kMaxSenseBytes; only with CHECK CONDITION.
 };
 

@@ -18,12 +18,12 @@ absl::StatusOr<std::optional<SrbBuffer>> SrbBufferOf(const ring::Packet& packet,
                                                      uint32_t max_transfer_bytes) {
   if (data_transfer_length == 0) return std::optional<SrbBuffer>();
   if (data_transfer_length > max_transfer_bytes) {
-    return Refused(fmt::format("{} bytes is over the {}-byte transfer limit",
-                               data_transfer_length, max_transfer_bytes));
+    return Refused(fmt::format("{} bytes is over the {}-byte transfer limit", data_transfer_length,
+                               max_transfer_bytes));
   }
   if (packet.type != ring::PacketType::kDataUsingGpaDirect) {
-    return Refused(fmt::format("{} bytes to move but the packet carries no pages",
-                               data_transfer_length));
+    return Refused(
+        fmt::format("{} bytes to move but the packet carries no pages", data_transfer_length));
   }
   if (packet.gpa_ranges.size() != 1) {
     return Refused(fmt::format("{} ranges (storvsc sends one)", packet.gpa_ranges.size()));
@@ -36,8 +36,8 @@ absl::StatusOr<std::optional<SrbBuffer>> SrbBufferOf(const ring::Packet& packet,
     return Refused(fmt::format("the range holds {} bytes, the request moves {}", range.byte_count,
                                data_transfer_length));
   }
-  const uint64_t pages = (uint64_t{range.byte_offset} + data_transfer_length + kPageBytes - 1) /
-                         kPageBytes;
+  const uint64_t pages =
+      (uint64_t{range.byte_offset} + data_transfer_length + kPageBytes - 1) / kPageBytes;
   if (range.gpns.size() < pages) {
     return Refused(fmt::format("{} pages for {} bytes at offset {}, which need {}",
                                range.gpns.size(), data_transfer_length, range.byte_offset, pages));

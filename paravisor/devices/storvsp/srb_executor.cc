@@ -62,25 +62,24 @@ void SrbExecutor::Transfer(const ScsiDisk::Transfer& transfer, const SrbBuffer& 
       *std::move(pinned), *std::move(iovecs));
   const absl::Span<const iovec> pieces = held->second;
   if (!transfer.write) {
-    backend_->Read(transfer.offset, pieces,
-                   [held, bytes = transfer.bytes, done = std::move(done)](
-                       absl::StatusOr<size_t> moved) {
-                     done(moved.ok() && *moved == bytes ? ScsiDisk::Done(bytes)
-                                                        : MediumError(/*write=*/false));
-                   });
+    backend_->Read(
+        transfer.offset, pieces,
+        [held, bytes = transfer.bytes, done = std::move(done)](absl::StatusOr<size_t> moved) {
+          done(moved.ok() && *moved == bytes ? ScsiDisk::Done(bytes)
+                                             : MediumError(/*write=*/false));
+        });
     return;
   }
-  backend_->Write(
-      transfer.offset, pieces,
-      [this, held, bytes = transfer.bytes, fua = transfer.force_unit_access,
-       done = std::move(done)](absl::StatusOr<size_t> moved) mutable {
-        if (!moved.ok() || *moved != bytes) return done(MediumError(/*write=*/true));
-        if (!fua) return done(ScsiDisk::Done(bytes));
-        // Force unit access: durable before it completes.
-        backend_->Flush([bytes, done = std::move(done)](absl::Status status) {
-          done(status.ok() ? ScsiDisk::Done(bytes) : MediumError(/*write=*/true));
-        });
-      });
+  backend_->Write(transfer.offset, pieces,
+                  [this, held, bytes = transfer.bytes, fua = transfer.force_unit_access,
+                   done = std::move(done)](absl::StatusOr<size_t> moved) mutable {
+                    if (!moved.ok() || *moved != bytes) return done(MediumError(/*write=*/true));
+                    if (!fua) return done(ScsiDisk::Done(bytes));
+                    // Force unit access: durable before it completes.
+                    backend_->Flush([bytes, done = std::move(done)](absl::Status status) {
+                      done(status.ok() ? ScsiDisk::Done(bytes) : MediumError(/*write=*/true));
+                    });
+                  });
 }
 
 }  // namespace cvmbus::paravisor::storvsp

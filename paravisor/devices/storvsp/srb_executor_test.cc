@@ -120,7 +120,8 @@ TEST_F(SrbExecutorTest, FailuresBecomeSrbResults) {
   backend_.bytes()[0] = 0x5a;
   SrbResult unreachable = Run({0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0}, in, DataDirection::kFromDevice);
   EXPECT_EQ(unreachable.srb_status, kSrbInvalidRequest);
-  SrbResult unreachable_write = Run({0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}, in, DataDirection::kToDevice);
+  SrbResult unreachable_write =
+      Run({0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0}, in, DataDirection::kToDevice);
   EXPECT_EQ(unreachable_write.srb_status, kSrbInvalidRequest);
   EXPECT_EQ(backend_.bytes()[0], 0x5a);
 }

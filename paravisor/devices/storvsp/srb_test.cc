@@ -30,8 +30,8 @@ std::vector<uint8_t> LinuxRead10(size_t bytes = 64) {
   const uint8_t cdb[10] = {0x28, 0, 0, 0, 0x12, 0x34, 0, 0, 8, 0};
   std::memcpy(srb + 0x10, cdb, sizeof(cdb));
   if (bytes == 64) {
-    srb[0x26] = 0xff;                  // queue_tag: SP_UNTAGGED
-    srb[0x27] = 0x20;                  // queue_action: SRB_SIMPLE_TAG_REQUEST
+    srb[0x26] = 0xff;  // queue_tag: SP_UNTAGGED
+    srb[0x27] = 0x20;  // queue_action: SRB_SIMPLE_TAG_REQUEST
     const uint32_t flags = 0x08 | 0x02 | 0x100 | 0x40;
     std::memcpy(srb + 0x28, &flags, 4);
     const uint32_t timeout = 60;

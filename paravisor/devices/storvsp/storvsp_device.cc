@@ -28,8 +28,8 @@ struct StorvspDevice::OpenChannelState {
   std::deque<Completion> outbox;
   uint64_t in_flight = 0;  // SRBs whose backing I/O has not finished.
   bool closing = false;
-  bool serving = false;    // The serve task runs.
-  bool broken = false;     // The ring failed: nothing more is written to it.
+  bool serving = false;  // The serve task runs.
+  bool broken = false;   // The ring failed: nothing more is written to it.
   std::optional<Rpc<Unit, Unit>> close_rpc;
 };
 
@@ -163,12 +163,10 @@ absl::Status StorvspDevice::AttachRings(const OpenRequest& request,
   channel->guest_interrupt = request.interrupt.signal();
   if (!channel->guest_interrupt) return absl::FailedPreconditionError("storvsp: no interrupt");
   channel->data_memory = *std::move(data_memory);
-  channel->reader = std::make_unique<hw::RingReader>(loop_, *std::move(incoming),
-                                                     channel->wake->fd(),
-                                                     channel->guest_interrupt.get());
-  channel->writer = std::make_unique<hw::RingWriter>(loop_, *std::move(outgoing),
-                                                     channel->wake->fd(),
-                                                     channel->guest_interrupt.get());
+  channel->reader = std::make_unique<hw::RingReader>(
+      loop_, *std::move(incoming), channel->wake->fd(), channel->guest_interrupt.get());
+  channel->writer = std::make_unique<hw::RingWriter>(
+      loop_, *std::move(outgoing), channel->wake->fd(), channel->guest_interrupt.get());
   open_ = channel;
   Serve(channel);
   return absl::OkStatus();
@@ -201,8 +199,7 @@ hw::Task StorvspDevice::Serve(std::shared_ptr<OpenChannelState> channel) {
   while (!channel->closing && !channel->broken) {
     if (!channel->outbox.empty()) {
       // Completions wait for ring space: take no new requests until they are out.
-      const uint32_t needed =
-          static_cast<uint32_t>(channel->outbox.front().payload.size()) + 24;
+      const uint32_t needed = static_cast<uint32_t>(channel->outbox.front().payload.size()) + 24;
       absl::Status writable = co_await channel->writer->Writable(needed);
       if (!*alive) co_return;
       if (!writable.ok()) break;
@@ -282,8 +279,8 @@ void StorvspDevice::HandleSrb(const std::shared_ptr<OpenChannelState>& channel,
       data[2] = 0x05;
       data[3] = 0x02;
       data[4] = 31;
-      data.resize(std::min<size_t>({data.size(), (*buffer)->length,
-                                    (uint32_t{srb->cdb[3]} << 8) | srb->cdb[4]}));
+      data.resize(std::min<size_t>(
+          {data.size(), (*buffer)->length, (uint32_t{srb->cdb[3]} << 8) | srb->cdb[4]}));
       absl::StatusOr<guestmem::PinnedPages> pinned =
           channel->data_memory->Pin((*buffer)->gpns, guestmem::Access::kReadWrite);
       if (pinned.ok() && pinned->Write((*buffer)->offset, data).ok()) {

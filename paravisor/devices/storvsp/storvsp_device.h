@@ -52,8 +52,8 @@ struct StorvspStats {
   uint64_t bad_packets = 0;  // Answered with an error for being malformed.
   uint64_t opens = 0;
   uint64_t closes = 0;
-  uint16_t version = 0;      // The VSTOR version negotiated on the last open.
-  absl::Status last_error;   // The last malformed packet's or failed open's reason.
+  uint16_t version = 0;     // The VSTOR version negotiated on the last open.
+  absl::Status last_error;  // The last malformed packet's or failed open's reason.
 };
 
 class StorvspDevice {

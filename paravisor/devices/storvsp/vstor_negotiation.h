@@ -37,7 +37,7 @@ class VstorNegotiation {
     kReady,            // END_INITIALIZATION done: SCSI requests may flow.
   };
   struct Answer {
-    std::vector<uint8_t> completion;          // Always present: send it.
+    std::vector<uint8_t> completion;             // Always present: send it.
     std::optional<uint16_t> create_subchannels;  // Offer this many subchannels.
   };
 

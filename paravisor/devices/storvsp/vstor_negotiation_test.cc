@@ -113,9 +113,9 @@ TEST(VstorNegotiationTest, SubchannelsBeforeEndAndTheirBounds) {
 // Out of order, unknown or host-only operations are answered with an error, never ignored.
 TEST(VstorNegotiationTest, RequestsOutOfOrderAreAnsweredWithErrors) {
   VstorNegotiation negotiation({});
-  EXPECT_EQ(StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion,
-                                                kVersionWin8_1))),
-            kNtInvalidDeviceState);  // Before BEGIN.
+  EXPECT_EQ(
+      StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion, kVersionWin8_1))),
+      kNtInvalidDeviceState);  // Before BEGIN.
   EXPECT_EQ(StatusOf(negotiation.Handle(Request(VstorOperation::kExecuteSrb))),
             kNtInvalidDeviceState);
   negotiation.Handle(Request(VstorOperation::kBeginInitialization));
@@ -137,13 +137,13 @@ TEST(VstorNegotiationTest, RequestsOutOfOrderAreAnsweredWithErrors) {
   // A version we do not speak, then one we do.
   EXPECT_EQ(StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion, 0x0700))),
             kNtRevisionMismatch);
-  EXPECT_EQ(StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion,
-                                                kVersionWin8_1))),
-            kNtSuccess);
+  EXPECT_EQ(
+      StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion, kVersionWin8_1))),
+      kNtSuccess);
   // A second accepted version is out of order.
-  EXPECT_EQ(StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion,
-                                                kVersionWin8))),
-            kNtInvalidDeviceState);
+  EXPECT_EQ(
+      StatusOf(negotiation.Handle(Request(VstorOperation::kQueryProtocolVersion, kVersionWin8))),
+      kNtInvalidDeviceState);
   EXPECT_EQ(negotiation.version(), kVersionWin8_1);
 }
 

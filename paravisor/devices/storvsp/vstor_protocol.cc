@@ -20,9 +20,9 @@ void StoreU32(uint8_t* at, uint32_t value) { std::memcpy(at, &value, sizeof(valu
 
 absl::StatusOr<VstorRequest> ParseVstorPacket(absl::Span<const uint8_t> packet) {
   if (packet.size() < kHeaderBytes) {
-    return absl::InvalidArgumentError(fmt::format(
-        "storvsp: a {}-byte packet is shorter than the {}-byte VSTOR header", packet.size(),
-        kHeaderBytes));
+    return absl::InvalidArgumentError(
+        fmt::format("storvsp: a {}-byte packet is shorter than the {}-byte VSTOR header",
+                    packet.size(), kHeaderBytes));
   }
   VstorRequest request;
   request.operation = static_cast<VstorOperation>(LoadU32(packet.data()));
