@@ -3,8 +3,6 @@
 #include <fmt/format.h>
 
 #include "base/format.h"
-#include "guestmem/paged_range.h"
-#include "guestmem/ring_memory.h"
 #include "ring/errors.h"
 #include "ring/ring.h"
 
@@ -17,9 +15,7 @@ struct EchoDevice::OpenChannelState {
   // the eventfd lives until the last of us lets go: nobody writes to a closed or reused fd.
   std::shared_ptr<hw::OwnedEventFdSignal> wake;
   int wake_fd() const { return wake->fd(); }
-  std::shared_ptr<hw::Signal> guest_interrupt;  // Outlives the endpoints, which may signal.
-  std::unique_ptr<hw::RingReader> reader;
-  std::unique_ptr<hw::RingWriter> writer;
+  ChannelRings rings;
   bool closing = false;
   std::optional<Rpc<Unit, Unit>> close_rpc;  // Replied when the echo task has stopped.
 };
@@ -80,7 +76,7 @@ hw::Task EchoDevice::FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> re
   }
   for (const RestoredGpadl& gpadl : result->gpadls) {
     // Not accepted: the server offers it to us again as a new GPADL request.
-    if (gpadl.accepted) (void)AcceptGpadl(gpadl.request);
+    if (gpadl.accepted) (void)gpadls_.Accept(gpadl.request);
   }
   if (result->open_request.has_value() && channel != nullptr) {
     stats_.last_open = *result->open_request;
@@ -102,11 +98,11 @@ hw::Task EchoDevice::ServeRequests() {
     std::optional<ChannelRequest> request = co_await requests_->Next(loop_);
     if (!*alive || !request.has_value()) co_return;
     if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
-      const bool valid = AcceptGpadl(gpadl->rpc.input());
+      const bool valid = gpadls_.Accept(gpadl->rpc.input());
       if (valid) ++stats_.gpadls;
       std::move(gpadl->rpc).Reply(valid);
     } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
-      gpadls_.erase(teardown->rpc.input());
+      gpadls_.Remove(teardown->rpc.input());
       std::move(teardown->rpc).Reply(Unit{});
     } else if (auto* open = std::get_if<OpenChannel>(&*request)) {
       std::optional<OpenResult> result = Open(open->rpc.input());
@@ -117,16 +113,6 @@ hw::Task EchoDevice::ServeRequests() {
       std::move(modify->rpc).Reply(0);
     }
   }
-}
-
-bool EchoDevice::AcceptGpadl(const GpadlRequest& request) {
-  // Parsed once, here: the open uses the parsed ranges (the server has already checked the
-  // same buffer against the same rules, guestmem::WalkGpaRanges).
-  absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
-      guestmem::ParseGpaRanges(request.buf, request.count);
-  if (!ranges.ok()) return false;
-  gpadls_[request.id] = *std::move(ranges);
-  return true;
 }
 
 std::shared_ptr<EchoDevice::OpenChannelState> EchoDevice::NewChannelState() {
@@ -159,44 +145,12 @@ std::optional<OpenResult> EchoDevice::Open(const OpenRequest& request) {
 
 absl::Status EchoDevice::AttachRings(const OpenRequest& request,
                                      std::shared_ptr<OpenChannelState> channel) {
-  absl::StatusOr<guestmem::GuestMemory> ring_memory = resources_->ring_memory(request);
-  if (!ring_memory.ok()) return ring_memory.status();
-  absl::StatusOr<guestmem::GuestMemory> data_memory = resources_->guest_memory(request);
-  if (!data_memory.ok()) return data_memory.status();
-  stats_.ring_view = ring_memory->view();
-  stats_.data_view = data_memory->view();
-
-  auto gpadl = gpadls_.find(request.open_data.ring_gpadl_id);
-  if (gpadl == gpadls_.end()) return absl::NotFoundError("echo device: no ring GPADL");
-  const std::vector<guestmem::PagedRange>& ranges = gpadl->second;
-  if (ranges.size() != 1) {
-    return absl::InvalidArgumentError("echo device: the ring GPADL must be one range");
-  }
-  const absl::Span<const uint64_t> pages = ranges[0].gpns();
-  const uint32_t split = request.open_data.ring_offset;
-  // Guest -> host ring first, host -> guest ring at ring_offset; each needs 2+ pages.
-  if (split < 2 || pages.size() < split + 2) {
-    return absl::InvalidArgumentError(
-        fmt::format("echo device: ring offset {} splits {} pages badly", split, pages.size()));
-  }
-  absl::StatusOr<guestmem::RingMemory> in_memory =
-      guestmem::RingMemory::Create(*ring_memory, pages.subspan(0, split));
-  if (!in_memory.ok()) return in_memory.status();
-  absl::StatusOr<guestmem::RingMemory> out_memory =
-      guestmem::RingMemory::Create(*ring_memory, pages.subspan(split));
-  if (!out_memory.ok()) return out_memory.status();
-  absl::StatusOr<ring::IncomingRing> incoming = ring::IncomingRing::Create(*std::move(in_memory));
-  if (!incoming.ok()) return incoming.status();
-  absl::StatusOr<ring::OutgoingRing> outgoing = ring::OutgoingRing::Create(*std::move(out_memory));
-  if (!outgoing.ok()) return outgoing.status();
-  channel->guest_interrupt = request.interrupt.signal();
-  if (!channel->guest_interrupt) {
-    return absl::FailedPreconditionError("echo device: no guest interrupt");
-  }
-  channel->reader = std::make_unique<hw::RingReader>(
-      loop_, *std::move(incoming), channel->wake_fd(), channel->guest_interrupt.get());
-  channel->writer = std::make_unique<hw::RingWriter>(
-      loop_, *std::move(outgoing), channel->wake_fd(), channel->guest_interrupt.get());
+  absl::StatusOr<ChannelRings> rings =
+      OpenChannelRings("echo device", loop_, *resources_, gpadls_, request, channel->wake_fd());
+  if (!rings.ok()) return rings.status();
+  stats_.ring_view = rings->ring_memory.view();
+  stats_.data_view = rings->data_memory.view();
+  channel->rings = *std::move(rings);
   open_ = channel;
   Echo(channel);
   return absl::OkStatus();
@@ -218,14 +172,14 @@ hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
   std::shared_ptr<bool> alive = alive_;
   ring::PacketBuffer buffer;
   while (!channel->closing) {
-    absl::Status readable = co_await channel->reader->Readable();
+    absl::Status readable = co_await channel->rings.reader->Readable();
     if (!*alive) co_return;
     if (!readable.ok() || channel->closing) {
       if (!readable.ok()) stats_.last_error = readable;
       break;
     }
     while (!channel->closing) {
-      absl::StatusOr<bool> got = channel->reader->ring().Read(&buffer);
+      absl::StatusOr<bool> got = channel->rings.reader->ring().Read(&buffer);
       if (!got.ok()) {
         stats_.last_error = got.status();  // A corrupt ring: stop serving it.
         channel->closing = true;
@@ -238,20 +192,20 @@ hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
                                         .payload = packet.payload};
       const uint32_t needed = static_cast<uint32_t>(packet.payload.size()) + 24;
       while (true) {
-        absl::Status appended = channel->writer->ring().Append(answer);
+        absl::Status appended = channel->rings.writer->ring().Append(answer);
         if (appended.ok()) break;
         if (!ring::IsRingError(appended, ring::RingError::kFull)) {
           stats_.last_error = appended;
           channel->closing = true;
           break;
         }
-        (void)channel->writer->Flush();
-        if (!(co_await channel->writer->Writable(needed)).ok() || !*alive) co_return;
+        (void)channel->rings.writer->Flush();
+        if (!(co_await channel->rings.writer->Writable(needed)).ok() || !*alive) co_return;
       }
       ++stats_.packets_echoed;
     }
-    (void)channel->reader->Release();
-    (void)channel->writer->Flush();
+    (void)channel->rings.reader->Release();
+    (void)channel->rings.writer->Flush();
   }
   if (channel->close_rpc.has_value()) std::move(*channel->close_rpc).Reply(Unit{});
 }

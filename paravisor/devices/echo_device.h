@@ -14,12 +14,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "guestmem/paged_range.h"
 #include "hw/uring/event_loop.h"
 #include "hw/uring/ring_endpoint.h"
 #include "hw/uring/signal.h"
 #include "hw/uring/task.h"
 #include "paravisor/bus/bus.h"
+#include "paravisor/devices/device_channel.h"
 
 namespace cvmbus::paravisor {
 
@@ -58,7 +58,6 @@ class EchoDevice {
   std::optional<OpenResult> Open(const OpenRequest& request);
   absl::Status Offer();
   std::shared_ptr<OpenChannelState> NewChannelState();
-  bool AcceptGpadl(const GpadlRequest& request);  // Parses and keeps it; false if malformed.
   absl::Status AttachRings(const OpenRequest& request, std::shared_ptr<OpenChannelState> channel);
   hw::Task FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
                          std::shared_ptr<OpenChannelState> channel);
@@ -70,7 +69,7 @@ class EchoDevice {
   std::optional<OfferResources> resources_;
   std::unique_ptr<Receiver<ChannelRequest>> requests_;
   std::optional<Sender<ChannelServerRequest>> to_server_;
-  std::map<GpadlId, std::vector<guestmem::PagedRange>> gpadls_;  // Accepted, parsed.
+  DeviceGpadls gpadls_;
   std::shared_ptr<OpenChannelState> open_;
   EchoStats stats_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -4,7 +4,6 @@
 
 #include <utility>
 
-#include "guestmem/ring_memory.h"
 #include "paravisor/devices/storvsp/srb_buffer.h"
 #include "ring/errors.h"
 #include "ring/ring.h"
@@ -16,10 +15,7 @@ namespace cvmbus::paravisor::storvsp {
 // SRB in flight; the close is answered once both are done.
 struct StorvspDevice::OpenChannelState {
   std::shared_ptr<hw::OwnedEventFdSignal> wake;  // The guest's doorbell and our wake-ups.
-  std::shared_ptr<hw::Signal> guest_interrupt;
-  std::unique_ptr<hw::RingReader> reader;
-  std::unique_ptr<hw::RingWriter> writer;
-  std::optional<guestmem::GuestMemory> data_memory;
+  ChannelRings rings;
   VstorNegotiation negotiation{NegotiationOptions{}};
   struct Completion {
     uint64_t transaction_id;
@@ -93,14 +89,10 @@ hw::Task StorvspDevice::ServeRequests() {
     std::optional<ChannelRequest> request = co_await requests_->Next(loop_);
     if (!*alive || !request.has_value()) co_return;
     if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
-      const GpadlRequest& input = gpadl->rpc.input();
-      absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
-          guestmem::ParseGpaRanges(input.buf, input.count);
-      const bool valid = ranges.ok();
-      if (valid) gpadls_[input.id] = *std::move(ranges);
+      const bool valid = gpadls_.Accept(gpadl->rpc.input());
       std::move(gpadl->rpc).Reply(valid);
     } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
-      gpadls_.erase(teardown->rpc.input());
+      gpadls_.Remove(teardown->rpc.input());
       std::move(teardown->rpc).Reply(Unit{});
     } else if (auto* open = std::get_if<OpenChannel>(&*request)) {
       std::optional<OpenResult> result = Open(open->rpc.input());
@@ -135,38 +127,10 @@ std::optional<OpenResult> StorvspDevice::Open(const OpenRequest& request) {
 
 absl::Status StorvspDevice::AttachRings(const OpenRequest& request,
                                         std::shared_ptr<OpenChannelState> channel) {
-  absl::StatusOr<guestmem::GuestMemory> ring_memory = resources_->ring_memory(request);
-  if (!ring_memory.ok()) return ring_memory.status();
-  absl::StatusOr<guestmem::GuestMemory> data_memory = resources_->guest_memory(request);
-  if (!data_memory.ok()) return data_memory.status();
-  auto gpadl = gpadls_.find(request.open_data.ring_gpadl_id);
-  if (gpadl == gpadls_.end()) return absl::NotFoundError("storvsp: no ring GPADL");
-  if (gpadl->second.size() != 1) {
-    return absl::InvalidArgumentError("storvsp: the ring GPADL must be one range");
-  }
-  const absl::Span<const uint64_t> pages = gpadl->second[0].gpns();
-  const uint32_t split = request.open_data.ring_offset;
-  if (split < 2 || pages.size() < split + 2) {
-    return absl::InvalidArgumentError(
-        fmt::format("storvsp: ring offset {} splits {} pages badly", split, pages.size()));
-  }
-  absl::StatusOr<guestmem::RingMemory> in_memory =
-      guestmem::RingMemory::Create(*ring_memory, pages.subspan(0, split));
-  if (!in_memory.ok()) return in_memory.status();
-  absl::StatusOr<guestmem::RingMemory> out_memory =
-      guestmem::RingMemory::Create(*ring_memory, pages.subspan(split));
-  if (!out_memory.ok()) return out_memory.status();
-  absl::StatusOr<ring::IncomingRing> incoming = ring::IncomingRing::Create(*std::move(in_memory));
-  if (!incoming.ok()) return incoming.status();
-  absl::StatusOr<ring::OutgoingRing> outgoing = ring::OutgoingRing::Create(*std::move(out_memory));
-  if (!outgoing.ok()) return outgoing.status();
-  channel->guest_interrupt = request.interrupt.signal();
-  if (!channel->guest_interrupt) return absl::FailedPreconditionError("storvsp: no interrupt");
-  channel->data_memory = *std::move(data_memory);
-  channel->reader = std::make_unique<hw::RingReader>(
-      loop_, *std::move(incoming), channel->wake->fd(), channel->guest_interrupt.get());
-  channel->writer = std::make_unique<hw::RingWriter>(
-      loop_, *std::move(outgoing), channel->wake->fd(), channel->guest_interrupt.get());
+  absl::StatusOr<ChannelRings> rings =
+      OpenChannelRings("storvsp", loop_, *resources_, gpadls_, request, channel->wake->fd());
+  if (!rings.ok()) return rings.status();
+  channel->rings = *std::move(rings);
   open_ = channel;
   Serve(channel);
   return absl::OkStatus();
@@ -200,20 +164,20 @@ hw::Task StorvspDevice::Serve(std::shared_ptr<OpenChannelState> channel) {
     if (!channel->outbox.empty()) {
       // Completions wait for ring space: take no new requests until they are out.
       const uint32_t needed = static_cast<uint32_t>(channel->outbox.front().payload.size()) + 24;
-      absl::Status writable = co_await channel->writer->Writable(needed);
+      absl::Status writable = co_await channel->rings.writer->Writable(needed);
       if (!*alive) co_return;
       if (!writable.ok()) break;
       FlushCompletions(*channel);
       continue;
     }
-    absl::Status readable = co_await channel->reader->Readable();
+    absl::Status readable = co_await channel->rings.reader->Readable();
     if (!*alive) co_return;
     if (!readable.ok()) {
       stats_.last_error = readable;
       break;
     }
     while (!channel->closing && channel->outbox.empty()) {
-      absl::StatusOr<bool> got = channel->reader->ring().Read(&buffer);
+      absl::StatusOr<bool> got = channel->rings.reader->ring().Read(&buffer);
       if (!got.ok()) {
         stats_.last_error = got.status();  // A corrupt ring: stop serving it.
         channel->broken = true;
@@ -223,8 +187,8 @@ hw::Task StorvspDevice::Serve(std::shared_ptr<OpenChannelState> channel) {
       ++stats_.packets;
       Handle(channel, buffer.packet());
     }
-    (void)channel->reader->Release();
-    (void)channel->writer->Flush();
+    (void)channel->rings.reader->Release();
+    (void)channel->rings.writer->Flush();
   }
   channel->serving = false;
   MaybeFinishClose(channel);
@@ -282,7 +246,7 @@ void StorvspDevice::HandleSrb(const std::shared_ptr<OpenChannelState>& channel,
       data.resize(std::min<size_t>(
           {data.size(), (*buffer)->length, (uint32_t{srb->cdb[3]} << 8) | srb->cdb[4]}));
       absl::StatusOr<guestmem::PinnedPages> pinned =
-          channel->data_memory->Pin((*buffer)->gpns, guestmem::Access::kReadWrite);
+          channel->rings.data_memory.Pin((*buffer)->gpns, guestmem::Access::kReadWrite);
       if (pinned.ok() && pinned->Write((*buffer)->offset, data).ok()) {
         result = ScsiDisk::Done(static_cast<uint32_t>(data.size()));
       } else {
@@ -294,7 +258,7 @@ void StorvspDevice::HandleSrb(const std::shared_ptr<OpenChannelState>& channel,
   }
   ++channel->in_flight;
   std::shared_ptr<bool> alive = alive_;
-  executor_.Execute(*srb, *buffer, *channel->data_memory,
+  executor_.Execute(*srb, *buffer, channel->rings.data_memory,
                     [this, alive, channel, transaction_id, body_bytes](SrbResult result) {
                       --channel->in_flight;
                       if (!*alive) return;
@@ -311,7 +275,7 @@ void StorvspDevice::Complete(const std::shared_ptr<OpenChannelState>& channel,
   channel->outbox.push_back({transaction_id, std::move(payload)});
   FlushCompletions(*channel);
   // Written from an I/O completion while the serve task sleeps: publish and signal now.
-  (void)channel->writer->Flush();
+  (void)channel->rings.writer->Flush();
   if (!channel->outbox.empty()) (void)channel->wake->Raise();  // Wake the task to wait for space.
 }
 
@@ -321,7 +285,7 @@ void StorvspDevice::FlushCompletions(OpenChannelState& channel) {
     const ring::OutgoingPacket packet{.type = ring::PacketType::kCompletion,
                                       .transaction_id = next.transaction_id,
                                       .payload = next.payload};
-    absl::Status appended = channel.writer->ring().Append(packet);
+    absl::Status appended = channel.rings.writer->ring().Append(packet);
     if (ring::IsRingError(appended, ring::RingError::kFull)) return;
     if (!appended.ok()) {
       stats_.last_error = appended;

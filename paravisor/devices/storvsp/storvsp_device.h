@@ -22,12 +22,12 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "guestmem/paged_range.h"
 #include "hw/uring/event_loop.h"
 #include "hw/uring/ring_endpoint.h"
 #include "hw/uring/signal.h"
 #include "hw/uring/task.h"
 #include "paravisor/bus/bus.h"
+#include "paravisor/devices/device_channel.h"
 #include "paravisor/devices/storvsp/block_backend.h"
 #include "paravisor/devices/storvsp/scsi_disk.h"
 #include "paravisor/devices/storvsp/srb_executor.h"
@@ -96,7 +96,7 @@ class StorvspDevice {
   std::optional<OfferResources> resources_;
   std::unique_ptr<Receiver<ChannelRequest>> requests_;
   std::optional<Sender<ChannelServerRequest>> to_server_;
-  std::map<GpadlId, std::vector<guestmem::PagedRange>> gpadls_;  // Accepted, parsed once.
+  DeviceGpadls gpadls_;
   std::shared_ptr<OpenChannelState> open_;
   StorvspStats stats_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -1,0 +1,73 @@
+#include "paravisor/devices/device_channel.h"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "guestmem/ring_memory.h"
+#include "ring/ring.h"
+
+namespace cvmbus::paravisor {
+
+bool DeviceGpadls::Accept(const GpadlRequest& request) {
+  // The server has already checked the same buffer against the same rules
+  // (guestmem::WalkGpaRanges); the device keeps its own parsed copy.
+  absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
+      guestmem::ParseGpaRanges(request.buf, request.count);
+  if (!ranges.ok()) return false;
+  gpadls_[request.id] = *std::move(ranges);
+  return true;
+}
+
+const std::vector<guestmem::PagedRange>* DeviceGpadls::Find(GpadlId id) const {
+  auto found = gpadls_.find(id);
+  return found == gpadls_.end() ? nullptr : &found->second;
+}
+
+absl::StatusOr<ChannelRings> OpenChannelRings(std::string_view device, hw::EventLoop* loop,
+                                              const OfferResources& resources,
+                                              const DeviceGpadls& gpadls,
+                                              const OpenRequest& request, int wake_fd) {
+  absl::StatusOr<guestmem::GuestMemory> ring_memory = resources.ring_memory(request);
+  if (!ring_memory.ok()) return ring_memory.status();
+  absl::StatusOr<guestmem::GuestMemory> data_memory = resources.guest_memory(request);
+  if (!data_memory.ok()) return data_memory.status();
+  const std::vector<guestmem::PagedRange>* ranges = gpadls.Find(request.open_data.ring_gpadl_id);
+  if (ranges == nullptr) {
+    return absl::NotFoundError(
+        fmt::format("{}: no ring GPADL {}", device, request.open_data.ring_gpadl_id));
+  }
+  if (ranges->size() != 1) {
+    return absl::InvalidArgumentError(
+        fmt::format("{}: the ring GPADL has {} ranges, not one", device, ranges->size()));
+  }
+  const absl::Span<const uint64_t> pages = (*ranges)[0].gpns();
+  const uint32_t split = request.open_data.ring_offset;
+  if (split < 2 || pages.size() < uint64_t{split} + 2) {
+    return absl::InvalidArgumentError(
+        fmt::format("{}: ring offset {} splits {} pages badly", device, split, pages.size()));
+  }
+  absl::StatusOr<guestmem::RingMemory> in_memory =
+      guestmem::RingMemory::Create(*ring_memory, pages.subspan(0, split));
+  if (!in_memory.ok()) return in_memory.status();
+  absl::StatusOr<guestmem::RingMemory> out_memory =
+      guestmem::RingMemory::Create(*ring_memory, pages.subspan(split));
+  if (!out_memory.ok()) return out_memory.status();
+  absl::StatusOr<ring::IncomingRing> incoming = ring::IncomingRing::Create(*std::move(in_memory));
+  if (!incoming.ok()) return incoming.status();
+  absl::StatusOr<ring::OutgoingRing> outgoing = ring::OutgoingRing::Create(*std::move(out_memory));
+  if (!outgoing.ok()) return outgoing.status();
+  if (!request.interrupt.connected()) {
+    return absl::FailedPreconditionError(fmt::format("{}: no guest interrupt", device));
+  }
+  ChannelRings rings{.guest_interrupt = request.interrupt.signal(),
+                     .ring_memory = *std::move(ring_memory),
+                     .data_memory = *std::move(data_memory)};
+  rings.reader = std::make_unique<hw::RingReader>(loop, *std::move(incoming), wake_fd,
+                                                  rings.guest_interrupt.get());
+  rings.writer = std::make_unique<hw::RingWriter>(loop, *std::move(outgoing), wake_fd,
+                                                  rings.guest_interrupt.get());
+  return rings;
+}
+
+}  // namespace cvmbus::paravisor

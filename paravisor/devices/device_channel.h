@@ -1,0 +1,60 @@
+// What every device on the bus does the same way with its channel: keeps the GPADLs the server
+// hands it (parsed once, on CreateGpadl) and, on open, builds the two rings from the ring
+// GPADL the open request names, in the view the request allows.
+//
+// Ring layout (the VMBus rule): the GPADL is one range; its first `ring_offset` pages hold the
+// guest -> host ring, the rest the host -> guest ring; each ring has a control page and at
+// least one data page.
+#ifndef CVMBUS_PARAVISOR_DEVICES_DEVICE_CHANNEL_H_
+#define CVMBUS_PARAVISOR_DEVICES_DEVICE_CHANNEL_H_
+
+#include <map>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "guestmem/guest_memory.h"
+#include "guestmem/paged_range.h"
+#include "hw/uring/event_loop.h"
+#include "hw/uring/ring_endpoint.h"
+#include "hw/uring/signal.h"
+#include "paravisor/bus/bus.h"
+
+namespace cvmbus::paravisor {
+
+// The GPADLs a device accepted, parsed.
+class DeviceGpadls {
+ public:
+  // Parses and keeps it; false (the device's refusal) if the buffer is malformed.
+  bool Accept(const GpadlRequest& request);
+  void Remove(GpadlId id) { gpadls_.erase(id); }
+  // nullptr if there is none with this id.
+  const std::vector<guestmem::PagedRange>* Find(GpadlId id) const;
+  size_t size() const { return gpadls_.size(); }
+
+ private:
+  std::map<GpadlId, std::vector<guestmem::PagedRange>> gpadls_;
+};
+
+// An open channel's rings and the memory its data (GPA-direct ranges, extra GPADLs) is reached
+// through. Members are declared so that the endpoints, which may signal the guest, go first.
+struct ChannelRings {
+  std::shared_ptr<hw::Signal> guest_interrupt;
+  guestmem::GuestMemory ring_memory;
+  guestmem::GuestMemory data_memory;
+  std::unique_ptr<hw::RingReader> reader;  // guest -> host
+  std::unique_ptr<hw::RingWriter> writer;  // host -> guest
+};
+
+// Builds the rings of `request`'s open on `loop`. `wake_fd` is the device's eventfd: the
+// guest's doorbell and the endpoints' wake-up. Errors name `device` and what was wrong (no
+// such GPADL, a bad split, a view that was never provided, no interrupt).
+absl::StatusOr<ChannelRings> OpenChannelRings(std::string_view device, hw::EventLoop* loop,
+                                              const OfferResources& resources,
+                                              const DeviceGpadls& gpadls,
+                                              const OpenRequest& request, int wake_fd);
+
+}  // namespace cvmbus::paravisor
+
+#endif  // CVMBUS_PARAVISOR_DEVICES_DEVICE_CHANNEL_H_
