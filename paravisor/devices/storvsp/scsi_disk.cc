@@ -74,10 +74,11 @@ constexpr uint8_t kVpdPages[] = {0x00, 0x80, 0x83, 0xb0, 0xb1};
 
 absl::StatusOr<ScsiDisk> ScsiDisk::Create(DiskOptions options) {
   if (options.sectors == 0) return absl::InvalidArgumentError("scsi disk: sectors is 0");
-  if (options.max_transfer_bytes == 0 || options.max_transfer_bytes % 4096 != 0) {
+  if (options.max_transfer_bytes == 0 || options.max_transfer_bytes % 4096 != 0 ||
+      options.max_transfer_bytes > kMaxTransferLimit) {
     return absl::InvalidArgumentError(
-        fmt::format("scsi disk: max_transfer_bytes {} is not a non-zero multiple of 4096",
-                    options.max_transfer_bytes));
+        fmt::format("scsi disk: max_transfer_bytes {} is not a non-zero multiple of 4096 up to {}",
+                    options.max_transfer_bytes, kMaxTransferLimit));
   }
   if (options.serial.size() > 255) {
     return absl::InvalidArgumentError(

@@ -27,13 +27,16 @@ struct DiskOptions {
   // VPD 0x80 (unit serial number) and the NAA identifier of VPD 0x83 come from these.
   std::string serial = "cvmbus";
   uint64_t naa_id = 0;  // The low 60 bits of an NAA type 6 identifier.
-  // The largest transfer (QUERY_PROPERTIES max_transfer_bytes), reported in VPD 0xB0.
+  // The largest transfer (QUERY_PROPERTIES max_transfer_bytes), reported in VPD 0xB0. Linux
+  // issues requests up to this size (max_sectors = bytes / 512). OpenVMM's 256 KiB by default;
+  // at most kMaxTransferLimit, which bounds the pages one request pins.
   uint32_t max_transfer_bytes = 256 * 1024;
 };
 
 class ScsiDisk {
  public:
   static constexpr uint32_t kSectorBytes = 512;
+  static constexpr uint32_t kMaxTransferLimit = 8u << 20;
 
   // Answered now: the status and the bytes to copy into the guest's buffer (already cut to
   // the allocation length and the request's data_transfer_length; result.transferred is

@@ -10,13 +10,24 @@
 
 namespace cvmbus::paravisor::storvsp {
 
-// One open of the controller's channel: its rings, the view SRB buffers are reached through,
-// the VSTOR state, and completions waiting for ring space. Shared by the serve task and every
+// One VMBus channel of the controller: its offer, the GPADLs the guest made on it, its open.
+struct StorvspDevice::ControllerChannel {
+  uint16_t index = 0;  // 0: the primary.
+  std::optional<OfferResources> resources;
+  std::unique_ptr<Receiver<ChannelRequest>> requests;
+  std::optional<Sender<ChannelServerRequest>> to_server;
+  DeviceGpadls gpadls;
+  std::shared_ptr<OpenChannelState> open;
+};
+
+// One open of a channel: its rings, the view SRB buffers are reached through, the VSTOR state
+// (the primary's), and completions waiting for ring space. Shared by the serve task and every
 // SRB in flight; the close is answered once both are done.
 struct StorvspDevice::OpenChannelState {
+  uint16_t index = 0;
   std::shared_ptr<hw::OwnedEventFdSignal> wake;  // The guest's doorbell and our wake-ups.
   ChannelRings rings;
-  VstorNegotiation negotiation{NegotiationOptions{}};
+  VstorNegotiation negotiation;
   struct Completion {
     uint64_t transaction_id;
     std::vector<uint8_t> payload;
@@ -27,6 +38,12 @@ struct StorvspDevice::OpenChannelState {
   bool serving = false;  // The serve task runs.
   bool broken = false;   // The ring failed: nothing more is written to it.
   std::optional<Rpc<Unit, Unit>> close_rpc;
+  // The primary's close waits for this many subchannel opens to drain and revokes to finish.
+  uint32_t retiring = 0;
+  // A subchannel retired by the primary's close: told when this open has drained.
+  std::shared_ptr<OpenChannelState> retired_by;
+
+  explicit OpenChannelState(NegotiationOptions options) : negotiation(options) {}
 };
 
 absl::StatusOr<std::unique_ptr<StorvspDevice>> StorvspDevice::Create(hw::EventLoop* loop,
@@ -59,56 +76,68 @@ StorvspDevice::StorvspDevice(hw::EventLoop* loop, ParentBus* bus, StorvspOptions
 
 StorvspDevice::~StorvspDevice() {
   *alive_ = false;
-  if (open_) {
-    open_->closing = true;
-    (void)open_->wake->Raise();
+  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+    if (slot->open) {
+      slot->open->closing = true;
+      (void)slot->open->wake->Raise();
+    }
   }
 }
 
-absl::Status StorvspDevice::Start() {
+absl::Status StorvspDevice::Start() { return OfferChannel(0); }
+
+absl::Status StorvspDevice::OfferChannel(uint16_t index) {
   auto [request_send, request_recv] = MakeChannel<ChannelRequest>();
   auto [server_send, server_recv] = MakeChannel<ChannelServerRequest>();
   OfferParams params;
   params.interface_name = "storvsp";
   params.interface_id = kScsiInterfaceId;
   params.instance_id = options_.instance_id;
+  params.subchannel_index = index;
   params.allow_confidential_external_memory = options_.allow_confidential_external_memory;
   absl::StatusOr<OfferResources> resources =
       bus_->AddChild(OfferInput{params, std::move(request_send), std::move(server_recv)});
   if (!resources.ok()) return resources.status();
-  resources_ = *std::move(resources);
-  requests_ = std::make_unique<Receiver<ChannelRequest>>(std::move(request_recv));
-  to_server_ = std::move(server_send);
-  ServeRequests();
+  auto slot = std::make_shared<ControllerChannel>();
+  slot->index = index;
+  slot->resources = *std::move(resources);
+  slot->requests = std::make_unique<Receiver<ChannelRequest>>(std::move(request_recv));
+  slot->to_server = std::move(server_send);
+  if (channels_.size() <= index) channels_.resize(index + 1);
+  channels_[index] = slot;
+  if (index != 0) ++stats_.subchannels_offered;
+  ServeRequests(std::move(slot));
   return absl::OkStatus();
 }
 
-hw::Task StorvspDevice::ServeRequests() {
+hw::Task StorvspDevice::ServeRequests(std::shared_ptr<ControllerChannel> slot) {
   std::shared_ptr<bool> alive = alive_;
   while (true) {
-    std::optional<ChannelRequest> request = co_await requests_->Next(loop_);
+    // Ends when the server revokes the offer (a retired subchannel) or goes away.
+    std::optional<ChannelRequest> request = co_await slot->requests->Next(loop_);
     if (!*alive || !request.has_value()) co_return;
     if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
-      const bool valid = gpadls_.Accept(gpadl->rpc.input());
+      const bool valid = slot->gpadls.Accept(gpadl->rpc.input());
       std::move(gpadl->rpc).Reply(valid);
     } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
-      gpadls_.Remove(teardown->rpc.input());
+      slot->gpadls.Remove(teardown->rpc.input());
       std::move(teardown->rpc).Reply(Unit{});
     } else if (auto* open = std::get_if<OpenChannel>(&*request)) {
-      std::optional<OpenResult> result = Open(open->rpc.input());
+      std::optional<OpenResult> result = Open(*slot, open->rpc.input());
       std::move(open->rpc).Reply(std::move(result));
     } else if (auto* close = std::get_if<CloseChannel>(&*request)) {
-      Close(std::move(close->rpc));
+      Close(*slot, std::move(close->rpc));
     } else if (auto* modify = std::get_if<ModifyChannel>(&*request)) {
       std::move(modify->rpc).Reply(0);  // Our interrupt follows the server's retargeting.
     }
   }
 }
 
-std::optional<OpenResult> StorvspDevice::Open(const OpenRequest& request) {
+std::optional<OpenResult> StorvspDevice::Open(ControllerChannel& slot, const OpenRequest& request) {
   ++stats_.opens;
-  if (open_) {
-    stats_.last_error = absl::FailedPreconditionError("storvsp: already open");
+  if (slot.open) {
+    stats_.last_error = absl::FailedPreconditionError(
+        fmt::format("storvsp: channel {} is already open", slot.index));
     return std::nullopt;
   }
   absl::StatusOr<std::shared_ptr<hw::OwnedEventFdSignal>> wake = hw::OwnedEventFdSignal::Create();
@@ -116,42 +145,86 @@ std::optional<OpenResult> StorvspDevice::Open(const OpenRequest& request) {
     stats_.last_error = wake.status();
     return std::nullopt;
   }
-  auto channel = std::make_shared<OpenChannelState>();
+  auto channel = std::make_shared<OpenChannelState>(
+      NegotiationOptions{.max_subchannels = options_.max_subchannels,
+                         .max_transfer_bytes = disk_.options().max_transfer_bytes});
+  channel->index = slot.index;
   channel->wake = *std::move(wake);
-  if (absl::Status status = AttachRings(request, channel); !status.ok()) {
-    stats_.last_error = status;
+  absl::StatusOr<ChannelRings> rings = OpenChannelRings("storvsp", loop_, *slot.resources,
+                                                        slot.gpadls, request, channel->wake->fd());
+  if (!rings.ok()) {
+    stats_.last_error = rings.status();
     return std::nullopt;
   }
+  channel->rings = *std::move(rings);
+  slot.open = channel;
+  if (slot.index == 0) primary_open_ = channel;
+  Serve(channel);
   return OpenResult{Interrupt(channel->wake)};
 }
 
-absl::Status StorvspDevice::AttachRings(const OpenRequest& request,
-                                        std::shared_ptr<OpenChannelState> channel) {
-  absl::StatusOr<ChannelRings> rings =
-      OpenChannelRings("storvsp", loop_, *resources_, gpadls_, request, channel->wake->fd());
-  if (!rings.ok()) return rings.status();
-  channel->rings = *std::move(rings);
-  open_ = channel;
-  Serve(channel);
-  return absl::OkStatus();
-}
-
-void StorvspDevice::Close(Rpc<Unit, Unit> rpc) {
+void StorvspDevice::Close(ControllerChannel& slot, Rpc<Unit, Unit> rpc) {
   ++stats_.closes;
-  if (!open_) {
+  if (!slot.open) {
     std::move(rpc).Reply(Unit{});
     return;
   }
-  open_->closing = true;
-  open_->close_rpc = std::move(rpc);
-  (void)open_->wake->Raise();  // The serve task sees `closing` and ends.
-  open_.reset();
+  std::shared_ptr<OpenChannelState> channel = std::move(slot.open);
+  slot.open.reset();
+  channel->closing = true;
+  channel->close_rpc = std::move(rpc);
+  (void)channel->wake->Raise();  // The serve task sees `closing` and ends.
+  if (slot.index == 0) {
+    primary_open_.reset();
+    RetireSubchannels(channel);
+  }
+}
+
+hw::Task StorvspDevice::RetireSubchannels(std::shared_ptr<OpenChannelState> primary) {
+  std::shared_ptr<bool> alive = alive_;
+  std::vector<std::shared_ptr<ControllerChannel>> subchannels(channels_.begin() + 1,
+                                                              channels_.end());
+  channels_.resize(1);
+  std::vector<ReplyFuture<Unit>> revokes;
+  for (const std::shared_ptr<ControllerChannel>& slot : subchannels) {
+    if (slot->open) {  // Linux closes its subchannels first; a guest that did not, now.
+      std::shared_ptr<OpenChannelState> open = std::move(slot->open);
+      slot->open.reset();
+      open->closing = true;
+      open->retired_by = primary;
+      ++primary->retiring;
+      (void)open->wake->Raise();
+    }
+    auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
+    if (slot->to_server->Send(RevokeChannel{std::move(rpc)}).ok()) {
+      ++primary->retiring;
+      revokes.push_back(std::move(reply));
+    }
+    ++stats_.subchannels_revoked;
+  }
+  for (ReplyFuture<Unit>& reply : revokes) {
+    (void)co_await reply.On(loop_);  // Answered, or dropped by a server that went away.
+    if (!*alive) co_return;
+    --primary->retiring;
+  }
+  MaybeFinishClose(primary);
+}
+
+bool StorvspDevice::Drained(const OpenChannelState& channel) {
+  return !channel.serving && channel.in_flight == 0;
 }
 
 void StorvspDevice::MaybeFinishClose(const std::shared_ptr<OpenChannelState>& channel) {
   // The guest may reuse its pages once the close is answered: only after the serve task has
-  // stopped and no SRB still moves data.
-  if (channel->serving || channel->in_flight != 0 || !channel->close_rpc.has_value()) return;
+  // stopped and no SRB still moves data (the primary's: of any of its channels).
+  if (!Drained(*channel)) return;
+  if (channel->retired_by) {
+    std::shared_ptr<OpenChannelState> primary = std::move(channel->retired_by);
+    channel->retired_by.reset();
+    --primary->retiring;
+    MaybeFinishClose(primary);
+  }
+  if (channel->retiring != 0 || !channel->close_rpc.has_value()) return;
   std::move(*channel->close_rpc).Reply(Unit{});
   channel->close_rpc.reset();
 }
@@ -205,14 +278,38 @@ void StorvspDevice::Handle(const std::shared_ptr<OpenChannelState>& channel,
              EncodeCompletion(kNtInvalidParameter, {}, kMaxBodyBytes));
     return;
   }
+  if (channel->index != 0) {
+    // A subchannel carries SCSI requests only, once the primary is initialized.
+    if (request->operation != VstorOperation::kExecuteSrb) {
+      Complete(channel, packet.transaction_id,
+               EncodeCompletion(kNtInvalidDeviceRequest, {}, request->body_bytes));
+    } else if (!primary_open_ || !primary_open_->negotiation.ready()) {
+      Complete(channel, packet.transaction_id,
+               EncodeCompletion(kNtInvalidDeviceState, {}, request->body_bytes));
+    } else {
+      HandleSrb(channel, packet, *request);
+    }
+    return;
+  }
   if (request->operation == VstorOperation::kExecuteSrb && channel->negotiation.ready()) {
     HandleSrb(channel, packet, *request);
     return;
   }
   VstorNegotiation::Answer answer = channel->negotiation.Handle(*request);
   stats_.version = channel->negotiation.version();
-  // Subchannels are not offered (max_subchannels is 0), so no answer asks for them.
+  // The completion first: Linux takes the subchannel offers only after it.
   Complete(channel, packet.transaction_id, std::move(answer.completion));
+  if (answer.create_subchannels.has_value()) CreateSubchannels(*answer.create_subchannels);
+}
+
+void StorvspDevice::CreateSubchannels(uint16_t count) {
+  for (uint16_t index = 1; index <= count; ++index) {
+    if (index < channels_.size() && channels_[index]) continue;
+    if (absl::Status status = OfferChannel(index); !status.ok()) {
+      stats_.last_error = status;  // The guest carries on with the channels it has.
+      return;
+    }
+  }
 }
 
 void StorvspDevice::HandleSrb(const std::shared_ptr<OpenChannelState>& channel,

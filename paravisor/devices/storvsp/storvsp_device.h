@@ -1,13 +1,20 @@
 // StorvspDevice: the Hyper-V synthetic SCSI controller a Linux guest's storvsc binds to, with
 // one disk (LUN 0 of path 0, target 0). It offers the SCSI class through ParentBus, runs the
-// VSTOR initialization (VstorNegotiation), and serves EXECUTE_SRB packets: commands the disk
-// answers itself complete at once, reads and writes go to the BlockBackend straight between it
-// and the guest's buffer pages, in the view the open request allows (SrbExecutor). Every
-// packet gets a completion with its transaction id, errors included; a request for another
-// LUN or target gets SRB_STATUS_INVALID_LUN (INQUIRY there: peripheral qualifier 3), as
-// Hyper-V answers for a missing disk.
+// VSTOR initialization on the primary channel (VstorNegotiation), and serves EXECUTE_SRB
+// packets on the primary and its subchannels: commands the disk answers itself complete at
+// once, reads and writes go to the BlockBackend straight between it and the guest's buffer
+// pages, in the view the open request allows (SrbExecutor). Every packet gets a completion
+// with its transaction id, errors included; a request for another LUN or target gets
+// SRB_STATUS_INVALID_LUN (INQUIRY there: peripheral qualifier 3), as Hyper-V answers for a
+// missing disk.
 //
-// Not yet: subchannels (max_subchannels must be 0), hot-plug (ENUMERATE_BUS), servicing.
+// Subchannels (storvsp_protocol.md §3 step 8): QUERY_PROPERTIES offers `max_subchannels`;
+// CREATE_SUB_CHANNELS(n) on the primary offers subchannels 1..n (same interface and instance,
+// subchannel_index 1..n) through the same ParentBus. They carry only EXECUTE_SRB. When the
+// primary closes, the subchannels are closed and revoked first (OpenVMM's order), and the
+// primary's close is answered once they are gone and no I/O of any channel moves data.
+//
+// Not yet: hot-plug (ENUMERATE_BUS), servicing.
 //
 // Threads: everything runs on `loop`'s thread; Start() must be called there too. The backend
 // must outlive the device.
@@ -44,6 +51,8 @@ struct StorvspOptions {
   DiskOptions disk;  // disk.sectors and read_only must match the backend.
   // The confidential-external-memory offer flag: SRB buffers may then be private pages.
   bool allow_confidential_external_memory = false;
+  // Subchannels the guest may create (Linux asks for min(CPUs - 1, this)); 0: none.
+  uint16_t max_subchannels = 0;
 };
 
 struct StorvspStats {
@@ -52,6 +61,8 @@ struct StorvspStats {
   uint64_t bad_packets = 0;  // Answered with an error for being malformed.
   uint64_t opens = 0;
   uint64_t closes = 0;
+  uint64_t subchannels_offered = 0;
+  uint64_t subchannels_revoked = 0;
   uint16_t version = 0;     // The VSTOR version negotiated on the last open.
   absl::Status last_error;  // The last malformed packet's or failed open's reason.
 };
@@ -70,13 +81,19 @@ class StorvspDevice {
 
  private:
   struct OpenChannelState;
+  struct ControllerChannel;
   StorvspDevice(hw::EventLoop* loop, ParentBus* bus, StorvspOptions options, ScsiDisk disk,
                 BlockBackend* backend);
-  hw::Task ServeRequests();
+  // Offers channel `index` (0: the primary) and serves its requests.
+  absl::Status OfferChannel(uint16_t index);
+  hw::Task ServeRequests(std::shared_ptr<ControllerChannel> slot);
   hw::Task Serve(std::shared_ptr<OpenChannelState> channel);
-  std::optional<OpenResult> Open(const OpenRequest& request);
-  absl::Status AttachRings(const OpenRequest& request, std::shared_ptr<OpenChannelState> channel);
-  void Close(Rpc<Unit, Unit> rpc);
+  std::optional<OpenResult> Open(ControllerChannel& slot, const OpenRequest& request);
+  void Close(ControllerChannel& slot, Rpc<Unit, Unit> rpc);
+  // The primary closed: stop every subchannel, revoke them, and answer the primary's close
+  // when all of that is done.
+  hw::Task RetireSubchannels(std::shared_ptr<OpenChannelState> primary);
+  void CreateSubchannels(uint16_t count);
   // One guest packet: answers it now or starts its I/O.
   void Handle(const std::shared_ptr<OpenChannelState>& channel, const ring::Packet& packet);
   void HandleSrb(const std::shared_ptr<OpenChannelState>& channel, const ring::Packet& packet,
@@ -85,6 +102,8 @@ class StorvspDevice {
   void Complete(const std::shared_ptr<OpenChannelState>& channel, uint64_t transaction_id,
                 std::vector<uint8_t> payload);
   void FlushCompletions(OpenChannelState& channel);
+  // Whether the channel's serve task has stopped and none of its I/O moves data.
+  static bool Drained(const OpenChannelState& channel);
   void MaybeFinishClose(const std::shared_ptr<OpenChannelState>& channel);
 
   hw::EventLoop* const loop_;
@@ -93,11 +112,10 @@ class StorvspDevice {
   const ScsiDisk disk_;
   BlockBackend* const backend_;
   SrbExecutor executor_;
-  std::optional<OfferResources> resources_;
-  std::unique_ptr<Receiver<ChannelRequest>> requests_;
-  std::optional<Sender<ChannelServerRequest>> to_server_;
-  DeviceGpadls gpadls_;
-  std::shared_ptr<OpenChannelState> open_;
+  // [0] the primary, [i] subchannel i; shared with each slot's request task.
+  std::vector<std::shared_ptr<ControllerChannel>> channels_;
+  // The primary's open: its negotiation says whether subchannels may carry SRBs.
+  std::shared_ptr<OpenChannelState> primary_open_;
   StorvspStats stats_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
