@@ -36,6 +36,36 @@ TEST(EventLoopTest, UsesDeferTaskrunWhereTheKernelHasIt) {
   EXPECT_EQ((*fallback)->setup_description(), "coop_taskrun");
 }
 
+TEST(EventLoopTest, BusyPollCatchesADoorbellWithoutSleeping) {
+  auto loop = *EventLoop::Create({.busy_poll = 10s});
+  EventFd doorbell;
+  uint64_t seen = 0;
+  ASSERT_TRUE(loop->WatchEventFd(doorbell.fd, [&](uint64_t count) { seen += count; }).ok());
+  ASSERT_TRUE(loop->RunOnce(0ns).ok());  // The watch is submitted.
+  std::thread ringer([&] {
+    std::this_thread::sleep_for(20ms);
+    Signal(doorbell.fd);
+  });
+  // With DEFER_TASKRUN the poll's completion exists only once the loop asks the kernel for it:
+  // found while spinning, it is a hit; a loop that slept instead would show a miss.
+  for (int i = 0; i < 100 && seen == 0; ++i) ASSERT_TRUE(loop->RunOnce(10s).ok());
+  ringer.join();
+  EXPECT_EQ(seen, 1u);
+  EXPECT_GE(loop->spin_stats().hits, 1u);
+  EXPECT_EQ(loop->spin_stats().misses, 0u);
+}
+
+TEST(EventLoopTest, BusyPollGivesUpAfterItsBudgetAndSleeps) {
+  auto loop = *EventLoop::Create();
+  EXPECT_EQ(loop->spin_stats().hits + loop->spin_stats().misses, 0u);  // Off by default.
+  loop->SetBusyPoll(1ms);
+  const auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(loop->RunOnce(30ms).ok());  // Nothing arrives: spin 1 ms, then sleep.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms);
+  EXPECT_EQ(loop->spin_stats().misses, 1u);
+  EXPECT_EQ(loop->spin_stats().hits, 0u);
+}
+
 TEST(EventLoopTest, WatchesManyEventFdsAndCoalescesCounts) {
   auto loop = *EventLoop::Create();
   EventFd a, b;
