@@ -3,24 +3,29 @@
 //
 //   1. a 64 MiB guest memory (memfd) under the SNP memory model: every page starts
 //      hypervisor-owned; the guest makes its ring pages private (page-state change + PVALIDATE);
-//   2. the VMBus server on an io_uring loop, with echo devices offered through ParentBus;
+//   2. the VMBus server on an io_uring loop, with echo devices and a storvsp disk (a temporary
+//      file) offered through ParentBus;
 //   3. the guest client negotiates VMBus 6.0 with confidential channels, takes the offers,
 //      creates GPADLs, opens the channels with their rings in private memory;
 //   4. traffic: request/answer round trips, then a pipelined burst;
 //   5. what the host sees: the private ring pages read as ciphertext, and its writes fault;
-//   6. close, teardown, unload.
+//   6. storage: the guest's storvsc initializes the disk as Linux does, with a subchannel,
+//      writes through one channel, reads back through the other, and checks the file;
+//   7. close, teardown, unload.
 //
 //   bazel run -c opt //paravisor/demo:cvmbus_demo -- [--packets=N] [--channels=N]
 #include <fmt/format.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "base/format.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
+#include "paravisor/demo/storage_demo.h"
 #include "paravisor/devices/demo_devices.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/testing/guest_channel.h"
@@ -91,6 +96,10 @@ int Run(const Flags& flags) {
     }
   });
 
+  // A storvsp disk over a temporary file, with one subchannel.
+  absl::StatusOr<std::unique_ptr<StorageDemo>> storage = StorageDemo::Create(vm->get());
+  if (!storage.ok()) return Fail("the storvsp disk", storage.status());
+
   GuestClient& guest = (*vm)->guest();
   auto contact = guest.Connect(
       protocol::kVersionWin10V6_0,
@@ -114,10 +123,21 @@ int Run(const Flags& flags) {
         offer.monitor_allocated() ? fmt::format("  monitor id {}", offer.monitor_id) : "");
   }
 
+  std::vector<protocol::OfferChannel> echo_offers;
+  uint32_t disk_relid = 0;
+  for (const auto& offer : *offers) {
+    Guid interface;  // The wire's byte order is the in-memory one of Guid on x86.
+    std::memcpy(&interface, offer.interface_type.bytes, sizeof(interface));
+    if (interface == kDemoInterfaceId) echo_offers.push_back(offer);
+    if (interface == storvsp::kScsiInterfaceId) disk_relid = offer.child_relid;
+  }
+  if (echo_offers.empty() || disk_relid == 0) {
+    return Fail("REQUESTOFFERS", absl::NotFoundError("no echo or no storvsp offer"));
+  }
   std::vector<std::unique_ptr<testing::GuestChannel>> channels;
-  for (size_t i = 0; i < offers->size(); ++i) {
+  for (size_t i = 0; i < echo_offers.size(); ++i) {
     auto channel =
-        testing::GuestChannel::Open(vm->get(), {.relid = (*offers)[i].child_relid,
+        testing::GuestChannel::Open(vm->get(), {.relid = echo_offers[i].child_relid,
                                                 .gpadl_id = static_cast<uint32_t>(100 + i),
                                                 .first_gpn = 0x1000 + i * 64,
                                                 .ring_pages = 16,
@@ -125,7 +145,7 @@ int Run(const Flags& flags) {
     if (!channel.ok()) return Fail("opening a channel", channel.status());
     channels.push_back(*std::move(channel));
   }
-  fmt::print("== {} channels open; each ring is 15 data pages in private (validated) memory\n",
+  fmt::print("== {} echo channels open; each ring is 15 data pages in private (validated) memory\n",
              channels.size());
 
   // Round trips: one request, one answer, on every channel in turn.
@@ -211,10 +231,14 @@ int Run(const Flags& flags) {
       guestmem::GuestMemory::Untrusted((*vm)->memory()).Read(ring_gpa, absl::MakeSpan(host_view));
   fmt::print("== the paravisor's untrusted view of it: {}\n", shared_read.message());
 
+  if (absl::Status status = (*storage)->Run(disk_relid); !status.ok()) {
+    return Fail("storage", status);
+  }
+
   for (size_t i = 0; i < channels.size(); ++i) {
     if (absl::Status status = channels[i]->Close(); !status.ok()) return Fail("close", status);
     if (absl::Status status =
-            guest.TeardownGpadl((*offers)[i].child_relid, static_cast<uint32_t>(100 + i));
+            guest.TeardownGpadl(echo_offers[i].child_relid, static_cast<uint32_t>(100 + i));
         !status.ok()) {
       return Fail("GPADL teardown", status);
     }
@@ -227,6 +251,7 @@ int Run(const Flags& flags) {
     messages = (*vm)->server().stats().messages_handled;
     devices.clear();
   });
+  storage->reset();
   fmt::print(
       "== closed, torn down, unloaded: {} packets echoed, {} control messages, {} guest "
       "errors\n",

@@ -1,4 +1,4 @@
-#include "tests/storvsp/storvsc_guest.h"
+#include "paravisor/testing/storvsc_guest.h"
 
 #include <fmt/format.h>
 

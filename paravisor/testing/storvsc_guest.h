@@ -1,5 +1,5 @@
-// StorvscGuest: the guest's storvsc, as test code, following Linux's drivers/scsi/storvsc_drv.c
-// sequence on the wire (../../paravisor/devices/storvsp_protocol.md §3):
+// StorvscGuest: the guest's storvsc (for tests, the benchmark and the demo), following Linux's
+// drivers/scsi/storvsc_drv.c sequence on the wire (../devices/storvsp_protocol.md §3):
 //   open the primary channel; BEGIN_INITIALIZATION; QUERY_PROTOCOL_VERSION with WIN10, WIN8_1,
 //   WIN8 (newest first, until one succeeds); QUERY_PROPERTIES; END_INITIALIZATION; then, if
 //   the host offers multi-channel, CREATE_SUB_CHANNELS(min(cpus - 1, max_channel_cnt)) and
@@ -10,8 +10,8 @@
 // then the primary (vmbus_close's order), and tears the ring GPADLs down.
 //
 // Threads: one caller at a time.
-#ifndef CVMBUS_TESTS_STORVSP_STORVSC_GUEST_H_
-#define CVMBUS_TESTS_STORVSP_STORVSC_GUEST_H_
+#ifndef CVMBUS_PARAVISOR_TESTING_STORVSC_GUEST_H_
+#define CVMBUS_PARAVISOR_TESTING_STORVSC_GUEST_H_
 
 #include <chrono>
 #include <cstdint>
@@ -113,4 +113,4 @@ std::vector<uint8_t> Write16Cdb(uint64_t lba, uint32_t blocks);
 
 }  // namespace cvmbus::paravisor::storvsp
 
-#endif  // CVMBUS_TESTS_STORVSP_STORVSC_GUEST_H_
+#endif  // CVMBUS_PARAVISOR_TESTING_STORVSC_GUEST_H_

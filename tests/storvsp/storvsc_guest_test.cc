@@ -2,7 +2,7 @@
 // subchannels created from the CPU count and opened as their offers arrive, SCSI reads and
 // writes on every channel, checked against the backing file's bytes directly; then the close
 // orders a guest can use, and a second attach (a driver reload) on the same device.
-#include "tests/storvsp/storvsc_guest.h"
+#include "paravisor/testing/storvsc_guest.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
