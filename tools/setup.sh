@@ -10,6 +10,7 @@ packages=(
   dpdk-dev librte-bus-vmbus23   # DPDK 22.11's VMBus ring functions: an independent ring peer.
   protobuf-compiler libprotobuf-dev  # Saved state of the VMBus server.
   fio                      # The storage peer storvsp_bench compares with (same file, io_uring).
+  socat                    # The host end of the hvsocket relay tests (tests/hvsocket/).
 )
 
 missing=()
