@@ -60,7 +60,7 @@ if [[ $# -eq 0 ]]; then
   # Everything a guest drives in the server (end to end, its rules, the SynIC, the replay
   # scripts, the guest personalities) and the storvsp parsers again under ASan + UBSan (errors
   # are fatal).
-  run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/... //paravisor/devices/storvsp/... //tests/storvsp/...))" --config=asan --config=ubsan
+  run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/... //paravisor/devices/storvsp/... //tests/storvsp/... //paravisor/devices/hvsocket/... //tests/hvsocket/... //paravisor/devices/ic/... //tests/ic/...))" --config=asan --config=ubsan
   # The ring fuzzer (clang, libFuzzer + ASan + UBSan): its corpus plus 20000 runs, one case.
   echo "== fuzz smoke"
   if ring/fuzz/fuzz_smoke.sh 20000 >/tmp/cvmbus_fuzz_smoke.log 2>&1; then
