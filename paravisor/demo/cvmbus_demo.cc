@@ -3,15 +3,19 @@
 //
 //   1. a 64 MiB guest memory (memfd) under the SNP memory model: every page starts
 //      hypervisor-owned; the guest makes its ring pages private (page-state change + PVALIDATE);
-//   2. the VMBus server on an io_uring loop, with echo devices and a storvsp disk (a temporary
-//      file) offered through ParentBus;
+//   2. the VMBus server on an io_uring loop, with echo devices, a storvsp disk (a temporary
+//      file), the three integration components and the hvsocket relay offered through
+//      ParentBus;
 //   3. the guest client negotiates VMBus 6.0 with confidential channels, takes the offers,
 //      creates GPADLs, opens the channels with their rings in private memory;
 //   4. traffic: request/answer round trips, then a pipelined burst;
 //   5. what the host sees: the private ring pages read as ciphertext, and its writes fault;
 //   6. storage: the guest's storvsc initializes the disk as Linux does, with a subchannel,
 //      writes through one channel, reads back through the other, and checks the file;
-//   7. close, teardown, unload.
+//   7. integration components: the guest's hv_utils negotiates heartbeat, shutdown and time
+//      sync as Linux does, answers heartbeats, takes the SYNC and accepts a reboot request;
+//   8. hvsocket: a guest vsock stream to port 5000 relayed to a host Unix socket and back;
+//   9. close, teardown, unload.
 //
 //   bazel run -c opt //paravisor/demo:cvmbus_demo -- [--packets=N] [--channels=N]
 #include <fmt/format.h>
@@ -25,6 +29,8 @@
 #include "base/format.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
+#include "paravisor/demo/hvsocket_demo.h"
+#include "paravisor/demo/ic_demo.h"
 #include "paravisor/demo/storage_demo.h"
 #include "paravisor/devices/demo_devices.h"
 #include "paravisor/devices/echo_device.h"
@@ -75,10 +81,16 @@ int Run(const Flags& flags) {
   constexpr uint64_t kMonitorPage = 0xff000;
   // Both ring directions are signalled again 100 ms after each open, as a deployment would
   // run it (Linux netvsc ignores interrupts that arrive before OPENCHANNEL_RESULT).
-  auto vm =
-      testing::VirtualMachine::Create({.memory_bytes = 64ull << 20,
-                                       .server_monitor_page = kMonitorPage,
-                                       .resignal_after_open = std::chrono::milliseconds(100)});
+  // Guest hvsocket connects go to the relay (made once the VM exists; refused before).
+  std::unique_ptr<HvSocketDemo> hvsocket;
+  auto vm = testing::VirtualMachine::Create(
+      {.memory_bytes = 64ull << 20,
+       .server_monitor_page = kMonitorPage,
+       .on_hvsocket_connect =
+           [&hvsocket](const HvSocketConnect& connect) {
+             return hvsocket != nullptr && hvsocket->OnGuestConnect(connect);
+           },
+       .resignal_after_open = std::chrono::milliseconds(100)});
   if (!vm.ok()) return Fail("creating the VM", vm.status());
   fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
 
@@ -99,6 +111,12 @@ int Run(const Flags& flags) {
   // A storvsp disk over a temporary file, with one subchannel.
   absl::StatusOr<std::unique_ptr<StorageDemo>> storage = StorageDemo::Create(vm->get());
   if (!storage.ok()) return Fail("the storvsp disk", storage.status());
+  // The three integration components, and the hvsocket relay to a host Unix socket.
+  absl::StatusOr<std::unique_ptr<IcDemo>> ics = IcDemo::Create(vm->get());
+  if (!ics.ok()) return Fail("the integration components", ics.status());
+  absl::StatusOr<std::unique_ptr<HvSocketDemo>> relay = HvSocketDemo::Create(vm->get());
+  if (!relay.ok()) return Fail("the hvsocket relay", relay.status());
+  (*vm)->OnServer([&] { hvsocket = *std::move(relay); });
 
   GuestClient& guest = (*vm)->guest();
   auto contact = guest.Connect(
@@ -234,6 +252,13 @@ int Run(const Flags& flags) {
   if (absl::Status status = (*storage)->Run(disk_relid); !status.ok()) {
     return Fail("storage", status);
   }
+  fmt::print(
+      "== integration components: the guest's hv_utils on three more confidential channels\n");
+  if (absl::Status status = (*ics)->Run(*offers); !status.ok()) {
+    return Fail("integration components", status);
+  }
+  fmt::print("== hvsocket: a guest AF_VSOCK stream relayed to a host Unix socket\n");
+  if (absl::Status status = hvsocket->Run(); !status.ok()) return Fail("hvsocket", status);
 
   for (size_t i = 0; i < channels.size(); ++i) {
     if (absl::Status status = channels[i]->Close(); !status.ok()) return Fail("close", status);
@@ -252,10 +277,13 @@ int Run(const Flags& flags) {
     devices.clear();
   });
   storage->reset();
+  ics->reset();
+  hvsocket.reset();
   fmt::print(
       "== closed, torn down, unloaded: {} packets echoed, {} control messages, {} guest "
       "errors\n",
       echoed, messages, guest_errors);
+  for (const std::string& line : (*vm)->TakeLog()) fmt::print("   server log: {}\n", line);
   return guest_errors == 0 ? 0 : 1;
 }
 

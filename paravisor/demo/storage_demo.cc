@@ -23,7 +23,8 @@ constexpr uint64_t kLba = 2048;  // 1 MiB into the disk.
 
 absl::Status Step(const char* what, absl::Status status) {
   if (status.ok()) return status;
-  return absl::Status(status.code(), fmt::format("storage demo: {}: {}", what, std::string(status.message())));
+  return absl::Status(status.code(),
+                      fmt::format("storage demo: {}: {}", what, std::string(status.message())));
 }
 
 storvsp::GuestBuffer Buffer(uint32_t index) {

@@ -218,6 +218,12 @@ void VmbusServer::Resignal(OfferId offer, OpId open_op) {
 void VmbusServer::HandleClose(uint32_t relid) {
   Channel* channel = FindForGuest(relid, "CLOSECHANNEL");
   if (channel == nullptr) return;
+  if (std::holds_alternative<internal::Revoked>(channel->state)) {
+    // Linux closes a channel the host rescinded while it was open (vmbus_close on the
+    // device's removal; hv_sock after waiting for the rescind): the device side is already
+    // closed, so there is nothing to do, and it is no guest error.
+    return;
+  }
   if (!std::holds_alternative<internal::Open>(channel->state)) {
     GuestError(fmt::format("CLOSECHANNEL {}: the channel is {}", relid,
                            internal::StateName(channel->state)));

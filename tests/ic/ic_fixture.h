@@ -18,7 +18,7 @@
 #include "paravisor/devices/ic/timesync_ic.h"
 #include "paravisor/protocol/header.h"
 #include "paravisor/testing/vm_fixture.h"
-#include "tests/ic/ic_guest.h"
+#include "paravisor/testing/ic_guest.h"
 
 namespace cvmbus::paravisor::ic::testing {
 

@@ -1,5 +1,5 @@
 // The guest-side model of vmbus_prep_negotiate_resp against the host's real request.
-#include "tests/ic/linux_negotiate.h"
+#include "paravisor/testing/linux_negotiate.h"
 
 #include <gtest/gtest.h>
 

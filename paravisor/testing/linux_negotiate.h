@@ -2,8 +2,8 @@
 // (drivers/hv/channel_mgmt.c vmbus_prep_negotiate_resp), and Linux's version lists
 // (drivers/hv/hv_util.c), for tests: the device must end up with the versions a real Linux
 // guest would pick.
-#ifndef CVMBUS_TESTS_IC_LINUX_NEGOTIATE_H_
-#define CVMBUS_TESTS_IC_LINUX_NEGOTIATE_H_
+#ifndef CVMBUS_PARAVISOR_TESTING_LINUX_NEGOTIATE_H_
+#define CVMBUS_PARAVISOR_TESTING_LINUX_NEGOTIATE_H_
 
 #include <cstdint>
 #include <vector>
@@ -35,4 +35,4 @@ LinuxNegotiation PrepareNegotiateResponse(std::vector<uint8_t>& buf, uint32_t re
 
 }  // namespace cvmbus::paravisor::ic::testing
 
-#endif  // CVMBUS_TESTS_IC_LINUX_NEGOTIATE_H_
+#endif  // CVMBUS_PARAVISOR_TESTING_LINUX_NEGOTIATE_H_

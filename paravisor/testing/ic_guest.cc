@@ -1,10 +1,10 @@
-#include "tests/ic/ic_guest.h"
+#include "paravisor/testing/ic_guest.h"
 
 #include <cstring>
 #include <utility>
 
 #include "paravisor/protocol/channel_messages.h"
-#include "tests/ic/linux_negotiate.h"
+#include "paravisor/testing/linux_negotiate.h"
 
 namespace cvmbus::paravisor::ic::testing {
 namespace {

@@ -17,8 +17,8 @@
 //
 // Threads: one test thread at a time. Every wait has a deadline; waits do not poll: a lost
 // wake-up from the host shows as kDeadlineExceeded.
-#ifndef CVMBUS_TESTS_HVSOCKET_GUEST_HVSOCKET_H_
-#define CVMBUS_TESTS_HVSOCKET_GUEST_HVSOCKET_H_
+#ifndef CVMBUS_PARAVISOR_TESTING_GUEST_HVSOCKET_H_
+#define CVMBUS_PARAVISOR_TESTING_GUEST_HVSOCKET_H_
 
 #include <chrono>
 #include <cstdint>
@@ -122,4 +122,4 @@ class GuestHvSocket {
 
 }  // namespace cvmbus::paravisor::testing
 
-#endif  // CVMBUS_TESTS_HVSOCKET_GUEST_HVSOCKET_H_
+#endif  // CVMBUS_PARAVISOR_TESTING_GUEST_HVSOCKET_H_

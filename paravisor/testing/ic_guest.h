@@ -8,8 +8,8 @@
 //
 // The caller drives it: ServeOne handles one packet. Raw access (ReceiveRaw, SendRaw) lets a
 // test misbehave. Threads: one caller at a time (the test's thread).
-#ifndef CVMBUS_TESTS_IC_IC_GUEST_H_
-#define CVMBUS_TESTS_IC_IC_GUEST_H_
+#ifndef CVMBUS_PARAVISOR_TESTING_IC_GUEST_H_
+#define CVMBUS_PARAVISOR_TESTING_IC_GUEST_H_
 
 #include <chrono>
 #include <cstdint>
@@ -102,4 +102,4 @@ bool OfferIs(const protocol::OfferChannel& offer, const Guid& interface_id);
 
 }  // namespace cvmbus::paravisor::ic::testing
 
-#endif  // CVMBUS_TESTS_IC_IC_GUEST_H_
+#endif  // CVMBUS_PARAVISOR_TESTING_IC_GUEST_H_

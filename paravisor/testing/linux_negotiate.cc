@@ -1,4 +1,4 @@
-#include "tests/ic/linux_negotiate.h"
+#include "paravisor/testing/linux_negotiate.h"
 
 #include <cstring>
 

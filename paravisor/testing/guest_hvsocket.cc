@@ -1,4 +1,4 @@
-#include "tests/hvsocket/guest_hvsocket.h"
+#include "paravisor/testing/guest_hvsocket.h"
 
 #include <fmt/format.h>
 #include <poll.h>
