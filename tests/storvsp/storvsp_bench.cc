@@ -17,15 +17,21 @@
 // these whole).
 //
 // Run it on an otherwise idle machine:
-//   bazel run -c opt //tests/storvsp:storvsp_bench -- --seconds=3
+//   bazel run -c opt //tests/storvsp:storvsp_bench -- --seconds=3 [--rounds=N] [--file=PATH]
+// Each row runs its three jobs in turn `rounds` times (default 3) and prints each job's median,
+// so a backing whose speed drifts over the run (a throttled cloud disk) skews all three alike.
+// --file may name a block device (at least 256 MiB, read only here), for instance a loop device
+// over a file in /dev/shm, whose speed shows the channel's own cost.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,8 +41,8 @@
 #include "paravisor/devices/storvsp/srb.h"
 #include "paravisor/devices/storvsp/storvsp_device.h"
 #include "paravisor/protocol/header.h"
-#include "paravisor/testing/vm_fixture.h"
 #include "paravisor/testing/storvsc_guest.h"
+#include "paravisor/testing/vm_fixture.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
@@ -55,6 +61,13 @@ struct Row {
   double iops = 0;
   double mib_per_s = 0;
 };
+
+// The row whose IOPS is the median of `rows` (nullopt if empty).
+std::optional<Row> Median(std::vector<Row> rows) {
+  if (rows.empty()) return std::nullopt;
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.iops < b.iops; });
+  return rows[rows.size() / 2];
+}
 
 class Bench {
  public:
@@ -194,6 +207,7 @@ absl::StatusOr<Row> Fio(const std::string& path, uint32_t bytes, uint32_t depth,
 
 int Main(int argc, char** argv) {
   double seconds = 3;
+  long rounds = 3;
   std::string path;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -201,8 +215,14 @@ int Main(int argc, char** argv) {
       seconds = std::strtod(arg.c_str() + 10, nullptr);
     } else if (arg.rfind("--file=", 0) == 0) {
       path = arg.substr(7);
+    } else if (arg.rfind("--rounds=", 0) == 0) {
+      rounds = std::strtol(arg.c_str() + 9, nullptr, 10);
+      if (rounds < 1 || rounds > 99) {
+        std::fprintf(stderr, "--rounds needs a whole number from 1 to 99\n");
+        return 2;
+      }
     } else {
-      std::fprintf(stderr, "unknown flag %s (--seconds=S --file=PATH)\n", arg.c_str());
+      std::fprintf(stderr, "unknown flag %s (--seconds=S --rounds=N --file=PATH)\n", arg.c_str());
       return 2;
     }
   }
@@ -224,8 +244,10 @@ int Main(int argc, char** argv) {
     std::printf("storvsp_bench: %s\n", s.ToString().c_str());
     return 1;
   }
-  std::printf("storvsp_bench: %s (%llu MiB), %.1f s per row, O_DIRECT both\n", path.c_str(),
-              static_cast<unsigned long long>(kFileBytes >> 20), seconds);
+  std::printf(
+      "storvsp_bench: %s (%llu MiB), %.1f s per job, medians of %ld interleaved rounds, "
+      "O_DIRECT both\n",
+      path.c_str(), static_cast<unsigned long long>(kFileBytes >> 20), seconds, rounds);
   std::printf("%-18s %3s %11s %11s %11s %7s %7s  (IOPS; MiB/s for 1 MiB)\n", "job", "qd",
               "sleeping", "polling", "fio", "sleep/f", "poll/f");
   struct Job {
@@ -237,19 +259,31 @@ int Main(int argc, char** argv) {
   for (const Job job :
        {Job{"4 KiB random read", 4096, true}, Job{"1 MiB seq read", kMaxTransfer, false}}) {
     for (const uint32_t depth : {1u, 32u}) {
-      bench.SetDevicePolling(std::chrono::nanoseconds(0));
-      absl::StatusOr<Row> sleeping = bench.Run(job.bytes / 512, depth, job.random, seconds);
-      bench.SetDevicePolling(kDevicePoll);
-      absl::StatusOr<Row> polling = bench.Run(job.bytes / 512, depth, job.random, seconds);
-      bench.SetDevicePolling(std::chrono::nanoseconds(0));
-      absl::StatusOr<Row> fio = Fio(path, job.bytes, depth, job.random, seconds);
-      if (!sleeping.ok() || !polling.ok() || !fio.ok()) {
-        std::printf("%-18s %3u failed: %s / %s / %s\n", job.name, depth,
-                    sleeping.status().ToString().c_str(), polling.status().ToString().c_str(),
-                    fio.status().ToString().c_str());
+      std::vector<Row> sleeping_rounds, polling_rounds, fio_rounds;
+      absl::Status failed;
+      for (long round = 0; round < rounds && failed.ok(); ++round) {
+        bench.SetDevicePolling(std::chrono::nanoseconds(0));
+        absl::StatusOr<Row> sleeping = bench.Run(job.bytes / 512, depth, job.random, seconds);
+        bench.SetDevicePolling(kDevicePoll);
+        absl::StatusOr<Row> polling = bench.Run(job.bytes / 512, depth, job.random, seconds);
+        bench.SetDevicePolling(std::chrono::nanoseconds(0));
+        absl::StatusOr<Row> fio = Fio(path, job.bytes, depth, job.random, seconds);
+        for (const absl::Status& s : {sleeping.status(), polling.status(), fio.status()}) {
+          if (failed.ok()) failed = s;
+        }
+        if (!failed.ok()) break;
+        sleeping_rounds.push_back(*sleeping);
+        polling_rounds.push_back(*polling);
+        fio_rounds.push_back(*fio);
+      }
+      if (!failed.ok()) {
+        std::printf("%-18s %3u failed: %s\n", job.name, depth, failed.ToString().c_str());
         status = 1;
         continue;
       }
+      const std::optional<Row> sleeping = Median(sleeping_rounds);
+      const std::optional<Row> polling = Median(polling_rounds);
+      const std::optional<Row> fio = Median(fio_rounds);
       const bool iops = job.bytes == 4096;
       const auto figure = [&](const Row& row) { return iops ? row.iops : row.mib_per_s; };
       std::printf("%-18s %3u %11.0f %11.0f %11.0f %7.2f %7.2f\n", job.name, depth,
