@@ -61,13 +61,17 @@ if [[ $# -eq 0 ]]; then
   # scripts, the guest personalities) and the storvsp parsers again under ASan + UBSan (errors
   # are fatal).
   run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/... //paravisor/devices/storvsp/... //tests/storvsp/... //paravisor/devices/hvsocket/... //tests/hvsocket/... //paravisor/devices/ic/... //tests/ic/...))" --config=asan --config=ubsan
-  # The ring fuzzer (clang, libFuzzer + ASan + UBSan): its corpus plus 20000 runs, one case.
+  # The fuzzers (clang, libFuzzer + ASan + UBSan): the ring reader, and the device parsers a
+  # guest or host program feeds; each its corpus plus 20000 runs, one case each.
   echo "== fuzz smoke"
-  if ring/fuzz/fuzz_smoke.sh 20000 >/tmp/cvmbus_fuzz_smoke.log 2>&1; then
-    passed=$((passed + 1)); tail -1 /tmp/cvmbus_fuzz_smoke.log
-  else
-    failed=$((failed + 1)); tail -20 /tmp/cvmbus_fuzz_smoke.log
-  fi
+  for fuzzer in ring/fuzz paravisor/devices/fuzz; do
+    log=/tmp/cvmbus_fuzz_smoke_${fuzzer//\//_}.log
+    if tools/fuzz_smoke.sh "$fuzzer" 20000 >"$log" 2>&1; then
+      passed=$((passed + 1)); tail -1 "$log"
+    else
+      failed=$((failed + 1)); tail -20 "$log"
+    fi
+  done
 fi
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
