@@ -17,8 +17,8 @@
 #include "paravisor/devices/ic/shutdown_ic.h"
 #include "paravisor/devices/ic/timesync_ic.h"
 #include "paravisor/protocol/header.h"
-#include "paravisor/testing/vm_fixture.h"
 #include "paravisor/testing/ic_guest.h"
+#include "paravisor/testing/vm_fixture.h"
 
 namespace cvmbus::paravisor::ic::testing {
 

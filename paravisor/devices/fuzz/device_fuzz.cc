@@ -33,8 +33,8 @@ void Check(bool holds) {
 }
 
 bool Within(absl::Span<const uint8_t> inner, absl::Span<const uint8_t> outer) {
-  return inner.empty() ||
-         (inner.data() >= outer.data() && inner.data() + inner.size() <= outer.data() + outer.size());
+  return inner.empty() || (inner.data() >= outer.data() &&
+                           inner.data() + inner.size() <= outer.data() + outer.size());
 }
 
 void FuzzIc(absl::Span<const uint8_t> input) {
@@ -50,8 +50,7 @@ void FuzzIc(absl::Span<const uint8_t> input) {
   if (versions.ok()) {
     Check(versions->framework == ic::kFrameworkVersion1 ||
           versions->framework == ic::kFrameworkVersion3);
-    Check(versions->message == ic::kShutdownVersion1 ||
-          versions->message == ic::kShutdownVersion3);
+    Check(versions->message == ic::kShutdownVersion1 || versions->message == ic::kShutdownVersion3);
   }
 }
 
@@ -111,10 +110,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const absl::Span<const uint8_t> input(data + 1, size - 1);
   switch (data[0] % 4) {
-    case 0: cvmbus::paravisor::FuzzIc(input); break;
-    case 1: cvmbus::paravisor::FuzzPipe(input); break;
-    case 2: cvmbus::paravisor::FuzzConnectLine(input); break;
-    default: cvmbus::paravisor::FuzzVstor(input); break;
+    case 0:
+      cvmbus::paravisor::FuzzIc(input);
+      break;
+    case 1:
+      cvmbus::paravisor::FuzzPipe(input);
+      break;
+    case 2:
+      cvmbus::paravisor::FuzzConnectLine(input);
+      break;
+    default:
+      cvmbus::paravisor::FuzzVstor(input);
+      break;
   }
   return 0;
 }
