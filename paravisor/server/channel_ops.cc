@@ -182,18 +182,21 @@ void VmbusServer::OnOpenReply(OfferId offer, OpId op,
                       .interrupt = opening->interrupt,
                       .device_signal = signal};
   channel->state = std::move(open);
-  // The answer first: the device's latched signal may make it write to the ring at once.
+  auto& now_open = std::get<internal::Open>(channel->state);
+  // The device's signal takes over from the latch before the guest hears of the open, so the
+  // guest's first doorbell already finds it (a port that binds eventfds in the kernel, KVM's,
+  // completes it there instead of taking an exit); the SynIC and the monitor scanner raise it
+  // directly from now on.
+  UnwatchMonitor(*channel);
+  WatchMonitor(*channel, signal);
+  port_->SetEventTarget(params.data.connection_id, signal);
+  // Then the answer, and only then the latched signal: it may make the device write to the
+  // ring and interrupt the guest at once, which must not precede OPENCHANNEL_RESULT.
   protocol::OpenResult message{};
   message.child_relid = relid;
   message.open_id = params.open_id;
   message.status = protocol::kStatusSuccess;
   if (Answerable(params.connection_epoch)) SendMessage(message);
-  auto& now_open = std::get<internal::Open>(channel->state);
-  // The device's signal takes over from the latch (swapped in, then raised once if the guest
-  // signalled meanwhile); the SynIC and the monitor scanner raise it directly from now on.
-  UnwatchMonitor(*channel);
-  WatchMonitor(*channel, signal);
-  port_->SetEventTarget(params.data.connection_id, signal);
   if (absl::Status raised = now_open.latch->Connect(signal); !raised.ok()) {
     Log(fmt::format("channel {}: raising the device's event failed: {}", relid, raised));
   }
