@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <exception>
-#include <iostream>
 
 #include "base/format.h"
 
@@ -54,7 +53,7 @@ void VmbusServer::Log(const std::string& line) {
   if (options_.log) {
     options_.log(line);
   } else {
-    std::cerr << "vmbus server: " << line << "\n";
+    logger_.Warning(line);
   }
 }
 

@@ -62,6 +62,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "base/log.h"
 #include "guestmem/guest_memory.h"
 #include "hw/uring/event_loop.h"
 #include "hw/uring/task.h"
@@ -71,6 +72,7 @@
 #include "paravisor/server/gpadl_table.h"
 #include "paravisor/server/monitor_scanner.h"
 #include "paravisor/server/saved_state.pb.h"
+#include "paravisor/server/server_snapshot.h"
 #include "paravisor/synic/server_port.h"
 
 namespace cvmbus::paravisor {
@@ -112,7 +114,8 @@ struct ServerOptions {
   std::optional<std::chrono::nanoseconds> restore_claim_deadline;
   // What a guest can make the server hold.
   ServerLimits limits;
-  // Receives one line per guest mistake or notable event. Default: stderr.
+  // Receives one line per guest mistake or notable event. Default: the logging facility
+  // (base/log.h), rate-limited.
   std::function<void(const std::string&)> log;
 };
 
@@ -156,6 +159,9 @@ class VmbusServer {
   const MonitorScanner* monitor() const { return monitor_.get(); }
   size_t channel_count() const { return channels_.size(); }
   size_t gpadl_count() const { return gpadls_.size(); }
+  // The connection, every channel and GPADL, and the counters (server_snapshot.cc; call on
+  // the loop thread).
+  ServerSnapshot Snapshot() const;
 
  private:
   class BusHandle;
@@ -281,6 +287,10 @@ class VmbusServer {
   synic::ServerPort* const port_;
   ServerOptions options_;
   ServerStats stats_;
+  // Without options_.log, lines go to the logging facility, at most 20 at once and 5 a second
+  // on average per server: a guest that repeats a mistake cannot flood the log.
+  log::RateLimit log_limit_{20, absl::Milliseconds(200)};
+  log::Logger logger_{"vmbus server", &log_limit_};
 
   // The connection.
   Phase phase_ = Phase::kDisconnected;

@@ -4,7 +4,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
-#include <iostream>
 #include <string_view>
 #include <utility>
 
@@ -44,7 +43,7 @@ void HvSocketRelay::Log(const std::string& line) {
   if (options_.log) {
     options_.log(line);
   } else {
-    std::cerr << "hvsocket relay: " << line << "\n";
+    logger_.Warning(line);
   }
 }
 

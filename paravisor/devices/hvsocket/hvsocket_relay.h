@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/log.h"
 #include "hw/uring/event_loop.h"
 #include "hw/uring/task.h"
 #include "hw/uring/unix_socket.h"
@@ -58,7 +59,9 @@ struct HvSocketRelayOptions {
   std::chrono::nanoseconds request_timeout = std::chrono::seconds(5);
   size_t max_connections = 256;
   size_t finished_history = 64;
-  std::function<void(const std::string&)> log;  // Default: stderr.
+  // Default: the logging facility (base/log.h), rate-limited (a guest or host end can trigger
+  // these lines).
+  std::function<void(const std::string&)> log;
 };
 
 struct RelayStats {
@@ -103,6 +106,8 @@ class HvSocketRelay {
   std::map<uint64_t, std::shared_ptr<HvSocketConnection>> connections_;
   std::deque<ConnectionStats> finished_;
   RelayStats stats_;
+  log::RateLimit log_limit_{20, absl::Milliseconds(200)};
+  log::Logger logger_{"hvsocket relay", &log_limit_};
   uint64_t next_id_ = 1;
   // Host ends' ports as guests see them (Firecracker's local ports start at 2^30 too).
   uint32_t next_host_port_ = 1u << 30;
