@@ -35,7 +35,7 @@
 #include "paravisor/devices/demo_devices.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -83,14 +83,14 @@ int Run(const Flags& flags) {
   // run it (Linux netvsc ignores interrupts that arrive before OPENCHANNEL_RESULT).
   // Guest hvsocket connects go to the relay (made once the VM exists; refused before).
   std::unique_ptr<HvSocketDemo> hvsocket;
-  auto vm = testing::VirtualMachine::Create(
-      {.memory_bytes = 64ull << 20,
-       .server_monitor_page = kMonitorPage,
-       .on_hvsocket_connect =
-           [&hvsocket](const HvSocketConnect& connect) {
-             return hvsocket != nullptr && hvsocket->OnGuestConnect(connect);
-           },
-       .resignal_after_open = std::chrono::milliseconds(100)});
+  auto vm = vm::VirtualMachine::Create({.memory_bytes = 64ull << 20,
+                                        .server_monitor_page = kMonitorPage,
+                                        .on_hvsocket_connect =
+                                            [&hvsocket](const HvSocketConnect& connect) {
+                                              return hvsocket != nullptr &&
+                                                     hvsocket->OnGuestConnect(connect);
+                                            },
+                                        .resignal_after_open = std::chrono::milliseconds(100)});
   if (!vm.ok()) return Fail("creating the VM", vm.status());
   fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
 

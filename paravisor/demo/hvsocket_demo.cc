@@ -33,7 +33,7 @@ absl::Status Step(const std::string& what, const absl::Status& status) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HvSocketDemo>> HvSocketDemo::Create(testing::VirtualMachine* vm) {
+absl::StatusOr<std::unique_ptr<HvSocketDemo>> HvSocketDemo::Create(vm::VirtualMachine* vm) {
   std::unique_ptr<HvSocketDemo> demo(new HvSocketDemo(vm));
   // Short paths: sockaddr_un holds 107 bytes.
   char dir[] = "/tmp/cvmbus-demo-XXXXXX";

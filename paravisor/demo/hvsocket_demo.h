@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "paravisor/devices/hvsocket/hvsocket_relay.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 
@@ -22,7 +22,7 @@ class HvSocketDemo {
   static constexpr uint32_t kHostPort = 5000;
 
   // Makes a temporary directory, starts the host end and the relay.
-  static absl::StatusOr<std::unique_ptr<HvSocketDemo>> Create(testing::VirtualMachine* vm);
+  static absl::StatusOr<std::unique_ptr<HvSocketDemo>> Create(vm::VirtualMachine* vm);
   ~HvSocketDemo();  // Stops the relay and the host end; removes the directory.
 
   // VmOptions::on_hvsocket_connect for the demo's VM (the server's thread).
@@ -32,12 +32,12 @@ class HvSocketDemo {
   absl::Status Run();
 
  private:
-  explicit HvSocketDemo(testing::VirtualMachine* vm) : vm_(vm) {}
+  explicit HvSocketDemo(vm::VirtualMachine* vm) : vm_(vm) {}
   // The host end: accepts one connection, reads to end of stream, answers the bytes upper-cased
   // with a prefix, and closes. Plain blocking sockets: it stands in for a host program.
   void ServeHost(int listener);
 
-  testing::VirtualMachine* vm_;
+  vm::VirtualMachine* vm_;
   std::string dir_;
   int listener_ = -1;
   std::thread host_;

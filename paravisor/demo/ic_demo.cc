@@ -43,7 +43,7 @@ std::string Utc(uint64_t windows_100ns) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<IcDemo>> IcDemo::Create(testing::VirtualMachine* vm) {
+absl::StatusOr<std::unique_ptr<IcDemo>> IcDemo::Create(vm::VirtualMachine* vm) {
   std::unique_ptr<IcDemo> demo(new IcDemo(vm));
   absl::Status started;
   vm->OnServer([&] {

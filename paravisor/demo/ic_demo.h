@@ -14,14 +14,14 @@
 #include "paravisor/devices/ic/shutdown_ic.h"
 #include "paravisor/devices/ic/timesync_ic.h"
 #include "paravisor/protocol/messages.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 
 class IcDemo {
  public:
   // Offers the three devices (before the guest connects, so their offers are among the first).
-  static absl::StatusOr<std::unique_ptr<IcDemo>> Create(testing::VirtualMachine* vm);
+  static absl::StatusOr<std::unique_ptr<IcDemo>> Create(vm::VirtualMachine* vm);
   ~IcDemo();  // Removes the devices on the server's thread.
 
   // Attaches the guest to each IC among `offers` and runs the conversation, printing what it
@@ -29,9 +29,9 @@ class IcDemo {
   absl::Status Run(const std::vector<protocol::OfferChannel>& offers);
 
  private:
-  explicit IcDemo(testing::VirtualMachine* vm) : vm_(vm) {}
+  explicit IcDemo(vm::VirtualMachine* vm) : vm_(vm) {}
 
-  testing::VirtualMachine* vm_;
+  vm::VirtualMachine* vm_;
   std::unique_ptr<ic::HeartbeatIc> heartbeat_;
   std::unique_ptr<ic::ShutdownIc> shutdown_;
   std::unique_ptr<ic::TimeSyncIc> timesync_;

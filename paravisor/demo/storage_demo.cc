@@ -35,7 +35,7 @@ storvsp::GuestBuffer Buffer(uint32_t index) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<StorageDemo>> StorageDemo::Create(testing::VirtualMachine* vm) {
+absl::StatusOr<std::unique_ptr<StorageDemo>> StorageDemo::Create(vm::VirtualMachine* vm) {
   std::unique_ptr<StorageDemo> demo(new StorageDemo(vm));
   const char* dir = std::getenv("TMPDIR");
   std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/cvmbus_demo_disk.XXXXXX";

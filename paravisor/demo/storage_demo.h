@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "paravisor/devices/storvsp/file_block_backend.h"
 #include "paravisor/devices/storvsp/storvsp_device.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 
@@ -19,7 +19,7 @@ namespace cvmbus::paravisor {
 class StorageDemo {
  public:
   // Creates the file (removed again by the destructor) and offers the controller.
-  static absl::StatusOr<std::unique_ptr<StorageDemo>> Create(testing::VirtualMachine* vm);
+  static absl::StatusOr<std::unique_ptr<StorageDemo>> Create(vm::VirtualMachine* vm);
   ~StorageDemo();
 
   // Attaches the guest to the controller offered at `relid` and runs the traffic, printing
@@ -29,9 +29,9 @@ class StorageDemo {
   static constexpr uint64_t kDiskBytes = 16ull << 20;
 
  private:
-  explicit StorageDemo(testing::VirtualMachine* vm) : vm_(vm) {}
+  explicit StorageDemo(vm::VirtualMachine* vm) : vm_(vm) {}
 
-  testing::VirtualMachine* vm_;
+  vm::VirtualMachine* vm_;
   std::string path_;
   std::unique_ptr<storvsp::FileBlockBackend> backend_;
   std::unique_ptr<storvsp::StorvspDevice> device_;

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "paravisor/devices/echo_device.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -21,7 +21,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 int Run(long cycles) {
-  auto vm = *testing::VirtualMachine::Create({.memory_bytes = 64ull << 20, .isolated = false});
+  auto vm = *vm::VirtualMachine::Create({.memory_bytes = 64ull << 20, .isolated = false});
   std::vector<std::unique_ptr<EchoDevice>> devices;
   const auto add_start = Clock::now();
   vm->OnServer([&] {

@@ -9,7 +9,7 @@
 
 namespace cvmbus::paravisor::testing {
 
-absl::StatusOr<std::unique_ptr<GuestChannel>> GuestChannel::Open(VirtualMachine* vm,
+absl::StatusOr<std::unique_ptr<GuestChannel>> GuestChannel::Open(vm::VirtualMachine* vm,
                                                                  GuestChannelOptions options) {
   const uint64_t pages = 2 * uint64_t{options.ring_pages};
   const uint64_t gpa = options.first_gpn * 4096;

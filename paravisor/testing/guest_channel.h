@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 #include "ring/ring.h"
 
 namespace cvmbus::paravisor::testing {
@@ -31,7 +31,7 @@ struct GuestChannelOptions {
 class GuestChannel {
  public:
   // Creates the GPADL and opens the channel. Errors carry the host's failure status.
-  static absl::StatusOr<std::unique_ptr<GuestChannel>> Open(VirtualMachine* vm,
+  static absl::StatusOr<std::unique_ptr<GuestChannel>> Open(vm::VirtualMachine* vm,
                                                             GuestChannelOptions options);
   // Writes one in-band packet and signals the host if the ring rules say so.
   absl::Status Send(absl::Span<const uint8_t> payload, uint64_t transaction_id);
@@ -45,10 +45,10 @@ class GuestChannel {
   uint64_t signals_sent() const { return signals_sent_; }
 
  private:
-  GuestChannel(VirtualMachine* vm, GuestChannelOptions options, ring::OutgoingRing out,
+  GuestChannel(vm::VirtualMachine* vm, GuestChannelOptions options, ring::OutgoingRing out,
                ring::IncomingRing in)
       : vm_(vm), options_(options), out_(std::move(out)), in_(std::move(in)) {}
-  VirtualMachine* vm_;
+  vm::VirtualMachine* vm_;
   GuestChannelOptions options_;
   ring::OutgoingRing out_;
   ring::IncomingRing in_;

@@ -31,7 +31,8 @@ std::chrono::milliseconds Left(Clock::time_point deadline) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Connect(
-    VirtualMachine* vm, uint32_t local_port, uint32_t remote_port, GuestHvSocketOptions options) {
+    vm::VirtualMachine* vm, uint32_t local_port, uint32_t remote_port,
+    GuestHvSocketOptions options) {
   // hvs_connect: vm_srv_id from the local port, host_srv_id from the remote one.
   const protocol::Guid endpoint = Wire(hvsocket::ServiceIdForPort(local_port));
   const protocol::Guid service = Wire(hvsocket::ServiceIdForPort(remote_port));
@@ -67,7 +68,7 @@ absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Connect(
       fmt::format("hvsocket connect to port {}: no offer", remote_port));
 }
 
-absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Accept(VirtualMachine* vm,
+absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Accept(vm::VirtualMachine* vm,
                                                                      uint32_t listen_port,
                                                                      GuestHvSocketOptions options) {
   const protocol::Guid service = Wire(hvsocket::ServiceIdForPort(listen_port));
@@ -86,7 +87,8 @@ absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Accept(VirtualMach
 }
 
 absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Open(
-    VirtualMachine* vm, const protocol::OfferChannel& offer, const GuestHvSocketOptions& options) {
+    vm::VirtualMachine* vm, const protocol::OfferChannel& offer,
+    const GuestHvSocketOptions& options) {
   const uint32_t relid = offer.child_relid;
   const uint64_t pages = 2 * uint64_t{options.ring_pages};
   const uint64_t gpa = options.first_gpn * 4096;

@@ -28,7 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "paravisor/protocol/codec.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 #include "ring/ring.h"
 
 namespace cvmbus::paravisor::testing {
@@ -46,12 +46,12 @@ class GuestHvSocket {
   // connect(2) from `local_port` to the host's `remote_port`. kUnavailable if the host answers
   // TL_CONNECT_RESULT with a failure; kDeadlineExceeded if no offer comes; the open's failure
   // (kFailedPrecondition) if the host fails it.
-  static absl::StatusOr<std::unique_ptr<GuestHvSocket>> Connect(VirtualMachine* vm,
+  static absl::StatusOr<std::unique_ptr<GuestHvSocket>> Connect(vm::VirtualMachine* vm,
                                                                 uint32_t local_port,
                                                                 uint32_t remote_port,
                                                                 GuestHvSocketOptions options = {});
   // accept(2) on `listen_port`: waits for the host's offer and opens it.
-  static absl::StatusOr<std::unique_ptr<GuestHvSocket>> Accept(VirtualMachine* vm,
+  static absl::StatusOr<std::unique_ptr<GuestHvSocket>> Accept(vm::VirtualMachine* vm,
                                                                uint32_t listen_port,
                                                                GuestHvSocketOptions options = {});
 
@@ -97,10 +97,10 @@ class GuestHvSocket {
   uint32_t peer_port() const;
 
  private:
-  GuestHvSocket(VirtualMachine* vm, const GuestHvSocketOptions& options,
+  GuestHvSocket(vm::VirtualMachine* vm, const GuestHvSocketOptions& options,
                 protocol::OfferChannel offer, ring::OutgoingRing out, ring::IncomingRing in)
       : vm_(vm), options_(options), offer_(offer), out_(std::move(out)), in_(std::move(in)) {}
-  static absl::StatusOr<std::unique_ptr<GuestHvSocket>> Open(VirtualMachine* vm,
+  static absl::StatusOr<std::unique_ptr<GuestHvSocket>> Open(vm::VirtualMachine* vm,
                                                              const protocol::OfferChannel& offer,
                                                              const GuestHvSocketOptions& options);
   // Waits for the host's signal. kAborted if the host rescinds the channel meanwhile (as
@@ -109,7 +109,7 @@ class GuestHvSocket {
   bool CheckRescinded();
   absl::Status Signal();
 
-  VirtualMachine* vm_;
+  vm::VirtualMachine* vm_;
   GuestHvSocketOptions options_;
   protocol::OfferChannel offer_;
   ring::OutgoingRing out_;

@@ -31,7 +31,7 @@ bool OfferIs(const protocol::OfferChannel& offer, const Guid& interface_id) {
   return std::memcmp(offer.interface_type.bytes, &interface_id, sizeof(Guid)) == 0;
 }
 
-IcGuest::IcGuest(paravisor::testing::VirtualMachine* vm, IcGuestOptions options,
+IcGuest::IcGuest(paravisor::vm::VirtualMachine* vm, IcGuestOptions options,
                  std::unique_ptr<paravisor::testing::GuestChannel> channel)
     : vm_(vm), options_(std::move(options)), channel_(std::move(channel)) {
   if (options_.framework_versions.empty()) {
@@ -56,7 +56,7 @@ IcGuest::IcGuest(paravisor::testing::VirtualMachine* vm, IcGuestOptions options,
   }
 }
 
-absl::StatusOr<std::unique_ptr<IcGuest>> IcGuest::Attach(paravisor::testing::VirtualMachine* vm,
+absl::StatusOr<std::unique_ptr<IcGuest>> IcGuest::Attach(paravisor::vm::VirtualMachine* vm,
                                                          IcGuestOptions options) {
   absl::StatusOr<std::unique_ptr<paravisor::testing::GuestChannel>> channel =
       paravisor::testing::GuestChannel::Open(vm, {.relid = options.relid,

@@ -21,7 +21,7 @@
 #include "paravisor/devices/ic/ic_message.h"
 #include "paravisor/devices/ic/ic_protocol.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 #include "ring/ring.h"
 
 namespace cvmbus::paravisor::ic::testing {
@@ -65,7 +65,7 @@ struct IcGuestEvent {
 class IcGuest {
  public:
   // Creates the ring GPADL and opens the channel.
-  static absl::StatusOr<std::unique_ptr<IcGuest>> Attach(paravisor::testing::VirtualMachine* vm,
+  static absl::StatusOr<std::unique_ptr<IcGuest>> Attach(paravisor::vm::VirtualMachine* vm,
                                                          IcGuestOptions options);
 
   // Waits up to `timeout` for one packet and handles it as Linux does.
@@ -83,14 +83,14 @@ class IcGuest {
   absl::Status Close();
 
  private:
-  IcGuest(paravisor::testing::VirtualMachine* vm, IcGuestOptions options,
+  IcGuest(paravisor::vm::VirtualMachine* vm, IcGuestOptions options,
           std::unique_ptr<paravisor::testing::GuestChannel> channel);
   void Negotiate(std::vector<uint8_t>& buf, uint32_t recvlen, IcGuestEvent& event);
   bool Heartbeat(std::vector<uint8_t>& buf, uint32_t recvlen, IcGuestEvent& event);
   bool Shutdown(std::vector<uint8_t>& buf, uint32_t recvlen, IcGuestEvent& event);
   bool TimeSync(const std::vector<uint8_t>& buf, uint32_t recvlen, IcGuestEvent& event);
 
-  paravisor::testing::VirtualMachine* vm_;
+  paravisor::vm::VirtualMachine* vm_;
   IcGuestOptions options_;
   std::unique_ptr<paravisor::testing::GuestChannel> channel_;
   std::optional<IcVersion> service_version_;

@@ -67,7 +67,7 @@ std::vector<uint8_t> Write16Cdb(uint64_t lba, uint32_t blocks) {
   return BigEndianCdb(0x8a, lba, blocks);
 }
 
-absl::StatusOr<std::unique_ptr<StorvscGuest>> StorvscGuest::Attach(testing::VirtualMachine* vm,
+absl::StatusOr<std::unique_ptr<StorvscGuest>> StorvscGuest::Attach(vm::VirtualMachine* vm,
                                                                    StorvscOptions options) {
   std::unique_ptr<StorvscGuest> guest(new StorvscGuest(vm, options));
   if (absl::Status status = guest->OpenChannel(0, options.relid); !status.ok()) return status;

@@ -20,7 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor::storvsp {
 
@@ -65,7 +65,7 @@ class StorvscGuest {
   // Opens the primary, initializes, creates and opens the subchannels. Errors: a channel that
   // would not open, an init step the host failed (naming it and its status), or a subchannel
   // offer that did not arrive in time.
-  static absl::StatusOr<std::unique_ptr<StorvscGuest>> Attach(testing::VirtualMachine* vm,
+  static absl::StatusOr<std::unique_ptr<StorvscGuest>> Attach(vm::VirtualMachine* vm,
                                                               StorvscOptions options);
   ~StorvscGuest();
 
@@ -93,12 +93,12 @@ class StorvscGuest {
   testing::GuestChannel& channel(size_t index) { return *channels_[index]; }
 
  private:
-  StorvscGuest(testing::VirtualMachine* vm, StorvscOptions options) : vm_(vm), options_(options) {}
+  StorvscGuest(vm::VirtualMachine* vm, StorvscOptions options) : vm_(vm), options_(options) {}
   absl::Status OpenChannel(size_t index, uint32_t relid);
   absl::Status Initialize();
   absl::Status CreateSubchannels();
 
-  testing::VirtualMachine* vm_;
+  vm::VirtualMachine* vm_;
   StorvscOptions options_;
   StorvscProperties properties_;
   std::vector<std::unique_ptr<testing::GuestChannel>> channels_;

@@ -11,14 +11,14 @@
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/synic/hv_abi.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::tests {
 namespace {
 
 using namespace std::chrono_literals;
 using paravisor::testing::GuestChannel;
-using paravisor::testing::VirtualMachine;
+using paravisor::vm::VirtualMachine;
 
 constexpr uint32_t kConfidentialChannels = 0x10;
 

@@ -25,7 +25,7 @@
 #include "paravisor/devices/hvsocket/hvsocket_protocol.h"
 #include "paravisor/protocol/header.h"
 #include "paravisor/testing/guest_hvsocket.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 #include "tests/hvsocket/host_program.h"
 
 namespace cvmbus::paravisor::hvsocket {
@@ -34,7 +34,7 @@ namespace {
 using namespace std::chrono_literals;
 using testing::GuestHvSocket;
 using testing::HostProgram;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 std::vector<uint8_t> Pattern(size_t bytes, uint32_t seed) {
   std::vector<uint8_t> data(bytes);
@@ -61,7 +61,7 @@ class HvSocketRelayTest : public ::testing::Test {
     char dir[] = "/tmp/cvmbus-hv-XXXXXX";
     ASSERT_NE(mkdtemp(dir), nullptr);
     dir_ = dir;
-    testing::VmOptions options;
+    vm::VmOptions options;
     options.on_hvsocket_connect = [this](const HvSocketConnect& connect) {
       return relay_ != nullptr && relay_->OnGuestConnect(connect);  // The server's loop thread.
     };

@@ -18,7 +18,7 @@
 #include "paravisor/devices/ic/timesync_ic.h"
 #include "paravisor/protocol/header.h"
 #include "paravisor/testing/ic_guest.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor::ic::testing {
 
@@ -27,7 +27,7 @@ using namespace std::chrono_literals;
 class IcTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto vm = paravisor::testing::VirtualMachine::Create();
+    auto vm = paravisor::vm::VirtualMachine::Create();
     ASSERT_TRUE(vm.ok()) << vm.status();
     vm_ = *std::move(vm);
   }
@@ -135,7 +135,7 @@ class IcTest : public ::testing::Test {
     return result;
   }
 
-  std::unique_ptr<paravisor::testing::VirtualMachine> vm_;
+  std::unique_ptr<paravisor::vm::VirtualMachine> vm_;
   std::vector<protocol::OfferChannel> offers_;
   std::unique_ptr<HeartbeatIc> heartbeat_;
   std::unique_ptr<ShutdownIc> shutdown_;

@@ -5,7 +5,7 @@
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/server/server.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -13,7 +13,7 @@ namespace {
 using namespace std::chrono_literals;
 using protocol::MessageType;
 using testing::GuestChannel;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 OfferParams EchoParams(uint32_t instance) {
   OfferParams params;
@@ -26,7 +26,7 @@ OfferParams EchoParams(uint32_t instance) {
 
 class ConnectionTest : public ::testing::Test {
  protected:
-  void Start(testing::VmOptions options = {}) { vm_ = *VirtualMachine::Create(options); }
+  void Start(vm::VmOptions options = {}) { vm_ = *VirtualMachine::Create(options); }
   void TearDown() override {
     vm_->OnServer([&] { devices_.clear(); });
     vm_.reset();

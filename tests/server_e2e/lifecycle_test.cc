@@ -12,7 +12,7 @@
 #include "paravisor/server/server.h"
 #include "paravisor/server/testing/scripted_device.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -24,7 +24,7 @@ using testing::Answer;
 using testing::DeviceScript;
 using testing::GuestChannel;
 using testing::ScriptedDevice;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 OfferParams Params(uint32_t interface, uint32_t instance, uint16_t subchannel = 0) {
   OfferParams params;

@@ -8,14 +8,14 @@
 #include "paravisor/protocol/monitor_page.h"
 #include "paravisor/server/server.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::GuestChannel;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 namespace monitor = protocol::monitor;
 
 constexpr uint64_t kServerPage = 0x3f000;
@@ -34,7 +34,7 @@ OfferParams MonitoredParams(uint32_t instance) {
 }
 
 struct Vm {
-  explicit Vm(testing::VmOptions options) : vm(*VirtualMachine::Create(options)) {
+  explicit Vm(vm::VmOptions options) : vm(*VirtualMachine::Create(options)) {
     vm->OnServer([&] {
       device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), MonitoredParams(1));
       EXPECT_TRUE(device->Start().ok());

@@ -8,7 +8,7 @@
 
 #include "paravisor/server/server.h"
 #include "paravisor/server/testing/scripted_device.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -19,7 +19,7 @@ using protocol::MessageType;
 using testing::Answer;
 using testing::DeviceScript;
 using testing::ScriptedDevice;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 constexpr uint32_t kPerChannel = ServerLimits{}.gpadls_per_channel;
 
@@ -35,7 +35,7 @@ OfferParams Params(uint32_t interface, uint32_t instance, uint16_t subchannel = 
 class RobustnessTest : public ::testing::Test {
  protected:
   void SetUp() override { Start({}); }
-  void Start(testing::VmOptions options) {
+  void Start(vm::VmOptions options) {
     if (vm_ != nullptr) TearDown();
     vm_ = *VirtualMachine::Create(options);
   }

@@ -11,7 +11,7 @@
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/server/server.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -71,7 +71,7 @@ std::vector<std::vector<uint8_t>> Templates(uint32_t relid) {
 }
 
 TEST(ServerFuzzTest, HostileGuestMessagesNeverBreakTheServer) {
-  auto vm = *testing::VirtualMachine::Create({.isolated = false});
+  auto vm = *vm::VirtualMachine::Create({.isolated = false});
   std::vector<std::unique_ptr<EchoDevice>> devices;
   vm->OnServer([&] {
     for (uint32_t i = 1; i <= 3; ++i) {

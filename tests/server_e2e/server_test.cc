@@ -8,7 +8,7 @@
 #include "guestmem/errors.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 namespace {
@@ -17,7 +17,7 @@ using namespace std::chrono_literals;
 using protocol::kStatusSuccess;
 using protocol::MessageType;
 using testing::GuestChannel;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 Guid GuidN(uint32_t n) {
   Guid guid;
@@ -337,7 +337,7 @@ namespace {
 // Servicing: save the server, replace it (and the device), restore, and the guest's open
 // channel carries on: same relid, same rings, no new offer, no lost interrupt.
 TEST(ServicingTest, OpenChannelSurvivesSaveAndRestore) {
-  auto vm = *testing::VirtualMachine::Create();
+  auto vm = *vm::VirtualMachine::Create();
   OfferParams params = Params(1, 1);
   std::unique_ptr<EchoDevice> device;
   vm->OnServer([&] {
@@ -397,7 +397,7 @@ TEST(ServicingTest, OpenChannelSurvivesSaveAndRestore) {
 }
 
 TEST(ServicingTest, RestoreRefusesADeviceThatDisagreesAndMalformedState) {
-  auto vm = *testing::VirtualMachine::Create();
+  auto vm = *vm::VirtualMachine::Create();
   OfferParams params = Params(1, 1);
   std::unique_ptr<EchoDevice> device;
   vm->OnServer([&] {

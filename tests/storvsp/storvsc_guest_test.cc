@@ -21,13 +21,13 @@
 #include "paravisor/devices/storvsp/vstor_protocol.h"
 #include "paravisor/protocol/channel_messages.h"
 #include "paravisor/protocol/header.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 constexpr uint64_t kDiskBytes = 4 << 20;
 constexpr uint64_t kDataGpn = 0x800;  // Private pages for SRB buffers: 16 per channel.

@@ -42,7 +42,7 @@
 #include "paravisor/devices/storvsp/storvsp_device.h"
 #include "paravisor/protocol/header.h"
 #include "paravisor/testing/storvsc_guest.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
@@ -72,7 +72,7 @@ std::optional<Row> Median(std::vector<Row> rows) {
 class Bench {
  public:
   absl::Status Setup(const std::string& path) {
-    auto vm = testing::VirtualMachine::Create({.memory_bytes = 128ull << 20});
+    auto vm = vm::VirtualMachine::Create({.memory_bytes = 128ull << 20});
     if (!vm.ok()) return vm.status();
     vm_ = *std::move(vm);
     auto file = hw::FileBacking::Open(path, {.read_only = true, .direct = true});
@@ -176,7 +176,7 @@ class Bench {
   }
 
  private:
-  std::unique_ptr<testing::VirtualMachine> vm_;
+  std::unique_ptr<vm::VirtualMachine> vm_;
   std::unique_ptr<FileBlockBackend> backend_;
   std::unique_ptr<StorvspDevice> device_;
   std::unique_ptr<StorvscGuest> guest_;

@@ -20,14 +20,14 @@
 #include "paravisor/devices/storvsp/vstor_protocol.h"
 #include "paravisor/protocol/header.h"
 #include "paravisor/testing/guest_channel.h"
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::GuestChannel;
-using testing::VirtualMachine;
+using vm::VirtualMachine;
 
 constexpr uint64_t kDiskBytes = 1 << 20;
 constexpr uint64_t kDataGpn = 0x300;  // Four private pages for SRB buffers.

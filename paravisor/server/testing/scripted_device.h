@@ -8,7 +8,7 @@
 // "modify 2"), so a test can assert what the server told the device and in which order.
 //
 // Threads: everything runs on `loop`'s thread (the server's loop in the VM fixture); call
-// every member there (VirtualMachine::OnServer). The signals it hands out may be raised from
+// every member there (vm::VirtualMachine::OnServer). The signals it hands out may be raised from
 // any thread.
 #ifndef CVMBUS_PARAVISOR_SERVER_TESTING_SCRIPTED_DEVICE_H_
 #define CVMBUS_PARAVISOR_SERVER_TESTING_SCRIPTED_DEVICE_H_

@@ -1,12 +1,12 @@
-// Test and demo support: an emulated SEV-SNP guest memory, a VMBus server and its devices on
+// An emulated SEV-SNP guest memory, a VMBus server and its devices on
 // one EventLoop thread, and a GuestClient, which reaches the server only through the
 // paravisor's SynIC (its SIMP, SIEFP and hypercall pages are the last four pages of guest
 // memory, private on an isolated VM).
 //
 // On an isolated VM there is also the host's SynIC (untrusted view, not trusted): nothing is
 // attached to it, so whatever reaches it is a leak a test can see.
-#ifndef CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
-#define CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
+#ifndef CVMBUS_PARAVISOR_VM_VIRTUAL_MACHINE_H_
+#define CVMBUS_PARAVISOR_VM_VIRTUAL_MACHINE_H_
 
 #include <chrono>
 #include <functional>
@@ -25,7 +25,7 @@
 #include "paravisor/server/server.h"
 #include "paravisor/synic/synic.h"
 
-namespace cvmbus::paravisor::testing {
+namespace cvmbus::paravisor::vm {
 
 struct VmOptions {
   uint64_t memory_bytes = 64ull << 20;
@@ -84,6 +84,6 @@ class VirtualMachine {
   ServerOptions server_options_;  // Kept for restarts.
 };
 
-}  // namespace cvmbus::paravisor::testing
+}  // namespace cvmbus::paravisor::vm
 
-#endif  // CVMBUS_PARAVISOR_TESTING_VM_FIXTURE_H_
+#endif  // CVMBUS_PARAVISOR_VM_VIRTUAL_MACHINE_H_

@@ -1,8 +1,8 @@
-#include "paravisor/testing/vm_fixture.h"
+#include "paravisor/vm/virtual_machine.h"
 
 #include <atomic>
 
-namespace cvmbus::paravisor::testing {
+namespace cvmbus::paravisor::vm {
 
 absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions options) {
   std::unique_ptr<VirtualMachine> vm(new VirtualMachine());
@@ -148,4 +148,4 @@ std::vector<std::string> VirtualMachine::TakeLog() {
   return out;
 }
 
-}  // namespace cvmbus::paravisor::testing
+}  // namespace cvmbus::paravisor::vm
