@@ -8,7 +8,8 @@ packages=(
   g++ clang libclang-rt-14-dev  # GCC for the build; clang + its runtime for libFuzzer and sanitizers.
   liburing-dev libabsl-dev libfmt-dev libgtest-dev libgmock-dev
   dpdk-dev librte-bus-vmbus23   # DPDK 22.11's VMBus ring functions: an independent ring peer.
-  protobuf-compiler libprotobuf-dev  # Saved state of the VMBus server.
+  protobuf-compiler libprotobuf-dev  # Saved state of the VMBus server; cvmbusd's config.
+  nlohmann-json3-dev       # cvmbusd's inspect tree (header-only: safe in the TSan build).
   fio                      # The storage peer storvsp_bench compares with (same file, io_uring).
   socat                    # The host end of the hvsocket relay tests (tests/hvsocket/).
 )

@@ -33,7 +33,9 @@ VmbusServer::VmbusServer(hw::EventLoop* loop, synic::ServerPort* port, ServerOpt
         OnMessage(connection_id, std::move(bytes));
       },
       [this] { Guarded("outbox", [this] { FlushOutbox(); }); });
-  if (!attached.ok()) Log(fmt::format("cannot attach to the SynIC: {}", attached));
+  if (!attached.ok()) {
+    Log(fmt::format("cannot attach to the SynIC: {}", attached), log::Level::kError);
+  }
 }
 
 VmbusServer::~VmbusServer() {
@@ -49,17 +51,17 @@ VmbusServer::~VmbusServer() {
 
 std::unique_ptr<ParentBus> VmbusServer::Bus() { return std::make_unique<BusHandle>(this); }
 
-void VmbusServer::Log(const std::string& line) {
+void VmbusServer::Log(const std::string& line, log::Level level) {
   if (options_.log) {
     options_.log(line);
   } else {
-    logger_.Warning(line);
+    logger_.Write(level, line);
   }
 }
 
 void VmbusServer::GuestError(const std::string& line) {
   ++stats_.guest_errors;
-  Log(line);
+  Log(line, log::Level::kWarning);
 }
 
 void VmbusServer::Guarded(std::string_view what, const std::function<void()>& fn) noexcept {
@@ -77,7 +79,8 @@ void VmbusServer::Guarded(std::string_view what, const std::function<void()>& fn
   }
   ++stats_.internal_errors;
   try {
-    Log(fmt::format("{}: caught an exception ({}); the server carries on", what, why));
+    Log(fmt::format("{}: caught an exception ({}); the server carries on", what, why),
+        log::Level::kError);
   } catch (...) {  // Even the log line failed (out of memory): the count is all we keep.
   }
 }

@@ -184,7 +184,8 @@ class VmbusServer {
   absl::StatusOr<OfferResources> AddChild(OfferInput input);
   void OnMessage(uint32_t connection_id, std::vector<uint8_t> bytes);
   void Dispatch(const protocol::ParsedMessage& message);
-  void Log(const std::string& line);
+  // A notable event (info), or with `level` warning a guest mistake (GuestError) or our own.
+  void Log(const std::string& line, log::Level level = log::Level::kInfo);
   void GuestError(const std::string& line);
   // Runs `fn`, catching whatever it throws (logged as `what`, counted).
   void Guarded(std::string_view what, const std::function<void()>& fn) noexcept;

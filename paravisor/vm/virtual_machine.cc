@@ -59,7 +59,9 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
   vm->thread_ = std::thread([raw, &started, isolated = options.isolated,
                              monitor_page = options.server_monitor_page,
                              on_hvsocket_connect = options.on_hvsocket_connect,
-                             resignal_after_open = options.resignal_after_open] {
+                             resignal_after_open = options.resignal_after_open,
+                             max_version = options.max_version,
+                             capture_log = options.capture_log] {
     auto loop = hw::EventLoop::Create();
     if (!loop.ok()) {
       started.set_value(loop.status());
@@ -72,10 +74,13 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
     server_options.server_monitor_page = monitor_page;
     server_options.on_hvsocket_connect = on_hvsocket_connect;
     server_options.resignal_after_open = resignal_after_open;
-    server_options.log = [raw](const std::string& line) {
-      MutexLock lock(&raw->log_mu_);
-      raw->log_.push_back(line);
-    };
+    server_options.max_version = max_version;
+    if (capture_log) {
+      server_options.log = [raw](const std::string& line) {
+        MutexLock lock(&raw->log_mu_);
+        raw->log_.push_back(line);
+      };
+    }
     raw->server_options_ = server_options;
     raw->server_ = std::make_unique<VmbusServer>(raw->loop_.get(), raw->synic_.get(),
                                                  std::move(server_options));

@@ -38,6 +38,11 @@ struct VmOptions {
   std::function<bool(const HvSocketConnect&)> on_hvsocket_connect;
   // ServerOptions::resignal_after_open (off by default: tests count signals).
   std::optional<std::chrono::nanoseconds> resignal_after_open;
+  // ServerOptions::max_version.
+  uint32_t max_version = protocol::kVersionWin10V6_0;
+  // The server's log lines: kept for TakeLog (tests, the demo), or given to the logging
+  // facility (base/log.h), rate-limited, as a long-running daemon needs.
+  bool capture_log = true;
 };
 
 class VirtualMachine {

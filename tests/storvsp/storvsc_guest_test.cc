@@ -257,5 +257,22 @@ TEST_F(StorvscGuestTest, ClosingThePrimaryFirstStopsAndRescindsItsSubchannels) {
   EXPECT_EQ(Stats().closes, 1u);  // Only the primary's close came from the guest.
 }
 
+// The paravisor removes the disk while the guest uses it with subchannels: every channel is
+// rescinded, subchannels before the primary (the device's tasks outlive it, so it must drop
+// its offers itself).
+TEST_F(StorvscGuestTest, DestroyingTheDeviceRescindsSubchannelsThenThePrimary) {
+  ASSERT_TRUE(Attach(/*cpus=*/3).ok());
+  ASSERT_EQ(guest_->channel_count(), 3u);
+  vm_->OnServer([&] { device_.reset(); });
+  std::vector<uint32_t> rescinded;
+  for (int i = 0; i < 3; ++i) {
+    auto rescind = vm_->guest().WaitFor(protocol::MessageType::kRescindChannelOffer, 2s);
+    ASSERT_TRUE(rescind.ok()) << i << ": " << rescind.status();
+    rescinded.push_back(rescind->As<protocol::RescindChannelOffer>()->child_relid);
+  }
+  ASSERT_EQ(rescinded.size(), 3u);
+  EXPECT_EQ(rescinded.back(), relid_) << "the primary goes last";
+}
+
 }  // namespace
 }  // namespace cvmbus::paravisor::storvsp

@@ -76,11 +76,16 @@ StorvspDevice::StorvspDevice(hw::EventLoop* loop, ParentBus* bus, StorvspOptions
 
 StorvspDevice::~StorvspDevice() {
   *alive_ = false;
-  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+  // Subchannels first, then the primary: each slot's tasks may outlive the device, so its
+  // offer is dropped here, which the server takes as a revoke.
+  for (auto it = channels_.rbegin(); it != channels_.rend(); ++it) {
+    const std::shared_ptr<ControllerChannel>& slot = *it;
+    if (slot == nullptr) continue;
     if (slot->open) {
       slot->open->closing = true;
       (void)slot->open->wake->Raise();
     }
+    slot->to_server.reset();
   }
 }
 

@@ -1,0 +1,290 @@
+#include "paravisor/daemon/daemon.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include "base/format.h"
+#include "paravisor/devices/demo_devices.h"
+
+namespace cvmbus::paravisor::daemon {
+namespace {
+
+// The paravisor's own page, handed to the guest as its monitor page (private on SNP).
+constexpr uint64_t kServerMonitorPage = 0xff000;
+
+absl::Status Named(const std::string& what, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), fmt::format("{}: {}", what, std::string(status.message())));
+}
+
+void AddIcChannel(const ic::IcDeviceStats& stats, Tree& node) {
+  node["state"] = ic::IcChannelStateName(stats.state);
+  node["opens"] = stats.opens;
+  node["closes"] = stats.closes;
+  node["negotiations"] = stats.negotiations;
+  node["requests_sent"] = stats.requests_sent;
+  node["responses"] = stats.responses;
+  node["timeouts"] = stats.timeouts;
+  node["late_responses"] = stats.late_responses;
+  node["send_failures"] = stats.send_failures;
+  node["bad_packets"] = stats.bad_packets;
+  if (stats.versions.has_value()) {
+    node["framework_version"] =
+        fmt::format("{}.{}", stats.versions->framework.major, stats.versions->framework.minor);
+    node["message_version"] =
+        fmt::format("{}.{}", stats.versions->message.major, stats.versions->message.minor);
+  }
+  if (!stats.last_error.ok()) node["last_error"] = stats.last_error.ToString();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
+                                                      std::function<void()> on_shutdown) {
+  std::unique_ptr<Daemon> daemon(new Daemon(settings));
+  daemon->on_shutdown_ = std::move(on_shutdown);
+  Daemon* raw = daemon.get();
+  absl::StatusOr<std::unique_ptr<vm::VirtualMachine>> vm = vm::VirtualMachine::Create(
+      {.memory_bytes = settings.memory_bytes,
+       .isolated = settings.snp,
+       .server_monitor_page = kServerMonitorPage,
+       .on_hvsocket_connect =
+           [raw](const HvSocketConnect& connect) {
+             return raw->relay_ != nullptr && raw->relay_->OnGuestConnect(connect);
+           },
+       .resignal_after_open = settings.resignal_after_open,
+       .max_version = settings.max_version,
+       .capture_log = false});
+  if (!vm.ok()) return Named("the VM", vm.status());
+  daemon->vm_ = *std::move(vm);
+  absl::Status started;
+  daemon->vm_->OnServer([&] { started = daemon->StartDevices(); });
+  if (!started.ok()) {
+    daemon->Stop();
+    return started;
+  }
+  if (settings.guest == GUEST_CLIENT) {
+    daemon->guest_ = std::make_unique<InProcessGuest>(
+        daemon->vm_.get(),
+        InProcessGuestOptions{.confidential = settings.snp,
+                              .packets_per_second = settings.echo_packets_per_second,
+                              .max_version = settings.max_version});
+    daemon->guest_->Start();
+  }
+  return daemon;
+}
+
+Daemon::~Daemon() { Stop(); }
+
+absl::Status Daemon::StartDevices() {
+  hw::EventLoop* loop = vm_->server_loop();
+  ParentBus* bus = &vm_->bus();
+  if (settings_.echo_channels > 0) {
+    for (OfferParams& params : DemoDeviceParams(static_cast<int>(settings_.echo_channels))) {
+      echo_.push_back(std::make_unique<EchoDevice>(loop, bus, std::move(params)));
+      if (absl::Status status = echo_.back()->Start(); !status.ok()) {
+        return Named(fmt::format("echo channel {}", echo_.size() - 1), status);
+      }
+    }
+  }
+  for (size_t i = 0; i < settings_.disks.size(); ++i) {
+    const Settings::DiskSettings& config = settings_.disks[i];
+    const std::string what = fmt::format("disk[{}] {}", i, config.path);
+    absl::StatusOr<std::unique_ptr<hw::FileBacking>> file = hw::FileBacking::Open(
+        config.path, {.read_only = config.read_only, .direct = config.direct});
+    if (!file.ok()) return Named(what, file.status());
+    const uint64_t bytes = (*file)->size_bytes();
+    if (bytes < 512) return Named(what, absl::InvalidArgumentError("smaller than one sector"));
+    Disk disk{.path = config.path};
+    disk.backend = std::make_unique<storvsp::FileBlockBackend>(loop, *std::move(file));
+    absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> device = storvsp::StorvspDevice::Create(
+        loop, bus,
+        {.instance_id = Guid{0xd15c0000u + static_cast<uint32_t>(i), 0, 0, {}},
+         .disk = {.sectors = bytes / 512,
+                  .read_only = config.read_only,
+                  .serial = fmt::format("cvmbusd-{}", i)},
+         .allow_confidential_external_memory = settings_.snp,
+         .max_subchannels = config.subchannels},
+        disk.backend.get());
+    if (!device.ok()) return Named(what, device.status());
+    disk.device = *std::move(device);
+    if (absl::Status status = disk.device->Start(); !status.ok()) return Named(what, status);
+    disks_.push_back(std::move(disk));
+  }
+  if (settings_.heartbeat) {
+    heartbeat_ = std::make_unique<ic::HeartbeatIc>(
+        loop, bus, ic::HeartbeatOptions{.interval = settings_.heartbeat_interval});
+    if (absl::Status status = heartbeat_->Start(); !status.ok()) return Named("heartbeat", status);
+  }
+  if (settings_.shutdown) {
+    shutdown_ = std::make_unique<ic::ShutdownIc>(loop, bus);
+    if (absl::Status status = shutdown_->Start(); !status.ok()) return Named("shutdown", status);
+  }
+  if (settings_.timesync) {
+    timesync_ = std::make_unique<ic::TimeSyncIc>(loop, bus);
+    if (absl::Status status = timesync_->Start(); !status.ok()) return Named("timesync", status);
+  }
+  if (!settings_.hvsocket_prefix.empty()) {
+    absl::StatusOr<std::unique_ptr<hvsocket::HvSocketRelay>> relay =
+        hvsocket::HvSocketRelay::Create(loop, bus,
+                                        {.host_socket_base = settings_.hvsocket_prefix,
+                                         .listener_path = settings_.hvsocket_prefix});
+    if (!relay.ok()) return Named("hvsocket relay", relay.status());
+    relay_ = *std::move(relay);
+  }
+  absl::StatusOr<std::unique_ptr<ControlServer>> control = ControlServer::Create(
+      loop, settings_.control_socket,
+      [this](const std::vector<std::string>& words) { return HandleRequest(words); });
+  if (!control.ok()) return Named("control socket", control.status());
+  control_ = *std::move(control);
+  return absl::OkStatus();
+}
+
+void Daemon::StopDevices() {
+  control_.reset();
+  relay_.reset();
+  timesync_.reset();
+  shutdown_.reset();
+  heartbeat_.reset();
+  while (!disks_.empty()) disks_.pop_back();
+  while (!echo_.empty()) echo_.pop_back();
+}
+
+void Daemon::Stop() {
+  if (stopped_ || vm_ == nullptr) return;
+  stopped_ = true;
+  if (guest_) guest_->Stop();
+  vm_->OnServer([this] { StopDevices(); });
+  // The server revokes from tasks that resume once the devices' channels closed: one more
+  // round trip through the loop lets them run before it stops.
+  vm_->OnServer([] {});
+  log::Logger("cvmbusd").Info("devices stopped; their channels revoked");
+}
+
+Tree Daemon::Inspect() {
+  Tree tree;
+  vm_->OnServer([&] { tree = BuildTree(); });
+  return tree;
+}
+
+absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>& words) {
+  const std::string& command = words[0];
+  if (command == "inspect") {
+    if (words.size() > 2) return absl::InvalidArgumentError("usage: inspect [PATH]");
+    absl::StatusOr<Tree> subtree = Subtree(BuildTree(), words.size() == 2 ? words[1] : "");
+    if (!subtree.ok()) return subtree.status();
+    return ToJson(*subtree, /*pretty=*/false) + "\n";
+  }
+  if (command == "shutdown") {
+    if (words.size() != 1) return absl::InvalidArgumentError("usage: shutdown");
+    if (on_shutdown_) on_shutdown_();
+    return std::string("shutting down\n");
+  }
+  return absl::InvalidArgumentError(
+      fmt::format("unknown command '{}' (commands: inspect [PATH], shutdown)", command));
+}
+
+Tree Daemon::BuildTree() const {
+  Tree root;
+  Tree& daemon = root["daemon"];
+  daemon["pid"] = getpid();
+  daemon["uptime_seconds"] =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  daemon["control_requests"] = control_ ? control_->requests() : 0;
+  daemon["control_refused"] = control_ ? control_->refused() : 0;
+  Tree& machine = root["vm"];
+  machine["memory_bytes"] = settings_.memory_bytes;
+  machine["isolation"] = settings_.snp ? "snp" : "none";
+  machine["max_version"] = VersionName(settings_.max_version);
+  AddServer(vm_->server().Snapshot(), root);
+
+  Tree& devices = root["devices"] = Tree::object();
+  for (size_t i = 0; i < echo_.size(); ++i) {
+    const EchoStats& stats = echo_[i]->stats();
+    Tree& echo = devices["echo"][std::to_string(i)];
+    echo["packets_echoed"] = stats.packets_echoed;
+    echo["opens"] = stats.opens;
+    echo["closes"] = stats.closes;
+    echo["gpadls"] = stats.gpadls;
+    echo["ring_view"] = !stats.ring_view.has_value()                   ? "none"
+                        : *stats.ring_view == guestmem::View::kPrivate ? "private"
+                                                                       : "untrusted";
+  }
+  for (size_t i = 0; i < disks_.size(); ++i) {
+    const storvsp::StorvspStats& stats = disks_[i].device->stats();
+    Tree& disk = devices["disks"][std::to_string(i)];
+    disk["path"] = disks_[i].path;
+    disk["size_bytes"] = disks_[i].backend->size_bytes();
+    disk["read_only"] = disks_[i].backend->read_only();
+    disk["vstor_version"] = fmt::format("{}.{}", stats.version >> 8, stats.version & 0xff);
+    disk["packets"] = stats.packets;
+    disk["srbs"] = stats.srbs;
+    disk["bad_packets"] = stats.bad_packets;
+    disk["opens"] = stats.opens;
+    disk["closes"] = stats.closes;
+    disk["subchannels_offered"] = stats.subchannels_offered;
+    disk["subchannels_revoked"] = stats.subchannels_revoked;
+    if (!stats.last_error.ok()) disk["last_error"] = stats.last_error.ToString();
+  }
+  if (heartbeat_) {
+    const ic::HeartbeatStats stats = heartbeat_->stats();
+    Tree& node = devices["heartbeat"];
+    AddIcChannel(stats.channel, node["channel"]);
+    node["health"] = ic::HeartbeatHealthName(stats.health);
+    node["sent"] = stats.sent;
+    node["answered"] = stats.answered;
+    node["missed"] = stats.missed;
+    node["consecutive_missed"] = stats.consecutive_missed;
+  }
+  if (shutdown_) {
+    const ic::ShutdownStats stats = shutdown_->stats();
+    Tree& node = devices["shutdown"];
+    AddIcChannel(stats.channel, node["channel"]);
+    node["requested"] = stats.requested;
+    node["accepted"] = stats.accepted;
+    node["refused"] = stats.refused;
+    node["failed"] = stats.failed;
+  }
+  if (timesync_) {
+    const ic::TimeSyncStats stats = timesync_->stats();
+    Tree& node = devices["timesync"];
+    AddIcChannel(stats.channel, node["channel"]);
+    node["syncs_sent"] = stats.syncs_sent;
+    node["samples_sent"] = stats.samples_sent;
+    node["answered"] = stats.answered;
+    node["unanswered"] = stats.unanswered;
+  }
+  if (relay_) {
+    const hvsocket::RelayStats& stats = relay_->stats();
+    Tree& node = devices["hvsocket"];
+    node["guest_connects"] = stats.guest_connects;
+    node["guest_refused"] = stats.guest_refused;
+    node["host_connects"] = stats.host_connects;
+    node["host_refused"] = stats.host_refused;
+    node["finished"] = stats.finished;
+    node["connections"] = Tree::object();
+    for (const hvsocket::ConnectionStats& c : relay_->Connections()) {
+      Tree& connection = node["connections"][std::to_string(c.id)];
+      connection["host_initiated"] = c.host_initiated;
+      connection["service_id"] = c.service_id.ToString();
+      connection["socket_path"] = c.socket_path;
+      connection["opened"] = c.opened;
+      connection["bytes_to_host"] = c.bytes_to_host;
+      connection["bytes_to_guest"] = c.bytes_to_guest;
+    }
+  }
+  Tree& guest = root["guest"];
+  guest["side"] = settings_.guest == GUEST_CLIENT ? "client" : "none";
+  if (guest_) {
+    const InProcessGuestStats stats = guest_->stats();
+    guest["state"] = stats.state;
+    guest["version"] = stats.version == 0 ? "none" : VersionName(stats.version);
+    guest["features"] = stats.features;
+    guest["channels_open"] = stats.channels_open;
+    guest["round_trips"] = stats.round_trips;
+    if (!stats.last_error.empty()) guest["last_error"] = stats.last_error;
+  }
+  return root;
+}
+
+}  // namespace cvmbus::paravisor::daemon

@@ -1,0 +1,94 @@
+// cvmbusd's body: the emulated confidential VM (paravisor/vm), the VMBus server on its loop,
+// the devices the configuration names, the guest side, and the control socket that serves the
+// inspect tree, all started from checked Settings and stopped in order.
+//
+//   absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings, on_shutdown);
+//   ... SIGTERM, or cvmbusctl shutdown (which calls on_shutdown) ...
+//   (*daemon)->Stop();
+//
+// Stop: the guest side stops its traffic; the devices go in reverse order of their offers
+// (hvsocket relay, integration components, disks, echo channels), each dropping its offers so
+// that the server revokes them, subchannels before their primary, and the guest is sent the
+// rescinds; then the control socket closes and the loop stops.
+//
+// Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
+// PATH), "shutdown" (calls on_shutdown; the caller then calls Stop).
+//
+// Threads: Start, Inspect and Stop from one controlling thread (never the loop's).
+#ifndef CVMBUS_PARAVISOR_DAEMON_DAEMON_H_
+#define CVMBUS_PARAVISOR_DAEMON_DAEMON_H_
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "hw/storage/file_backing.h"
+#include "paravisor/daemon/config.h"
+#include "paravisor/daemon/control_server.h"
+#include "paravisor/daemon/in_process_guest.h"
+#include "paravisor/daemon/inspect_tree.h"
+#include "paravisor/devices/echo_device.h"
+#include "paravisor/devices/hvsocket/hvsocket_relay.h"
+#include "paravisor/devices/ic/heartbeat_ic.h"
+#include "paravisor/devices/ic/shutdown_ic.h"
+#include "paravisor/devices/ic/timesync_ic.h"
+#include "paravisor/devices/storvsp/file_block_backend.h"
+#include "paravisor/devices/storvsp/storvsp_device.h"
+#include "paravisor/vm/virtual_machine.h"
+
+namespace cvmbus::paravisor::daemon {
+
+class Daemon {
+ public:
+  // Builds everything or nothing: on any failure what was started is stopped again and the
+  // error names the part. `on_shutdown` runs on the loop thread for a "shutdown" request.
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Settings& settings,
+                                                       std::function<void()> on_shutdown);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // The whole inspect tree (built on the loop thread).
+  Tree Inspect();
+  // The ordered stop (see above). Idempotent.
+  void Stop();
+
+  vm::VirtualMachine& vm() { return *vm_; }
+
+ private:
+  struct Disk {
+    std::string path;
+    std::unique_ptr<storvsp::FileBlockBackend> backend;
+    std::unique_ptr<storvsp::StorvspDevice> device;
+  };
+
+  explicit Daemon(Settings settings) : settings_(std::move(settings)) {}
+  // On the loop thread.
+  absl::Status StartDevices();
+  void StopDevices();
+  Tree BuildTree() const;
+  absl::StatusOr<std::string> HandleRequest(const std::vector<std::string>& words);
+
+  const Settings settings_;
+  std::function<void()> on_shutdown_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  std::unique_ptr<vm::VirtualMachine> vm_;
+  // Loop-thread state.
+  std::vector<std::unique_ptr<EchoDevice>> echo_;
+  std::vector<Disk> disks_;
+  std::unique_ptr<ic::HeartbeatIc> heartbeat_;
+  std::unique_ptr<ic::ShutdownIc> shutdown_;
+  std::unique_ptr<ic::TimeSyncIc> timesync_;
+  std::unique_ptr<hvsocket::HvSocketRelay> relay_;
+  std::unique_ptr<ControlServer> control_;
+  // The guest side (its own thread).
+  std::unique_ptr<InProcessGuest> guest_;
+  bool stopped_ = false;
+};
+
+}  // namespace cvmbus::paravisor::daemon
+
+#endif  // CVMBUS_PARAVISOR_DAEMON_DAEMON_H_

@@ -1,0 +1,143 @@
+// The daemon in-process: started from Settings with every kind of device and the in-process
+// guest, inspected while the guest runs traffic, and stopped in order.
+#include "paravisor/daemon/daemon.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <set>
+#include <thread>
+
+#include "paravisor/protocol/channel_messages.h"
+
+namespace cvmbus::paravisor::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A directory of this test's own under /tmp: Bazel's TEST_TMPDIR is too long a path for a
+// Unix socket.
+std::string TempPath(const std::string& name) {
+  static const std::string* dir = [] {
+    char pattern[] = "/tmp/cvmbusd_test.XXXXXX";
+    return new std::string(mkdtemp(pattern) != nullptr ? pattern : "/tmp");
+  }();
+  return *dir + "/" + name;
+}
+
+// A 1 MiB disk image.
+std::string MakeDisk(const std::string& name) {
+  const std::string path = TempPath(name);
+  const int fd = open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0600);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(ftruncate(fd, 1 << 20), 0);
+  close(fd);
+  return path;
+}
+
+// The value at `path` ("a/b/c"), or null if there is none.
+Tree At(const Tree& tree, const std::string& path) {
+  absl::StatusOr<Tree> at = Subtree(tree, path);
+  return at.ok() ? *at : Tree();
+}
+
+Settings FullSettings(const std::string& tag) {
+  Settings settings;
+  settings.guest = GUEST_CLIENT;
+  settings.echo_packets_per_second = 500;
+  settings.max_version = protocol::kVersionWin10V6_0;
+  settings.echo_channels = 2;
+  settings.disks.push_back({.path = MakeDisk(tag + ".img")});
+  settings.heartbeat = settings.shutdown = settings.timesync = true;
+  settings.heartbeat_interval = 100ms;
+  settings.control_socket = TempPath(tag + ".sock");
+  unlink(settings.control_socket.c_str());
+  return settings;
+}
+
+TEST(DaemonTest, AConfidentialGuestRunsTrafficThatTheInspectTreeShows) {
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(FullSettings("full"), {});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  Tree tree;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    tree = (*daemon)->Inspect();
+    if (At(tree, "guest/round_trips") >= 50) break;
+    ASSERT_NE(At(tree, "guest/state"), "failed") << At(tree, "guest/last_error");
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_GE(At(tree, "guest/round_trips"), 50);
+  EXPECT_EQ(At(tree, "guest/state"), "running");
+  EXPECT_EQ(At(tree, "guest/channels_open"), 2);
+  EXPECT_EQ(At(tree, "connection/version"), "6.0");
+  const uint32_t features = At(tree, "connection/feature_flags").is_number()
+                                ? At(tree, "connection/feature_flags").get<uint32_t>()
+                                : 0;
+  EXPECT_NE(features & protocol::kFeatureConfidentialChannels, 0u);
+  EXPECT_EQ(At(tree, "connection/guest_errors"), 0);
+  // Two echo channels, the disk and three ICs, in offer order.
+  EXPECT_EQ(At(tree, "channels").size(), 6u);
+  EXPECT_EQ(At(tree, "channels/1/state"), "open");
+  EXPECT_EQ(At(tree, "channels/2/state"), "open");
+  EXPECT_EQ(At(tree, "channels/3/interface_name"), "storvsp");
+  EXPECT_EQ(At(tree, "devices/echo/0/ring_view"), "private");
+  EXPECT_GT(At(tree, "devices/echo/0/packets_echoed"), 0);
+  EXPECT_EQ(At(tree, "devices/disks/0/size_bytes"), 1 << 20);
+  EXPECT_EQ(At(tree, "devices/heartbeat/channel/state"), "closed");
+  EXPECT_EQ(At(tree, "vm/isolation"), "snp");
+  // The guest's rings are GPADLs the tree lists.
+  EXPECT_EQ(At(tree, "gpadls/100/relid"), 1);
+  EXPECT_EQ(At(tree, "gpadls/100/state"), "accepted");
+
+  (*daemon)->Stop();
+  // Every offer was revoked: the guest is sent one rescind per channel.
+  std::set<uint32_t> rescinded;
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<protocol::ParsedMessage> rescind =
+        (*daemon)->vm().guest().WaitFor(protocol::MessageType::kRescindChannelOffer, 5000ms);
+    ASSERT_TRUE(rescind.ok()) << i << ": " << rescind.status() << "\n"
+                              << ToLines(At((*daemon)->Inspect(), "channels"));
+    rescinded.insert(std::get<protocol::RescindChannelOffer>(rescind->body).child_relid);
+  }
+  EXPECT_EQ(rescinded, (std::set<uint32_t>{1, 2, 3, 4, 5, 6}));
+  tree = (*daemon)->Inspect();
+  const Tree channels = At(tree, "channels");
+  ASSERT_EQ(channels.size(), 6u);
+  for (const auto& item : channels.items()) {
+    EXPECT_EQ(item.value()["state"], "revoked") << item.key();
+  }
+  EXPECT_EQ(access(TempPath("full.sock").c_str(), F_OK), -1);  // The socket file is gone.
+}
+
+TEST(DaemonTest, APartThatCannotStartStopsEverythingAndIsNamed) {
+  Settings settings = FullSettings("bad_disk");
+  settings.disks[0].path = TempPath("no_such_disk.img");
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings, {});
+  ASSERT_FALSE(daemon.ok());
+  EXPECT_EQ(daemon.status().code(), absl::StatusCode::kNotFound) << daemon.status();
+  EXPECT_EQ(std::string(daemon.status().message()).rfind("disk[0] " + settings.disks[0].path, 0),
+            0u)
+      << daemon.status();
+  EXPECT_EQ(access(settings.control_socket.c_str(), F_OK), -1);
+}
+
+TEST(DaemonTest, ATakenControlSocketIsRefused) {
+  Settings settings = FullSettings("taken");
+  settings.disks.clear();
+  const int fd = open(settings.control_socket.c_str(), O_CREAT | O_WRONLY, 0600);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings, {});
+  ASSERT_FALSE(daemon.ok());
+  EXPECT_EQ(daemon.status().code(), absl::StatusCode::kAlreadyExists) << daemon.status();
+  EXPECT_EQ(std::string(daemon.status().message()).rfind("control socket: ", 0), 0u)
+      << daemon.status();
+  EXPECT_EQ(access(settings.control_socket.c_str(), F_OK), 0);  // Not someone else's to remove.
+  unlink(settings.control_socket.c_str());
+}
+
+}  // namespace
+}  // namespace cvmbus::paravisor::daemon
