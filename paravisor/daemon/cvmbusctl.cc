@@ -2,6 +2,8 @@
 //
 //   cvmbusctl --socket=/run/cvmbusd.sock inspect [PATH]      the tree, or the subtree at PATH
 //   cvmbusctl --socket=... --json inspect channels/3          as JSON (default: path = value)
+//   cvmbusctl --socket=... ring 3                             both rings of channel 3, dumped
+//   cvmbusctl --socket=... unstick 3                          signal both directions once
 //   cvmbusctl --socket=... shutdown                           an orderly stop, as SIGTERM
 //
 // Exit 0: answered; 1: the daemon answered with an error (printed); 2: bad usage or no daemon.
@@ -26,6 +28,9 @@ ABSL_FLAG(bool, json, false, "Print inspect output as JSON instead of path = val
 
 namespace cvmbus::paravisor::daemon {
 namespace {
+
+constexpr char kUsage[] =
+    "cvmbusctl [--socket=PATH] [--json] inspect [PATH] | ring RELID | unstick RELID | shutdown";
 
 // Sends `request` and reads the reply until the daemon closes the connection.
 hw::Task Exchange(hw::EventLoop* loop, std::string path, std::string request,
@@ -70,10 +75,9 @@ hw::Task Exchange(hw::EventLoop* loop, std::string path, std::string request,
 }
 
 int Main(const std::vector<std::string>& words) {
-  if (words.empty() || (words[0] != "inspect" && words[0] != "shutdown")) {
-    fmt::print(stderr,
-               "cvmbusctl: usage: cvmbusctl [--socket=PATH] [--json] inspect [PATH] | "
-               "shutdown\n");
+  if (words.empty() || (words[0] != "inspect" && words[0] != "ring" && words[0] != "unstick" &&
+                        words[0] != "shutdown")) {
+    fmt::print(stderr, "cvmbusctl: usage: {}\n", kUsage);
     return 2;
   }
   absl::StatusOr<std::unique_ptr<hw::EventLoop>> loop = hw::EventLoop::Create();
@@ -116,7 +120,7 @@ int Main(const std::vector<std::string>& words) {
 }  // namespace cvmbus::paravisor::daemon
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("cvmbusctl [--socket=PATH] [--json] inspect [PATH] | shutdown");
+  absl::SetProgramUsageMessage(cvmbus::paravisor::daemon::kUsage);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> words(rest.begin() + 1, rest.end());
   return cvmbus::paravisor::daemon::Main(words);

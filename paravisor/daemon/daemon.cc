@@ -3,7 +3,10 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <charconv>
+
 #include "base/format.h"
+#include "paravisor/daemon/ring_inspect.h"
 #include "paravisor/devices/demo_devices.h"
 
 namespace cvmbus::paravisor::daemon {
@@ -35,6 +38,18 @@ void AddIcChannel(const ic::IcDeviceStats& stats, Tree& node) {
         fmt::format("{}.{}", stats.versions->message.major, stats.versions->message.minor);
   }
   if (!stats.last_error.ok()) node["last_error"] = stats.last_error.ToString();
+}
+
+// A relid as a request names it: decimal, 1..kMaxChannels.
+absl::StatusOr<uint32_t> ParseRelid(const std::string& text) {
+  uint32_t relid = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), relid);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || relid == 0 ||
+      relid > kMaxChannels) {
+    return absl::InvalidArgumentError(
+        fmt::format("'{}' is not a relid (1..{})", text, kMaxChannels));
+  }
+  return relid;
 }
 
 }  // namespace
@@ -175,13 +190,28 @@ absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>
     if (!subtree.ok()) return subtree.status();
     return ToJson(*subtree, /*pretty=*/false) + "\n";
   }
+  if (command == "ring" || command == "unstick") {
+    if (words.size() != 2)
+      return absl::InvalidArgumentError(fmt::format("usage: {} RELID", command));
+    absl::StatusOr<uint32_t> relid = ParseRelid(words[1]);
+    if (!relid.ok()) return relid.status();
+    if (command == "unstick") {
+      if (absl::Status status = vm_->server().Unstick(*relid); !status.ok()) return status;
+      return fmt::format("channel {}: both directions signalled\n", *relid);
+    }
+    absl::StatusOr<RingPages> rings = vm_->server().RingPagesOf(*relid);
+    if (!rings.ok()) return rings.status();
+    return RingDumpText(*rings, *relid);
+  }
   if (command == "shutdown") {
     if (words.size() != 1) return absl::InvalidArgumentError("usage: shutdown");
     if (on_shutdown_) on_shutdown_();
     return std::string("shutting down\n");
   }
   return absl::InvalidArgumentError(
-      fmt::format("unknown command '{}' (commands: inspect [PATH], shutdown)", command));
+      fmt::format("unknown command '{}' (commands: inspect [PATH], ring RELID, unstick RELID, "
+                  "shutdown)",
+                  command));
 }
 
 Tree Daemon::BuildTree() const {
@@ -196,7 +226,12 @@ Tree Daemon::BuildTree() const {
   machine["memory_bytes"] = settings_.memory_bytes;
   machine["isolation"] = settings_.snp ? "snp" : "none";
   machine["max_version"] = VersionName(settings_.max_version);
-  AddServer(vm_->server().Snapshot(), root);
+  const ServerSnapshot server = vm_->server().Snapshot();
+  AddServer(server, root);
+  for (const ChannelSnapshot& channel : server.channels) {
+    absl::StatusOr<RingPages> rings = vm_->server().RingPagesOf(channel.relid);
+    if (rings.ok()) root["channels"][std::to_string(channel.relid)]["rings"] = RingSummary(*rings);
+  }
 
   Tree& devices = root["devices"] = Tree::object();
   for (size_t i = 0; i < echo_.size(); ++i) {

@@ -12,7 +12,8 @@
 // rescinds; then the control socket closes and the loop stops.
 //
 // Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
-// PATH), "shutdown" (calls on_shutdown; the caller then calls Stop).
+// PATH), "ring RELID" (both rings of an open channel as ringtool dumps them), "unstick RELID"
+// (signal both directions once), "shutdown" (calls on_shutdown; the caller then calls Stop).
 //
 // Threads: Start, Inspect and Stop from one controlling thread (never the loop's).
 #ifndef CVMBUS_PARAVISOR_DAEMON_DAEMON_H_

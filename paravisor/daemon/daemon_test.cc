@@ -88,6 +88,11 @@ TEST(DaemonTest, AConfidentialGuestRunsTrafficThatTheInspectTreeShows) {
   EXPECT_EQ(At(tree, "devices/disks/0/size_bytes"), 1 << 20);
   EXPECT_EQ(At(tree, "devices/heartbeat/channel/state"), "closed");
   EXPECT_EQ(At(tree, "vm/isolation"), "snp");
+  // The echo rings are private, and the summary reads their control pages.
+  EXPECT_EQ(At(tree, "channels/1/rings/view"), "private");
+  EXPECT_EQ(At(tree, "channels/1/rings/guest_to_host/data_bytes"), 15 * 4096);
+  EXPECT_TRUE(At(tree, "channels/1/rings/host_to_guest/free_bytes").is_number());
+  EXPECT_FALSE(At(tree, "channels/4").contains("rings"));  // An IC nobody opened.
   // The guest's rings are GPADLs the tree lists.
   EXPECT_EQ(At(tree, "gpadls/100/relid"), 1);
   EXPECT_EQ(At(tree, "gpadls/100/state"), "accepted");

@@ -162,6 +162,12 @@ class VmbusServer {
   // The connection, every channel and GPADL, and the counters (server_snapshot.cc; call on
   // the loop thread).
   ServerSnapshot Snapshot() const;
+  // The ring pages of open channel `relid` (kNotFound: no such channel; kFailedPrecondition:
+  // not open).
+  absl::StatusOr<RingPages> RingPagesOf(uint32_t relid) const;
+  // Raises both directions of open channel `relid` once, as OpenVMM's inspect action does for a
+  // channel that looks stuck: the device checks its ring, the guest gets an interrupt.
+  absl::Status Unstick(uint32_t relid);
 
  private:
   class BusHandle;

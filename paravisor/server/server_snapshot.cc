@@ -1,5 +1,9 @@
 #include "paravisor/server/server.h"
 
+#include <fmt/format.h>
+
+#include "guestmem/paged_range.h"
+
 namespace cvmbus::paravisor {
 
 ServerSnapshot VmbusServer::Snapshot() const {
@@ -43,6 +47,60 @@ ServerSnapshot VmbusServer::Snapshot() const {
                       .pages = internal::PageWords(gpadl.range_count, gpadl.words.size())});
   }
   return out;
+}
+
+absl::StatusOr<RingPages> VmbusServer::RingPagesOf(uint32_t relid) const {
+  auto found = channels_.find(relid);
+  if (found == channels_.end()) {
+    return absl::NotFoundError(fmt::format("channel {}: no such channel", relid));
+  }
+  const Channel& channel = *found->second;
+  const auto* open = std::get_if<internal::Open>(&channel.state);
+  if (open == nullptr) {
+    return absl::FailedPreconditionError(fmt::format(
+        "channel {}: {}, not open", relid, internal::StateName(channel.state)));
+  }
+  const Gpadl* gpadl = gpadls_.Find(open->params.data.ring_gpadl_id);
+  if (gpadl == nullptr) {
+    return absl::InternalError(fmt::format("channel {}: its ring GPADL {} is gone", relid,
+                                           open->params.data.ring_gpadl_id));
+  }
+  absl::StatusOr<std::vector<guestmem::PagedRange>> ranges =
+      guestmem::ParseGpaRanges(gpadl->words, gpadl->range_count);
+  if (!ranges.ok()) return ranges.status();
+  if (ranges->size() != 1) {
+    return absl::FailedPreconditionError(
+        fmt::format("channel {}: its ring GPADL has {} ranges", relid, ranges->size()));
+  }
+  const absl::Span<const uint64_t> pages = (*ranges)[0].gpns();
+  const uint32_t split = open->params.data.ring_offset;
+  if (split == 0 || split >= pages.size()) {
+    return absl::FailedPreconditionError(
+        fmt::format("channel {}: ring offset {} of {} pages", relid, split, pages.size()));
+  }
+  const bool confidential =
+      (VisibleOfferFlags(channel) & protocol::kOfferConfidentialRingBuffer) != 0 &&
+      options_.private_memory.has_value();
+  return RingPages{.guest_to_host = {pages.begin(), pages.begin() + split},
+                   .host_to_guest = {pages.begin() + split, pages.end()},
+                   .memory = confidential ? *options_.private_memory : options_.untrusted_memory,
+                   .confidential = confidential};
+}
+
+absl::Status VmbusServer::Unstick(uint32_t relid) {
+  auto found = channels_.find(relid);
+  if (found == channels_.end()) {
+    return absl::NotFoundError(fmt::format("channel {}: no such channel", relid));
+  }
+  auto* open = std::get_if<internal::Open>(&found->second->state);
+  if (open == nullptr) {
+    return absl::FailedPreconditionError(fmt::format(
+        "channel {}: {}, not open", relid, internal::StateName(found->second->state)));
+  }
+  absl::Status guest = open->interrupt->Raise();
+  absl::Status device = open->device_signal ? open->device_signal->Raise() : absl::OkStatus();
+  if (!guest.ok()) return guest;
+  return device;
 }
 
 }  // namespace cvmbus::paravisor

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "guestmem/guest_memory.h"
 #include "paravisor/bus/bus.h"
 
 namespace cvmbus::paravisor {
@@ -52,6 +53,15 @@ struct ServerSnapshot {
   uint64_t log_lines_suppressed = 0;
   std::vector<ChannelSnapshot> channels;  // By relid.
   std::vector<GpadlSnapshot> gpadls;      // By id.
+};
+
+// Where an open channel's two rings lie, and the view its device reaches them through (the
+// private one for a confidential ring): what a ring dump reads.
+struct RingPages {
+  std::vector<uint64_t> guest_to_host;  // Control page first, then the data pages.
+  std::vector<uint64_t> host_to_guest;
+  guestmem::GuestMemory memory;
+  bool confidential = false;
 };
 
 }  // namespace cvmbus::paravisor

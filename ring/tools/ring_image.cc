@@ -68,6 +68,25 @@ absl::StatusOr<RingImage> LoadImage(const std::string& path) {
   return image;
 }
 
+absl::StatusOr<RingImage> CopyImage(const guestmem::GuestMemory& memory,
+                                    absl::Span<const uint64_t> gpns) {
+  if (gpns.size() < 2) {
+    return Invalid(fmt::format("{} pages: a ring needs a control page and a data page",
+                               gpns.size()));
+  }
+  if ((gpns.size() - 1) * kPage > guestmem::kMaxRingDataBytes) {
+    return Invalid(fmt::format("data area of {} pages exceeds the {}-byte limit",
+                               gpns.size() - 1, guestmem::kMaxRingDataBytes));
+  }
+  CVMBUS_ASSIGN_OR_RETURN(RingImage image, NewImage((gpns.size() - 1) * kPage));
+  std::vector<uint8_t> page(kPage);
+  for (size_t i = 0; i < gpns.size(); ++i) {
+    CVMBUS_RETURN_IF_ERROR(memory.Read(gpns[i] * kPage, absl::MakeSpan(page)));
+    CVMBUS_RETURN_IF_ERROR(image.memory().Write(i * kPage, page));
+  }
+  return image;
+}
+
 absl::Status SaveImage(const RingImage& image, const std::string& path) {
   std::vector<uint8_t> bytes(image.total_bytes());
   CVMBUS_RETURN_IF_ERROR(image.memory().Read(0, absl::MakeSpan(bytes)));

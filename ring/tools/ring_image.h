@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/memory_backing.h"
 #include "guestmem/ring_memory.h"
@@ -38,6 +39,12 @@ absl::StatusOr<RingImage> NewImage(uint64_t data_size);
 // not repeat the path, if the file is missing, not a regular file, shorter than two pages, not
 // a multiple of 4096 bytes, or larger than the largest ring.
 absl::StatusOr<RingImage> LoadImage(const std::string& path);
+
+// Copies a live ring out of guest memory: the control page at gpns[0], the data area on the rest
+// (at least one page). The pages are read once, each through `memory`'s checks; the copy is
+// then what a dump reads, however the guest or host rewrites the ring meanwhile.
+absl::StatusOr<RingImage> CopyImage(const guestmem::GuestMemory& memory,
+                                    absl::Span<const uint64_t> gpns);
 
 // Writes the image to `path`, creating or truncating it. kInvalidArgument naming the path.
 absl::Status SaveImage(const RingImage& image, const std::string& path);

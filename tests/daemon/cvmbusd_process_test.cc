@@ -151,6 +151,26 @@ TEST(CvmbusdProcessTest, InspectedWhileRunningThenStoppedBySigterm) {
   EXPECT_EQ(unknown.Wait(10s), 1);
   EXPECT_EQ(unknown.err(), "cvmbusctl: usage: inspect [PATH]\n");
 
+  Process ring = Ctl(socket, {"ring", "1"});
+  EXPECT_EQ(ring.Wait(10s), 0) << ring.err();
+  EXPECT_EQ(ring.out().rfind("ring 1/guest_to_host: data area 0xf000 bytes (15 pages)\n", 0), 0u)
+      << ring.out();
+  EXPECT_NE(ring.out().find("ring 1/host_to_guest: data area 0xf000 bytes (15 pages)\n"),
+            std::string::npos)
+      << ring.out();
+
+  Process unstick = Ctl(socket, {"unstick", "2"});
+  EXPECT_EQ(unstick.Wait(10s), 0) << unstick.err();
+  EXPECT_EQ(unstick.out(), "channel 2: both directions signalled\n");
+
+  Process not_open = Ctl(socket, {"ring", "3"});  // The heartbeat: nobody opened it.
+  EXPECT_EQ(not_open.Wait(10s), 1);
+  EXPECT_EQ(not_open.err(), "cvmbusctl: channel 3: closed, not open\n");
+
+  Process bad_relid = Ctl(socket, {"unstick", "0x3"});
+  EXPECT_EQ(bad_relid.Wait(10s), 1);
+  EXPECT_EQ(bad_relid.err(), "cvmbusctl: '0x3' is not a relid (1..2047)\n");
+
   ASSERT_EQ(kill(daemon.pid, SIGTERM), 0);
   EXPECT_EQ(daemon.Wait(20s), 0) << daemon.err();
   const std::string log = daemon.err();
