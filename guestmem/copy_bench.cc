@@ -14,9 +14,17 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "guestmem/guest_memory.h"
+
+ABSL_FLAG(int64_t, reps, 5,
+          "Repetitions of every measurement; the median is printed (1 to 100000).");
+ABSL_FLAG(int64_t, millis, 200, "Milliseconds each measurement copies for (1 to 100000).");
 
 namespace cvmbus::guestmem {
 namespace {
@@ -26,31 +34,19 @@ struct Flags {
   int millis = 200;
 };
 
-// Parses --reps=N and --millis=N; anything else is an error naming the flag.
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    int* target = nullptr;
-    std::string value;
-    if (arg.rfind("--reps=", 0) == 0) {
-      target = &flags->reps;
-      value = arg.substr(7);
-    } else if (arg.rfind("--millis=", 0) == 0) {
-      target = &flags->millis;
-      value = arg.substr(9);
-    } else {
-      fmt::print(stderr, "copy_bench: unknown flag '{}' (flags: --reps=N --millis=N)\n", arg);
+// The flags' values, each checked against its range: false after a one-line error naming it.
+bool GetFlags(Flags* flags) {
+  const auto get = [](std::string_view name, const absl::Flag<int64_t>& flag, int* out) {
+    const int64_t value = absl::GetFlag(flag);
+    if (value < 1 || value > 100000) {
+      fmt::print(stderr, "copy_bench: '--{}={}' needs a whole number from 1 to 100000\n", name,
+                 value);
       return false;
     }
-    char* end = nullptr;
-    const long parsed = std::strtol(value.c_str(), &end, 10);
-    if (value.empty() || *end != '\0' || parsed < 1 || parsed > 100000) {
-      fmt::print(stderr, "copy_bench: '{}' needs a whole number from 1 to 100000\n", arg);
-      return false;
-    }
-    *target = static_cast<int>(parsed);
-  }
-  return true;
+    *out = static_cast<int>(value);
+    return true;
+  };
+  return get("reps", FLAGS_reps, &flags->reps) && get("millis", FLAGS_millis, &flags->millis);
 }
 
 // Runs `copy` repeatedly for `millis` and returns bytes per second.
@@ -163,7 +159,16 @@ int Run(const Flags& flags) {
 }  // namespace cvmbus::guestmem
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "copy_bench [--reps=5] [--millis=200]: copy throughput through guestmem's views, against "
+      "memcpy");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    fmt::print(stderr, "copy_bench: unexpected argument '{}' (flags: --reps=N --millis=N)\n",
+               rest[1]);
+    return 2;
+  }
   cvmbus::guestmem::Flags flags;
-  if (!cvmbus::guestmem::ParseFlags(argc, argv, &flags)) return 2;
+  if (!cvmbus::guestmem::GetFlags(&flags)) return 2;
   return cvmbus::guestmem::Run(flags);
 }

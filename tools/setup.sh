@@ -9,7 +9,7 @@ packages=(
   liburing-dev libabsl-dev libfmt-dev libgtest-dev libgmock-dev
   dpdk-dev librte-bus-vmbus23   # DPDK 22.11's VMBus ring functions: an independent ring peer.
   protobuf-compiler libprotobuf-dev  # Saved state of the VMBus server; cvmbusd's config.
-  nlohmann-json3-dev       # cvmbusd's inspect tree (header-only: safe in the TSan build).
+  nlohmann-json3-dev       # cvmbusd's inspect tree (header-only).
   fio                      # The storage peer storvsp_bench compares with (same file, io_uring).
   socat                    # The host end of the hvsocket relay tests (tests/hvsocket/).
 )

@@ -28,10 +28,18 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "hw/kvm/testing/raw_round_trip.h"
 #include "ring/bench/placement.h"
+
+ABSL_FLAG(uint64_t, iterations, 20000, "Operations per run (at least 2; fewer count as 2).");
+ABSL_FLAG(int, reps, 3, "Runs of every row, each at the placement measured before it.");
+ABSL_FLAG(std::string, only, "", "Runs only the rows whose names contain this substring.");
 
 namespace cvmbus::hw::kvm {
 namespace {
@@ -51,32 +59,10 @@ void PrintRow(const std::string& what, int rep, double cacheline_ns, const RawRe
   std::fflush(stdout);
 }
 
-bool FlagValue(const std::string& arg, const std::string& name, std::string* value) {
-  const std::string prefix = "--" + name + "=";
-  if (arg.rfind(prefix, 0) != 0) return false;
-  *value = arg.substr(prefix.size());
-  return true;
-}
-
-int Main(int argc, char** argv) {
-  uint64_t iterations = 20000;
-  int reps = 3;
-  std::string only;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    std::string value;
-    if (FlagValue(arg, "iterations", &value)) {
-      iterations = std::stoull(value);
-    } else if (FlagValue(arg, "reps", &value)) {
-      reps = std::stoi(value);
-    } else if (FlagValue(arg, "only", &value)) {
-      only = value;
-    } else {
-      std::fprintf(stderr, "unknown flag %s (--iterations=N --reps=N --only=SUBSTRING)\n",
-                   arg.c_str());
-      return 2;
-    }
-  }
+int Main() {
+  uint64_t iterations = absl::GetFlag(FLAGS_iterations);
+  const int reps = absl::GetFlag(FLAGS_reps);
+  const std::string only = absl::GetFlag(FLAGS_only);
   if (iterations < 2) iterations = 2;
   if (access("/dev/kvm", R_OK | W_OK) != 0) {
     std::printf("kvm_bench: /dev/kvm is absent or not read-write here; nothing to measure\n");
@@ -129,4 +115,16 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace cvmbus::hw::kvm
 
-int main(int argc, char** argv) { return cvmbus::hw::kvm::Main(argc, argv); }
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "kvm_bench [--iterations=N] [--reps=N] [--only=SUBSTRING]: the raw long-mode KVM doorbell "
+      "round trip and its parts");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr,
+                 "kvm_bench: unexpected argument '%s' (--iterations=N --reps=N --only=SUBSTRING)\n",
+                 rest[1]);
+    return 2;
+  }
+  return cvmbus::hw::kvm::Main();
+}

@@ -22,6 +22,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/ring_memory.h"
 #include "hw/uring/event_loop.h"
@@ -30,6 +33,8 @@
 #include "ring/bench/placement.h"
 #include "ring/errors.h"
 #include "ring/testing/dpdk_peer.h"
+
+ABSL_FLAG(int64_t, millis, 500, "Milliseconds each measurement runs for (1 to 100000).");
 
 namespace cvmbus::hw {
 namespace {
@@ -536,19 +541,18 @@ int Run(int millis) {
 }  // namespace cvmbus::hw
 
 int main(int argc, char** argv) {
-  int millis = 500;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--millis=", 0) == 0) {
-      millis = std::atoi(arg.c_str() + 9);
-      if (millis < 1 || millis > 100000) {
-        fmt::print(stderr, "uring_bench: --millis needs 1..100000\n");
-        return 2;
-      }
-    } else {
-      fmt::print(stderr, "uring_bench: unknown flag '{}' (flags: --millis=N)\n", arg);
-      return 2;
-    }
+  absl::SetProgramUsageMessage(
+      "uring_bench [--millis=500]: doorbells and sleeping rings through the io_uring EventLoop, "
+      "against raw eventfds");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    fmt::print(stderr, "uring_bench: unexpected argument '{}' (flags: --millis=N)\n", rest[1]);
+    return 2;
   }
-  return cvmbus::hw::Run(millis);
+  const int64_t millis = absl::GetFlag(FLAGS_millis);
+  if (millis < 1 || millis > 100000) {
+    fmt::print(stderr, "uring_bench: --millis={}: needs 1..100000\n", millis);
+    return 2;
+  }
+  return cvmbus::hw::Run(static_cast<int>(millis));
 }

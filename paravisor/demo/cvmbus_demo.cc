@@ -21,11 +21,14 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "base/format.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
@@ -36,6 +39,11 @@
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/testing/guest_channel.h"
 #include "paravisor/vm/virtual_machine.h"
+
+ABSL_FLAG(int64_t, packets, 200000,
+          "Packets in the pipelined burst on one channel (1 to 100000000); a tenth as many "
+          "request/answer round trips go first.");
+ABSL_FLAG(int64_t, channels, 4, "Echo channels (1 to 64), the last one monitored if two or more.");
 
 namespace cvmbus::paravisor {
 namespace {
@@ -48,27 +56,22 @@ struct Flags {
   long channels = 4;
 };
 
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    long* target = arg.rfind("--packets=", 0) == 0    ? &flags->packets
-                   : arg.rfind("--channels=", 0) == 0 ? &flags->channels
-                                                      : nullptr;
-    if (target == nullptr) {
-      fmt::print(stderr, "cvmbus_demo: unknown flag '{}' (flags: --packets=N --channels=N)\n", arg);
+// The flags' values, each checked against its range: false after a one-line error naming it.
+bool GetFlags(Flags* flags) {
+  static_assert(kDemoMaxDeviceCount == 64, "the --channels help text names the limit");
+  const auto get = [](std::string_view name, const absl::Flag<int64_t>& flag, long limit,
+                      long* out) {
+    const int64_t value = absl::GetFlag(flag);
+    if (value < 1 || value > limit) {
+      fmt::print(stderr, "cvmbus_demo: '--{}={}' needs a whole number from 1 to {}\n", name, value,
+                 limit);
       return false;
     }
-    const std::string value = arg.substr(arg.find('=') + 1);
-    char* end = nullptr;
-    const long parsed = std::strtol(value.c_str(), &end, 10);
-    const long limit = target == &flags->channels ? kDemoMaxDeviceCount : 100000000;
-    if (value.empty() || *end != '\0' || parsed < 1 || parsed > limit) {
-      fmt::print(stderr, "cvmbus_demo: '{}' needs a whole number from 1 to {}\n", arg, limit);
-      return false;
-    }
-    *target = parsed;
-  }
-  return true;
+    *out = static_cast<long>(value);
+    return true;
+  };
+  return get("packets", FLAGS_packets, 100000000, &flags->packets) &&
+         get("channels", FLAGS_channels, kDemoMaxDeviceCount, &flags->channels);
 }
 
 int Fail(const std::string& what, const absl::Status& status) {
@@ -291,7 +294,16 @@ int Run(const Flags& flags) {
 }  // namespace cvmbus::paravisor
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "cvmbus_demo [--packets=N] [--channels=N]: an emulated SEV-SNP confidential VM whose "
+      "guest talks VMBus to the paravisor's server over confidential channels");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    fmt::print(stderr, "cvmbus_demo: unexpected argument '{}' (flags: --packets=N --channels=N)\n",
+               rest[1]);
+    return 2;
+  }
   cvmbus::paravisor::Flags flags;
-  if (!cvmbus::paravisor::ParseFlags(argc, argv, &flags)) return 2;
+  if (!cvmbus::paravisor::GetFlags(&flags)) return 2;
   return cvmbus::paravisor::Run(flags);
 }

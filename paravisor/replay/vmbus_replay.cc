@@ -5,7 +5,10 @@
 //
 // Every script is parsed first; the well-formed ones then run, each step printed as it runs.
 // Exit status: 0 if every script passed; 2 if any script was malformed or unreadable (the
-// others still run); otherwise 1 if any failed, with the file, line and what differed.
+// others still run), or no script was named; otherwise 1 if any failed, with the file, line and
+// what differed. The command line is Abseil's (it has no flags of its own): an unknown flag is
+// Abseil's error and exits 1, --help (or -h) prints the usage and exits 1, and a script whose
+// name starts with '-' follows a "--".
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -14,6 +17,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "base/format.h"
 #include "paravisor/replay/runner.h"
 #include "paravisor/replay/script.h"
@@ -25,28 +30,24 @@ constexpr int kExitPassed = 0;
 constexpr int kExitFailed = 1;
 constexpr int kExitMalformed = 2;
 
-constexpr std::string_view kUsage =
+constexpr char kUsage[] =
     "usage: vmbus_replay SCRIPT...\n"
     "Plays each VMBus replay script (shared/docs/replay-format.md) on a fresh machine.\n"
-    "Exit status: 0 all passed, 1 a script failed, 2 a script was malformed.\n";
+    "Exit status: 0 all passed, 1 a script failed (or Abseil refused a flag), 2 a script was\n"
+    "malformed or unreadable, or none was named.\n";
 
 int Main(int argc, char** argv) {
-  std::vector<std::string> paths;
-  bool options_done = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (!options_done && arg == "--") {
-      options_done = true;
-    } else if (!options_done && (arg == "--help" || arg == "-h")) {
-      fmt::print("{}", kUsage);
-      return kExitPassed;
-    } else if (!options_done && arg.size() > 1 && arg[0] == '-') {
-      fmt::print(stderr, "vmbus_replay: unknown option '{}'\n{}", arg, kUsage);
-      return kExitMalformed;
-    } else {
-      paths.emplace_back(arg);
-    }
+  // -h stays a spelling of --help, as before the command line was Abseil's.
+  std::vector<char*> args(argv, argv + argc);
+  char help[] = "--help";
+  for (size_t i = 1; i < args.size() && std::string_view(args[i]) != "--"; ++i) {
+    if (std::string_view(args[i]) == "-h") args[i] = help;
   }
+  // The usage without its last newline: Abseil's --help adds a blank line after it.
+  absl::SetProgramUsageMessage(absl::string_view(kUsage, sizeof(kUsage) - 2));
+  const std::vector<char*> rest =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  const std::vector<std::string> paths(rest.begin() + 1, rest.end());
   if (paths.empty()) {
     fmt::print(stderr, "{}", kUsage);
     return kExitMalformed;

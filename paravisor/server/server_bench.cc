@@ -8,12 +8,18 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/vm/virtual_machine.h"
+
+ABSL_FLAG(int64_t, cycles, 20000,
+          "GPADL + open + close + teardown cycles on one channel (1 to 10000000); the pipelined "
+          "run does as many in whole rounds of 256 channels (at least one).");
 
 namespace cvmbus::paravisor {
 namespace {
@@ -128,20 +134,18 @@ int Run(long cycles) {
 }  // namespace cvmbus::paravisor
 
 int main(int argc, char** argv) {
-  long cycles = 20000;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    char* end = nullptr;
-    if (arg.rfind("--cycles=", 0) == 0) {
-      cycles = std::strtol(arg.c_str() + 9, &end, 10);
-      if (*end != '\0' || cycles < 1 || cycles > 10000000) {
-        fmt::print(stderr, "server_bench: --cycles needs 1..10000000\n");
-        return 2;
-      }
-    } else {
-      fmt::print(stderr, "server_bench: unknown flag '{}' (flags: --cycles=N)\n", arg);
-      return 2;
-    }
+  absl::SetProgramUsageMessage(
+      "server_bench [--cycles=N]: the VMBus server's control path (offers; GPADL and open "
+      "cycles)");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    fmt::print(stderr, "server_bench: unexpected argument '{}' (flags: --cycles=N)\n", rest[1]);
+    return 2;
   }
-  return cvmbus::paravisor::Run(cycles);
+  const int64_t cycles = absl::GetFlag(FLAGS_cycles);
+  if (cycles < 1 || cycles > 10000000) {
+    fmt::print(stderr, "server_bench: --cycles={}: needs 1..10000000\n", cycles);
+    return 2;
+  }
+  return cvmbus::paravisor::Run(static_cast<long>(cycles));
 }

@@ -27,15 +27,22 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/ring_memory.h"
 #include "ring/bench/placement.h"
 #include "ring/errors.h"
 #include "ring/ring.h"
 #include "ring/testing/dpdk_peer.h"
+
+ABSL_FLAG(int64_t, reps, 3, "Repetitions of every row, each at its own placement (1 to 100000).");
+ABSL_FLAG(int64_t, millis, 300, "Milliseconds each ring runs per repetition (1 to 100000).");
 
 namespace cvmbus::ring::bench {
 namespace {
@@ -54,26 +61,19 @@ struct Flags {
   int millis = 300;
 };
 
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    int* target = arg.rfind("--reps=", 0) == 0     ? &flags->reps
-                  : arg.rfind("--millis=", 0) == 0 ? &flags->millis
-                                                   : nullptr;
-    if (target == nullptr) {
-      fmt::print(stderr, "ring_bench: unknown flag '{}' (flags: --reps=N --millis=N)\n", arg);
+// The flags' values, each checked against its range: false after a one-line error naming it.
+bool GetFlags(Flags* flags) {
+  const auto get = [](std::string_view name, const absl::Flag<int64_t>& flag, int* out) {
+    const int64_t value = absl::GetFlag(flag);
+    if (value < 1 || value > 100000) {
+      fmt::print(stderr, "ring_bench: '--{}={}' needs a whole number from 1 to 100000\n", name,
+                 value);
       return false;
     }
-    const std::string value = arg.substr(arg.find('=') + 1);
-    char* end = nullptr;
-    const long parsed = std::strtol(value.c_str(), &end, 10);
-    if (value.empty() || *end != '\0' || parsed < 1 || parsed > 100000) {
-      fmt::print(stderr, "ring_bench: '{}' needs a whole number from 1 to 100000\n", arg);
-      return false;
-    }
-    *target = static_cast<int>(parsed);
-  }
-  return true;
+    *out = static_cast<int>(value);
+    return true;
+  };
+  return get("reps", FLAGS_reps, &flags->reps) && get("millis", FLAGS_millis, &flags->millis);
 }
 
 // A fresh ring in its own memfd guest memory: page 0 control, then the data area.
@@ -349,7 +349,16 @@ int Run(const Flags& flags) {
 }  // namespace cvmbus::ring::bench
 
 int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "ring_bench [--reps=3] [--millis=300]: ring throughput cpu0 -> cpu1, cvmbus against DPDK "
+      "and a minimal ring");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    fmt::print(stderr, "ring_bench: unexpected argument '{}' (flags: --reps=N --millis=N)\n",
+               rest[1]);
+    return 2;
+  }
   cvmbus::ring::bench::Flags flags;
-  if (!cvmbus::ring::bench::ParseFlags(argc, argv, &flags)) return 2;
+  if (!cvmbus::ring::bench::GetFlags(&flags)) return 2;
   return cvmbus::ring::bench::Run(flags);
 }

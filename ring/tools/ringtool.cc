@@ -10,6 +10,12 @@
 //
 // Exit codes: 0 success; 1 dump found a corrupt ring (after printing every packet before the
 // corruption); 2 bad arguments or an unusable file. Errors are one line on stderr.
+//
+// The command line is Abseil's. Its flag names are identifiers, so the dashed names above are
+// rewritten to max_payload_bytes, data_bytes and start_index before it parses (either spelling
+// works; --help lists the underscored ones). Abseil's own errors, an unknown flag or a flag
+// without its value, are its one line and exit 1; --help lists the flags and exits 1 (Abseil's
+// choice); `ringtool help` prints the usage and exits 0.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -24,6 +30,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "base/format.h"
@@ -35,6 +44,20 @@
 #include "ring/ring.h"
 #include "ring/tools/ring_dump.h"
 #include "ring/tools/ring_image.h"
+
+// Numbers are kept as text and parsed by ringtool (decimal or 0x-hex, below 2^32), so a bad one
+// is refused with its own message and exit 2; unset means the default.
+ABSL_FLAG(std::optional<std::string>, max_payload_bytes, std::nullopt,
+          "dump: the payload bytes shown of each packet (default 16). On the command line "
+          "--max-payload-bytes=N.");
+ABSL_FLAG(std::optional<std::string>, data_bytes, std::nullopt,
+          "fill, required: the data area's bytes, a nonzero multiple of 4096 up to 1073741824. "
+          "On the command line --data-bytes=N.");
+ABSL_FLAG(std::optional<std::string>, packets, std::nullopt,
+          "fill: the packets to write, SPEC[,SPEC...] (see above).");
+ABSL_FLAG(std::optional<std::string>, start_index, std::nullopt,
+          "fill: the read and write index the packets start at, 8-aligned and below the data "
+          "area's size (default 0). On the command line --start-index=N.");
 
 namespace cvmbus::ring::tools {
 namespace {
@@ -54,7 +77,8 @@ constexpr char kUsage[] = R"(usage:
       SPEC: inband:SIZE | completion:SIZE | gpa:SIZE:PAGES | xfer:RANGES, then optionally
       @XID (transaction id) and +c (completion requested). SIZE is the payload in bytes.
 FILE is a ring as in memory: the 4096-byte control page, then the data area.
-Numbers are decimal or 0x-hex. Exit codes: 0 ok, 1 corrupt ring, 2 bad arguments or file.
+Numbers are decimal or 0x-hex. Exit codes: 0 ok, 1 corrupt ring, 2 bad arguments or file;
+Abseil's own flag errors (an unknown flag, a flag without its value) exit 1, as --help does.
 )";
 
 // Parses a decimal or 0x-prefixed hexadecimal number no larger than `max`.
@@ -236,33 +260,47 @@ absl::Status Fill(const std::string& path, uint64_t data_bytes, uint64_t start_i
 
 // --- Command line ---------------------------------------------------------------------------
 
-struct Flag {
-  std::string_view name;
-  std::string_view value;
-};
+// The flags spelled with dashes; Abseil knows them with underscores.
+constexpr std::string_view kDashedFlags[] = {"max-payload-bytes", "data-bytes", "start-index"};
+
+// The arguments as Abseil is to see them: each dashed flag name with underscores, and -h as
+// --help (ringtool took it before its command line was Abseil's); nothing after a "--".
+std::vector<std::string> AbseilSpelling(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size() && args[i] != "--"; ++i) {
+    std::string& arg = args[i];
+    if (arg == "-h") {
+      arg = "--help";
+      continue;
+    }
+    const size_t dashes = arg.starts_with("--") ? 2 : arg.starts_with("-") ? 1 : 0;
+    const size_t end = std::min(arg.find('='), arg.size());
+    if (dashes == 0 ||
+        std::find(std::begin(kDashedFlags), std::end(kDashedFlags),
+                  std::string_view(arg).substr(dashes, end - dashes)) == std::end(kDashedFlags)) {
+      continue;
+    }
+    std::replace(arg.begin() + dashes, arg.begin() + end, '-', '_');
+  }
+  return args;
+}
 
 int Main(int argc, char** argv) {
   const auto usage_error = [](std::string_view message) {
     fmt::print(stderr, "ringtool: {}\n", message);
     return kExitUsage;
   };
-  std::vector<std::string_view> positional;
-  std::vector<Flag> flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h" || arg == "help") {
-      fmt::print("{}", kUsage);
-      return 0;
-    }
-    if (!arg.starts_with("--")) {
-      positional.push_back(arg);
-      continue;
-    }
-    const size_t equals = arg.find('=');
-    if (equals == std::string_view::npos) {
-      return usage_error(fmt::format("flag '{}' needs a value: {}=...", arg, arg));
-    }
-    flags.push_back({arg.substr(0, equals), arg.substr(equals + 1)});
+  std::vector<std::string> spelled = AbseilSpelling(argc, argv);
+  std::vector<char*> args;
+  for (std::string& arg : spelled) args.push_back(arg.data());
+  // The usage without its last newline: Abseil's --help adds a blank line after it.
+  absl::SetProgramUsageMessage(absl::string_view(kUsage, sizeof(kUsage) - 2));
+  const std::vector<char*> rest =
+      absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  const std::vector<std::string_view> positional(rest.begin() + 1, rest.end());
+  if (!positional.empty() && positional[0] == "help") {
+    fmt::print("{}", kUsage);
+    return 0;
   }
   if (positional.empty()) return usage_error("missing command: dump or fill");
   const std::string_view command = positional[0];
@@ -275,41 +313,51 @@ int Main(int argc, char** argv) {
   }
   const std::string path(positional[1]);
 
-  uint64_t max_payload_bytes = 16, data_bytes = 0, start_index = 0;
-  bool have_data_bytes = false;
-  std::vector<PacketSpec> specs;
-  for (const Flag& flag : flags) {
-    const auto number = [&](uint64_t* out) {
-      const std::optional<uint64_t> value = ParseNumber(flag.value, UINT32_MAX);
-      if (value.has_value()) *out = *value;
-      return value.has_value();
-    };
-    const auto not_a_number = [&] {
-      return usage_error(
-          fmt::format("{}={}: not a number (decimal or 0x-hex, < 2^32)", flag.name, flag.value));
-    };
-    if (command == "dump" && flag.name == "--max-payload-bytes") {
-      if (!number(&max_payload_bytes)) return not_a_number();
-    } else if (command == "fill" && flag.name == "--data-bytes") {
-      if (!number(&data_bytes)) return not_a_number();
-      have_data_bytes = true;
-    } else if (command == "fill" && flag.name == "--start-index") {
-      if (!number(&start_index)) return not_a_number();
-    } else if (command == "fill" && flag.name == "--packets") {
-      for (size_t start = 0; start <= flag.value.size() && !flag.value.empty();) {
-        const size_t comma = std::min(flag.value.find(',', start), flag.value.size());
-        absl::StatusOr<PacketSpec> spec = ParseSpec(flag.value.substr(start, comma - start));
-        if (!spec.ok()) return usage_error(Message(spec.status()));
-        specs.push_back(*std::move(spec));
-        start = comma + 1;
-      }
-    } else {
-      return usage_error(fmt::format("unknown flag '{}' for {}", flag.name, command));
-    }
+  // Each flag belongs to one command.
+  const std::optional<std::string> max_payload_flag = absl::GetFlag(FLAGS_max_payload_bytes);
+  const std::optional<std::string> data_bytes_flag = absl::GetFlag(FLAGS_data_bytes);
+  const std::optional<std::string> packets_flag = absl::GetFlag(FLAGS_packets);
+  const std::optional<std::string> start_index_flag = absl::GetFlag(FLAGS_start_index);
+  const std::pair<std::string_view, bool> given[] = {
+      {"--max-payload-bytes", command == "fill" && max_payload_flag.has_value()},
+      {"--data-bytes", command == "dump" && data_bytes_flag.has_value()},
+      {"--packets", command == "dump" && packets_flag.has_value()},
+      {"--start-index", command == "dump" && start_index_flag.has_value()},
+  };
+  for (const auto& [name, misplaced] : given) {
+    if (misplaced) return usage_error(fmt::format("unknown flag '{}' for {}", name, command));
   }
-  if (command == "dump") return Dump(path, static_cast<uint32_t>(max_payload_bytes));
-  if (!have_data_bytes) return usage_error("fill needs --data-bytes=N");
-  if (absl::Status status = Fill(path, data_bytes, start_index, specs); !status.ok()) {
+  // A number flag's value (decimal or 0x-hex, below 2^32), or `fallback` when it is not given.
+  const auto number = [](std::string_view name, const std::optional<std::string>& text,
+                         uint64_t fallback) -> absl::StatusOr<uint64_t> {
+    if (!text.has_value()) return fallback;
+    const std::optional<uint64_t> value = ParseNumber(*text, UINT32_MAX);
+    if (value.has_value()) return *value;
+    return Usage(fmt::format("{}={}: not a number (decimal or 0x-hex, < 2^32)", name, *text));
+  };
+
+  if (command == "dump") {
+    const absl::StatusOr<uint64_t> max_payload_bytes =
+        number("--max-payload-bytes", max_payload_flag, 16);
+    if (!max_payload_bytes.ok()) return usage_error(Message(max_payload_bytes.status()));
+    return Dump(path, static_cast<uint32_t>(*max_payload_bytes));
+  }
+  const absl::StatusOr<uint64_t> data_bytes = number("--data-bytes", data_bytes_flag, 0);
+  if (!data_bytes.ok()) return usage_error(Message(data_bytes.status()));
+  const absl::StatusOr<uint64_t> start_index = number("--start-index", start_index_flag, 0);
+  if (!start_index.ok()) return usage_error(Message(start_index.status()));
+  std::vector<PacketSpec> specs;
+  const std::string packets_text = packets_flag.value_or("");
+  const std::string_view packets = packets_text;
+  for (size_t start = 0; start <= packets.size() && !packets.empty();) {
+    const size_t comma = std::min(packets.find(',', start), packets.size());
+    absl::StatusOr<PacketSpec> spec = ParseSpec(packets.substr(start, comma - start));
+    if (!spec.ok()) return usage_error(Message(spec.status()));
+    specs.push_back(*std::move(spec));
+    start = comma + 1;
+  }
+  if (!data_bytes_flag.has_value()) return usage_error("fill needs --data-bytes=N");
+  if (absl::Status status = Fill(path, *data_bytes, *start_index, specs); !status.ok()) {
     fmt::print(stderr, "ringtool: {}\n", status.message());
     return kExitUsage;
   }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ringtool end to end: fill/dump round trips with every packet type (also wrapping), one case per
 # corruption mode (exit 1, the error naming the offset and the ring error kind), and bad files,
-# flags and specs (exit 2, one exact line on stderr, nothing on stdout).
+# flags and specs (exit 2, one exact line on stderr, nothing on stdout; the errors of Abseil's
+# command line itself, an unknown flag or one without its value, are its own line and exit 1).
 #
 # Run by Bazel (sh_test, the binary in runfiles) or by hand: ring/tools/ringtool_test.sh BINARY
 set -uo pipefail
@@ -48,6 +49,18 @@ expect_error() {
   # shellcheck disable=SC2053  # The pattern match is intended.
   [[ "$err" == "ringtool: "$message ]] || fail "ringtool $*: stderr '$err', want 'ringtool: $message'"
   [[ $code -ne 2 || -z "$out" ]] || fail "ringtool $*: stdout not empty: '$out'"
+}
+
+# expect_flag_error MESSAGE ARGS...: Abseil refused the command line: exit 1, stderr exactly
+# "ERROR: MESSAGE", nothing on stdout.
+expect_flag_error() {
+  local message=$1
+  shift
+  run "$@"
+  checks=$((checks + 1))
+  [[ $rc -eq 1 ]] || fail "ringtool $*: exit $rc, want 1 (stderr '$err')"
+  [[ "$err" == "ERROR: $message" ]] || fail "ringtool $*: stderr '$err', want 'ERROR: $message'"
+  [[ -z "$out" ]] || fail "ringtool $*: stdout not empty: '$out'"
 }
 
 # poke FILE OFFSET VALUE BYTES: writes VALUE little-endian in BYTES bytes at OFFSET of FILE.
@@ -100,6 +113,13 @@ expect_ok dump "$ring"
 expect_ok dump "$ring" --max-payload-bytes=2
 has_line "  payload 8 bytes: 00 01 ..."
 expect_ok dump --max-payload-bytes=0 "$ring"
+has_line "  payload 8 bytes: ..."
+# Abseil's forms: the value as the next argument, the underscored name, a single dash.
+expect_ok dump "$ring" --max-payload-bytes 2
+has_line "  payload 8 bytes: 00 01 ..."
+expect_ok dump "$ring" --max_payload_bytes=2
+has_line "  payload 8 bytes: 00 01 ..."
+expect_ok dump "$ring" -max-payload-bytes=0
 has_line "  payload 8 bytes: ..."
 
 # Packets that wrap past the end of a one-page data area.
@@ -208,8 +228,13 @@ expect_error 2 "unknown command 'frob': want dump or fill" frob "$ring"
 expect_error 2 "dump takes exactly one FILE, got 0" dump
 expect_error 2 "dump takes exactly one FILE, got 2" dump "$ring" "$ring"
 expect_error 2 "unknown flag '--data-bytes' for dump" dump "$ring" --data-bytes=4096
-expect_error 2 "flag '--max-payload-bytes' needs a value: --max-payload-bytes=..." \
+expect_error 2 "unknown flag '--max-payload-bytes' for fill" \
+  fill "$tmp/new.bin" --data-bytes=4096 --max-payload-bytes=2
+expect_flag_error "Missing the value for the flag 'max_payload_bytes'" \
   dump "$ring" --max-payload-bytes
+expect_flag_error "Unknown command line flag 'bogus-flag'" dump "$ring" --bogus-flag=1
+expect_error 2 "--max-payload-bytes=0x100000000: not a number (decimal or 0x-hex, < 2^32)" \
+  dump "$ring" --max-payload-bytes=0x100000000
 expect_error 2 "--max-payload-bytes=-1: not a number (decimal or 0x-hex, < 2^32)" \
   dump "$ring" --max-payload-bytes=-1
 expect_error 2 "fill needs --data-bytes=N" fill "$tmp/new.bin" --packets=inband:1
@@ -241,8 +266,17 @@ expect_error 2 "packet 0 (xfer:0): bad ranges: *" \
   fill "$tmp/new.bin" --data-bytes=4096 --packets=xfer:0
 [[ ! -e "$tmp/new.bin" ]] || fail "a failed fill created its file"
 
-expect_ok --help
+expect_ok help
 has_line "usage:"
+# Abseil's --help (and -h, as before): the usage, then the flags; it exits 1.
+for help in --help -h; do
+  run "$help"
+  checks=$((checks + 1))
+  [[ $rc -eq 1 && -z "$err" ]] || fail "ringtool $help: exit $rc, stderr '$err'"
+  has_line "ringtool: usage:"
+  has_line "  ringtool dump FILE [--max-payload-bytes=N]"
+  grep -q -- "--data_bytes (fill, required" <<<"$out" || fail "ringtool $help lists no --data_bytes"
+done
 
 echo "$checks checks, $failures failed"
 [[ $failures -eq 0 ]]

@@ -24,47 +24,33 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <string>
+#include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "hw/kvm/testing/raw_round_trip.h"
 #include "ring/bench/placement.h"
 #include "tests/kvm_vmbus/kvm_vmbus_machine.h"
+
+ABSL_FLAG(uint32_t, iterations, 20000, "Timed round trips per run.");
+ABSL_FLAG(uint32_t, reps, 3, "Runs of the raw, 5.3 plain and 6.0 SNP rows.");
+ABSL_FLAG(uint32_t, payload, 64, "Bytes of each VMBus request.");
 
 namespace cvmbus::tests {
 namespace {
 
 struct Flags {
-  uint32_t iterations = 20000;
-  uint32_t reps = 3;
-  uint32_t payload = 64;
+  uint32_t iterations;
+  uint32_t reps;
+  uint32_t payload;
 };
 
-Flags ParseFlags(int argc, char** argv) {
-  Flags flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const auto value = [&](const char* name) -> const char* {
-      const std::string prefix = std::string("--") + name + "=";
-      return arg.rfind(prefix, 0) == 0 ? arg.c_str() + prefix.size() : nullptr;
-    };
-    if (const char* v = value("iterations")) {
-      flags.iterations = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
-    } else if (const char* v = value("reps")) {
-      flags.reps = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
-    } else if (const char* v = value("payload")) {
-      flags.payload = static_cast<uint32_t>(std::strtoul(v, nullptr, 10));
-    } else {
-      std::fprintf(stderr, "unknown flag %s (--iterations=N --reps=N --payload=BYTES)\n",
-                   arg.c_str());
-      std::exit(2);
-    }
-  }
-  return flags;
-}
-
-int Main(int argc, char** argv) {
-  const Flags flags = ParseFlags(argc, argv);
+int Main() {
+  const Flags flags{.iterations = absl::GetFlag(FLAGS_iterations),
+                    .reps = absl::GetFlag(FLAGS_reps),
+                    .payload = absl::GetFlag(FLAGS_payload)};
   if (access("/dev/kvm", R_OK | W_OK) != 0) {
     std::printf("kvm_vmbus_bench: /dev/kvm is absent or not read-write here; nothing to measure\n");
     return 0;
@@ -133,4 +119,17 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace cvmbus::tests
 
-int main(int argc, char** argv) { return cvmbus::tests::Main(argc, argv); }
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "kvm_vmbus_bench [--iterations=N] [--reps=N] [--payload=BYTES]: the VMBus round trip of a "
+      "KVM vCPU through the paravisor, beside the raw KVM doorbell round trip");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr,
+                 "kvm_vmbus_bench: unexpected argument '%s' (--iterations=N --reps=N "
+                 "--payload=BYTES)\n",
+                 rest[1]);
+    return 2;
+  }
+  return cvmbus::tests::Main();
+}

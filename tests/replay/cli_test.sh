@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vmbus_replay's command line: exit 0 when every script passes, 1 with the file, line and what
 # differed when one fails, 2 for a malformed or unreadable script (the others still run) and
-# for bad usage.
+# when no script is named. The command line is Abseil's: an unknown flag is its error, exit 1,
+# and --help (or -h) prints the usage and exits 1.
 #
 #   cli_test.sh PATH_TO_VMBUS_REPLAY
 set -u
@@ -43,8 +44,11 @@ expect_run 2 "vmbus_replay: 1 passed, 1 failed, 1 malformed" \
   "$data/pass.vmr" "$data/malformed.vmr" "$data/fail.vmr"
 expect_run 2 "$data/missing.vmr: cannot open: No such file or directory" "$data/missing.vmr"
 expect_run 2 "usage: vmbus_replay SCRIPT..."
-expect_run 2 "unknown option '--bogus'" --bogus "$data/pass.vmr"
-expect_run 0 "usage: vmbus_replay SCRIPT..." --help
+expect_run 1 "ERROR: Unknown command line flag 'bogus'" --bogus "$data/pass.vmr"
+expect_run 1 "vmbus_replay: usage: vmbus_replay SCRIPT..." --help
+expect_run 1 "vmbus_replay: usage: vmbus_replay SCRIPT..." -h
+# After "--", an argument starting with '-' is a script.
+expect_run 2 "vmbus_replay: malformed: -x.vmr: cannot open: No such file or directory" -- -x.vmr
 
 rm -f "$out"
 if [[ $failures -ne 0 ]]; then

@@ -36,6 +36,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "hw/storage/file_backing.h"
 #include "paravisor/devices/storvsp/file_block_backend.h"
 #include "paravisor/devices/storvsp/srb.h"
@@ -43,6 +46,13 @@
 #include "paravisor/protocol/header.h"
 #include "paravisor/testing/storvsc_guest.h"
 #include "paravisor/vm/virtual_machine.h"
+
+ABSL_FLAG(double, seconds, 3, "Seconds each job runs, per round.");
+ABSL_FLAG(int64_t, rounds, 3,
+          "Rounds of each row's three jobs, run in turn; each job's median is printed (1 to 99).");
+ABSL_FLAG(std::string, file, "",
+          "The file or block device to read (at least 256 MiB; read only); by default "
+          "/var/tmp/storvsp_bench.img, written first.");
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
@@ -205,27 +215,16 @@ absl::StatusOr<Row> Fio(const std::string& path, uint32_t bytes, uint32_t depth,
   return Row{value, value * bytes / (1 << 20)};
 }
 
-int Main(int argc, char** argv) {
-  double seconds = 3;
-  long rounds = 3;
-  std::string path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--seconds=", 0) == 0) {
-      seconds = std::strtod(arg.c_str() + 10, nullptr);
-    } else if (arg.rfind("--file=", 0) == 0) {
-      path = arg.substr(7);
-    } else if (arg.rfind("--rounds=", 0) == 0) {
-      rounds = std::strtol(arg.c_str() + 9, nullptr, 10);
-      if (rounds < 1 || rounds > 99) {
-        std::fprintf(stderr, "--rounds needs a whole number from 1 to 99\n");
-        return 2;
-      }
-    } else {
-      std::fprintf(stderr, "unknown flag %s (--seconds=S --rounds=N --file=PATH)\n", arg.c_str());
-      return 2;
-    }
+int Main() {
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  const int64_t rounds_flag = absl::GetFlag(FLAGS_rounds);
+  if (rounds_flag < 1 || rounds_flag > 99) {
+    std::fprintf(stderr, "storvsp_bench: --rounds=%lld needs a whole number from 1 to 99\n",
+                 static_cast<long long>(rounds_flag));
+    return 2;
   }
+  const long rounds = static_cast<long>(rounds_flag);
+  std::string path = absl::GetFlag(FLAGS_file);
   if (path.empty()) {
     path = "/var/tmp/storvsp_bench.img";
     const int fd = open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600);
@@ -298,4 +297,16 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace cvmbus::paravisor::storvsp
 
-int main(int argc, char** argv) { return cvmbus::paravisor::storvsp::Main(argc, argv); }
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "storvsp_bench [--seconds=S] [--rounds=N] [--file=PATH]: reads through the storvsp "
+      "channel against fio on the same file");
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::fprintf(stderr,
+                 "storvsp_bench: unexpected argument '%s' (--seconds=S --rounds=N --file=PATH)\n",
+                 rest[1]);
+    return 2;
+  }
+  return cvmbus::paravisor::storvsp::Main();
+}
