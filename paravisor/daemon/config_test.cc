@@ -118,6 +118,18 @@ TEST(ConfigTest, ManyDisksAreRefused) {
   ExpectRefused(text, "config: disk: 9 disks, more than 8");
 }
 
+TEST(ConfigTest, TheShippedDefaultConfigurationIsValid) {
+  absl::StatusOr<Config> config = LoadConfigFile("paravisor/daemon/cvmbusd.conf");
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<Settings> settings = Resolve(*config);
+  ASSERT_TRUE(settings.ok()) << settings.status();
+  EXPECT_TRUE(settings->snp);
+  EXPECT_EQ(settings->guest, GUEST_CLIENT);
+  EXPECT_EQ(settings->echo_channels, 2u);
+  EXPECT_TRUE(settings->heartbeat && settings->shutdown && settings->timesync);
+  EXPECT_EQ(settings->control_socket, "/run/cvmbusd/control.sock");
+}
+
 TEST(ConfigTest, AMissingFileIsNotFound) {
   absl::StatusOr<Config> config = LoadConfigFile("/nonexistent/cvmbusd.conf");
   ASSERT_FALSE(config.ok());

@@ -23,6 +23,7 @@
 
 ABSL_FLAG(std::string, config, "", "Configuration file (protobuf text format, config.proto).");
 ABSL_FLAG(std::string, control_socket, "", "Overrides control_socket.");
+ABSL_FLAG(std::string, hvsocket_prefix, "", "Overrides hvsocket.host_socket_prefix.");
 ABSL_FLAG(std::optional<uint32_t>, echo_channels, std::nullopt, "Overrides echo.channels.");
 ABSL_FLAG(std::string, guest, "", "Overrides guest.side: none or client.");
 ABSL_FLAG(std::optional<uint32_t>, echo_packets_per_second, std::nullopt,
@@ -36,6 +37,9 @@ namespace {
 absl::Status ApplyFlags(Config* config) {
   if (!absl::GetFlag(FLAGS_control_socket).empty()) {
     config->set_control_socket(absl::GetFlag(FLAGS_control_socket));
+  }
+  if (!absl::GetFlag(FLAGS_hvsocket_prefix).empty()) {
+    config->mutable_hvsocket()->set_host_socket_prefix(absl::GetFlag(FLAGS_hvsocket_prefix));
   }
   if (std::optional<uint32_t> n = absl::GetFlag(FLAGS_echo_channels)) {
     config->mutable_echo()->set_channels(*n);
