@@ -176,6 +176,19 @@ void Daemon::Stop() {
   log::Logger("cvmbusd").Info("devices stopped; their channels revoked");
 }
 
+absl::Status Daemon::RequestGuestShutdown(const ic::ShutdownRequest& request,
+                                          ic::ShutdownIc::Done done) {
+  absl::Status status;
+  vm_->OnServer([&] {
+    if (shutdown_ == nullptr) {
+      status = absl::FailedPreconditionError("no shutdown IC is configured");
+      return;
+    }
+    shutdown_->RequestShutdown(request, std::move(done));
+  });
+  return status;
+}
+
 Tree Daemon::Inspect() {
   Tree tree;
   vm_->OnServer([&] { tree = BuildTree(); });

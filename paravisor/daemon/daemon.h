@@ -56,6 +56,9 @@ class Daemon {
   Tree Inspect();
   // The ordered stop (see above). Idempotent.
   void Stop();
+  // Asks the guest, through the shutdown IC, to power off, reboot or hibernate; `done` gets the
+  // guest's status on the loop thread. kFailedPrecondition without a shutdown IC.
+  absl::Status RequestGuestShutdown(const ic::ShutdownRequest& request, ic::ShutdownIc::Done done);
 
   vm::VirtualMachine& vm() { return *vm_; }
 

@@ -3,9 +3,9 @@
 //
 //   1. a 64 MiB guest memory (memfd) under the SNP memory model: every page starts
 //      hypervisor-owned; the guest makes its ring pages private (page-state change + PVALIDATE);
-//   2. the VMBus server on an io_uring loop, with echo devices, a storvsp disk (a temporary
-//      file), the three integration components and the hvsocket relay offered through
-//      ParentBus;
+//   2. cvmbusd's body (paravisor/daemon) in this process: the VMBus server on an io_uring loop,
+//      with echo devices, a storvsp disk (a temporary file), the three integration components
+//      and the hvsocket relay offered through ParentBus, configured as a config file would;
 //   3. the guest client negotiates VMBus 6.0 with confidential channels, takes the offers,
 //      creates GPADLs, opens the channels with their rings in private memory;
 //   4. traffic: request/answer round trips, then a pipelined burst;
@@ -15,13 +15,16 @@
 //   7. integration components: the guest's hv_utils negotiates heartbeat, shutdown and time
 //      sync as Linux does, answers heartbeats, takes the SYNC and accepts a reboot request;
 //   8. hvsocket: a guest vsock stream to port 5000 relayed to a host Unix socket and back;
-//   9. close, teardown, unload.
+//   9. a per-channel summary from the daemon's inspect tree (state, ring view, free space);
+//  10. close, teardown, unload; the daemon's ordered stop.
 //
 //   bazel run -c opt //paravisor/demo:cvmbus_demo -- [--packets=N] [--channels=N]
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -30,13 +33,14 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "base/format.h"
+#include "base/log.h"
 #include "guestmem/errors.h"
 #include "hw/isolation/errors.h"
+#include "paravisor/daemon/daemon.h"
 #include "paravisor/demo/hvsocket_demo.h"
 #include "paravisor/demo/ic_demo.h"
 #include "paravisor/demo/storage_demo.h"
 #include "paravisor/devices/demo_devices.h"
-#include "paravisor/devices/echo_device.h"
 #include "paravisor/testing/guest_channel.h"
 #include "paravisor/vm/virtual_machine.h"
 
@@ -79,53 +83,89 @@ int Fail(const std::string& what, const absl::Status& status) {
   return 1;
 }
 
-int Run(const Flags& flags) {
-  // The paravisor keeps one private page to hand the guest as its monitor page.
-  constexpr uint64_t kMonitorPage = 0xff000;
-  // Both ring directions are signalled again 100 ms after each open, as a deployment would
-  // run it (Linux netvsc ignores interrupts that arrive before OPENCHANNEL_RESULT).
-  // Guest hvsocket connects go to the relay (made once the VM exists; refused before).
-  std::unique_ptr<HvSocketDemo> hvsocket;
-  auto vm = vm::VirtualMachine::Create({.memory_bytes = 64ull << 20,
-                                        .server_monitor_page = kMonitorPage,
-                                        .on_hvsocket_connect =
-                                            [&hvsocket](const HvSocketConnect& connect) {
-                                              return hvsocket != nullptr &&
-                                                     hvsocket->OnGuestConnect(connect);
-                                            },
-                                        .resignal_after_open = std::chrono::milliseconds(100)});
-  if (!vm.ok()) return Fail("creating the VM", vm.status());
-  fmt::print("== emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages hypervisor-owned\n");
+// The demo's scratch directory (the disk file, the sockets), removed at exit.
+struct ScratchDir {
+  std::string path;
+  ~ScratchDir() {
+    std::error_code ignored;
+    if (!path.empty()) std::filesystem::remove_all(path, ignored);
+  }
+};
 
-  // The paravisor's devices: one echo device per channel (the demo set of demo_devices.h),
-  // offered through ParentBus. The last channel (of two or more) is signalled through the
-  // monitor page (MNF).
-  std::vector<std::unique_ptr<EchoDevice>> devices;
-  (*vm)->OnServer([&] {
-    for (OfferParams& params : DemoDeviceParams(static_cast<int>(flags.channels))) {
-      devices.push_back(
-          std::make_unique<EchoDevice>((*vm)->server_loop(), &(*vm)->bus(), std::move(params)));
-      if (absl::Status status = devices.back()->Start(); !status.ok()) {
-        fmt::print(stderr, "cvmbus_demo: offer: {}\n", status);
-      }
+// One line per channel from the daemon's inspect tree.
+void PrintChannelSummary(const daemon::Tree& tree) {
+  fmt::print("== the daemon's inspect tree, per channel:\n");
+  for (const auto& item : tree["channels"].items()) {
+    const daemon::Tree& channel = item.value();
+    std::string rings;
+    if (channel.contains("rings")) {
+      const daemon::Tree& r = channel["rings"];
+      rings = fmt::format("  rings {} (guest->host free {}, host->guest free {})",
+                          r.value("view", "?"), r["guest_to_host"].value("free_bytes", 0),
+                          r["host_to_guest"].value("free_bytes", 0));
     }
-  });
+    fmt::print("   relid {:>2}  {:<16} {}{}\n", item.key(), channel.value("interface_name", ""),
+               rings.empty() ? channel.value("state", "")
+                             : fmt::format("{:<8}", channel.value("state", "")),
+               rings);
+  }
+  const daemon::Tree& connection = tree["connection"];
+  fmt::print("   connection: version {}, {} messages, {} guest errors, monitor {} scans\n",
+             connection.value("version", "?"), connection.value("messages_handled", 0),
+             connection.value("guest_errors", 0),
+             connection.contains("monitor") ? connection["monitor"].value("scans", 0) : 0);
+}
 
-  // A storvsp disk over a temporary file, with one subchannel.
-  absl::StatusOr<std::unique_ptr<StorageDemo>> storage = StorageDemo::Create(vm->get());
-  if (!storage.ok()) return Fail("the storvsp disk", storage.status());
-  // The three integration components, and the hvsocket relay to a host Unix socket.
-  absl::StatusOr<std::unique_ptr<IcDemo>> ics = IcDemo::Create(vm->get());
-  if (!ics.ok()) return Fail("the integration components", ics.status());
-  absl::StatusOr<std::unique_ptr<HvSocketDemo>> relay = HvSocketDemo::Create(vm->get());
-  if (!relay.ok()) return Fail("the hvsocket relay", relay.status());
-  (*vm)->OnServer([&] { hvsocket = *std::move(relay); });
+int Run(const Flags& flags) {
+  // Short paths: sockaddr_un holds 107 bytes.
+  char dir_template[] = "/tmp/cvmbus-demo-XXXXXX";
+  if (mkdtemp(dir_template) == nullptr) {
+    return Fail("mkdtemp", absl::UnavailableError(std::strerror(errno)));
+  }
+  const ScratchDir scratch{dir_template};
+  absl::StatusOr<std::string> disk = StorageDemo::MakeDiskFile(scratch.path);
+  if (!disk.ok()) return Fail("the disk file", disk.status());
 
-  GuestClient& guest = (*vm)->guest();
+  // cvmbusd's body in this process: the VM, the server and the devices, as a configuration
+  // file would set them. Both ring directions are signalled again 100 ms after each open, as a
+  // deployment would run it (Linux netvsc ignores interrupts that arrive before
+  // OPENCHANNEL_RESULT). The guest side is this program.
+  daemon::Settings settings;
+  settings.memory_bytes = 64ull << 20;
+  settings.snp = true;
+  settings.guest = daemon::GUEST_NONE;
+  settings.max_version = protocol::kVersionWin10V6_0;
+  settings.resignal_after_open = std::chrono::milliseconds(100);
+  settings.echo_channels = static_cast<uint32_t>(flags.channels);
+  settings.disks.push_back({.path = *disk, .direct = true, .subchannels = 1});
+  settings.heartbeat = settings.shutdown = settings.timesync = true;
+  // A heartbeat every 100 ms so the demo sees a few (Hyper-V's hosts send one every 2 s).
+  settings.heartbeat_interval = std::chrono::milliseconds(100);
+  settings.hvsocket_prefix = scratch.path + "/host";
+  settings.control_socket = scratch.path + "/control.sock";
+  absl::StatusOr<std::unique_ptr<daemon::Daemon>> started = daemon::Daemon::Start(settings, {});
+  if (!started.ok()) return Fail("starting the daemon", started.status());
+  daemon::Daemon* paravisor = started->get();
+  vm::VirtualMachine* machine = &paravisor->vm();
+  fmt::print(
+      "== cvmbusd in-process on an emulated SEV-SNP VM: 64 MiB guest memory (memfd), all pages "
+      "hypervisor-owned; control socket {}\n",
+      settings.control_socket);
+  fmt::print(
+      "   offered: {} echo channel(s) (the last through the monitor page), a storvsp disk over "
+      "{} ({} MiB, one subchannel), heartbeat, shutdown, time sync, the hvsocket relay\n",
+      flags.channels, *disk, StorageDemo::kDiskBytes >> 20);
+  StorageDemo storage(paravisor, *disk);
+  IcDemo ics(paravisor);
+  absl::StatusOr<std::unique_ptr<HvSocketDemo>> hvsocket =
+      HvSocketDemo::Create(paravisor, scratch.path);
+  if (!hvsocket.ok()) return Fail("the hvsocket host end", hvsocket.status());
+
+  GuestClient& guest = machine->guest();
   auto contact = guest.Connect(
       protocol::kVersionWin10V6_0,
       protocol::kFeatureConfidentialChannels | protocol::kFeatureServerSpecifiedMonitorPages,
-      {.server_pages = guestmem::GuestMemory::Private((*vm)->memory())});
+      {.server_pages = guestmem::GuestMemory::Private(machine->memory())});
   if (!contact.ok()) return Fail("INITIATE_CONTACT", contact.status());
   fmt::print(
       "== guest: VMBus 6.0 negotiated, features granted {:#x} (confidential channels, the "
@@ -157,12 +197,11 @@ int Run(const Flags& flags) {
   }
   std::vector<std::unique_ptr<testing::GuestChannel>> channels;
   for (size_t i = 0; i < echo_offers.size(); ++i) {
-    auto channel =
-        testing::GuestChannel::Open(vm->get(), {.relid = echo_offers[i].child_relid,
-                                                .gpadl_id = static_cast<uint32_t>(100 + i),
-                                                .first_gpn = 0x1000 + i * 64,
-                                                .ring_pages = 16,
-                                                .confidential = true});
+    auto channel = testing::GuestChannel::Open(machine, {.relid = echo_offers[i].child_relid,
+                                                         .gpadl_id = static_cast<uint32_t>(100 + i),
+                                                         .first_gpn = 0x1000 + i * 64,
+                                                         .ring_pages = 16,
+                                                         .confidential = true});
     if (!channel.ok()) return Fail("opening a channel", channel.status());
     channels.push_back(*std::move(channel));
   }
@@ -205,6 +244,10 @@ int Run(const Flags& flags) {
       return Fail("receive", status);
     }
     ++received;
+    // A progress line at each quarter.
+    if (received % (flags.packets / 4 + 1) == 0 || received == flags.packets) {
+      fmt::print("   ... {} of {} packets echoed\n", received, flags.packets);
+    }
   }
   seconds = std::chrono::duration<double>(Clock::now() - start).count();
   fmt::print(
@@ -227,8 +270,8 @@ int Run(const Flags& flags) {
     }
     seconds = std::chrono::duration<double>(Clock::now() - start).count();
     uint64_t scans = 0, events = 0;
-    (*vm)->OnServer([&] {
-      if (const MonitorScanner* scanner = (*vm)->server().monitor()) {
+    machine->OnServer([&] {
+      if (const MonitorScanner* scanner = machine->server().monitor()) {
         scans = scanner->stats().scans;
         events = scanner->stats().signals;
       }
@@ -242,26 +285,27 @@ int Run(const Flags& flags) {
   // What the untrusted host sees of a private ring page.
   const uint64_t ring_gpa = 0x1000ull * 4096;
   std::vector<uint8_t> host_view(16);
-  absl::Status host_read = (*vm)->snp()->HostRead(ring_gpa, absl::MakeSpan(host_view));
+  absl::Status host_read = machine->snp()->HostRead(ring_gpa, absl::MakeSpan(host_view));
   fmt::print("== host read of the private ring page at {:#x}: {} (bytes {:02x})\n", ring_gpa,
              host_read.ok() ? "ciphertext" : std::string(host_read.message()),
              fmt::join(host_view.begin(), host_view.begin() + 8, " "));
-  absl::Status host_write = (*vm)->snp()->HostWrite(ring_gpa, host_view);
+  absl::Status host_write = machine->snp()->HostWrite(ring_gpa, host_view);
   fmt::print("== host write to it: {}\n", host_write.ok() ? "allowed (BUG)" : host_write.message());
   absl::Status shared_read =
-      guestmem::GuestMemory::Untrusted((*vm)->memory()).Read(ring_gpa, absl::MakeSpan(host_view));
+      guestmem::GuestMemory::Untrusted(machine->memory()).Read(ring_gpa, absl::MakeSpan(host_view));
   fmt::print("== the paravisor's untrusted view of it: {}\n", shared_read.message());
 
-  if (absl::Status status = (*storage)->Run(disk_relid); !status.ok()) {
+  if (absl::Status status = storage.Run(disk_relid); !status.ok()) {
     return Fail("storage", status);
   }
   fmt::print(
       "== integration components: the guest's hv_utils on three more confidential channels\n");
-  if (absl::Status status = (*ics)->Run(*offers); !status.ok()) {
+  if (absl::Status status = ics.Run(*offers); !status.ok()) {
     return Fail("integration components", status);
   }
   fmt::print("== hvsocket: a guest AF_VSOCK stream relayed to a host Unix socket\n");
-  if (absl::Status status = hvsocket->Run(); !status.ok()) return Fail("hvsocket", status);
+  if (absl::Status status = (*hvsocket)->Run(); !status.ok()) return Fail("hvsocket", status);
+  PrintChannelSummary(paravisor->Inspect());
 
   for (size_t i = 0; i < channels.size(); ++i) {
     if (absl::Status status = channels[i]->Close(); !status.ok()) return Fail("close", status);
@@ -272,21 +316,18 @@ int Run(const Flags& flags) {
     }
   }
   if (absl::Status status = guest.Unload(); !status.ok()) return Fail("UNLOAD", status);
-  uint64_t echoed = 0, guest_errors = 0, messages = 0;
-  (*vm)->OnServer([&] {
-    for (const auto& device : devices) echoed += device->stats().packets_echoed;
-    guest_errors = (*vm)->server().stats().guest_errors;
-    messages = (*vm)->server().stats().messages_handled;
-    devices.clear();
-  });
-  storage->reset();
-  ics->reset();
-  hvsocket.reset();
+  const daemon::Tree tree = paravisor->Inspect();
+  uint64_t echoed = 0;
+  for (const auto& item : tree["devices"]["echo"].items()) {
+    echoed += item.value().value("packets_echoed", uint64_t{0});
+  }
+  const uint64_t guest_errors = tree["connection"].value("guest_errors", uint64_t{0});
   fmt::print(
       "== closed, torn down, unloaded: {} packets echoed, {} control messages, {} guest "
       "errors\n",
-      echoed, messages, guest_errors);
-  for (const std::string& line : (*vm)->TakeLog()) fmt::print("   server log: {}\n", line);
+      echoed, tree["connection"].value("messages_handled", uint64_t{0}), guest_errors);
+  paravisor->Stop();
+  fmt::print("== cvmbusd stopped: every device's offers revoked, the control socket removed\n");
   return guest_errors == 0 ? 0 : 1;
 }
 
@@ -294,6 +335,8 @@ int Run(const Flags& flags) {
 }  // namespace cvmbus::paravisor
 
 int main(int argc, char** argv) {
+  // The demo prints what it shows; the daemon's own lines only when something is wrong.
+  cvmbus::log::SetMinLevel(cvmbus::log::Level::kWarning);
   absl::SetProgramUsageMessage(
       "cvmbus_demo [--packets=N] [--channels=N]: an emulated SEV-SNP confidential VM whose "
       "guest talks VMBus to the paravisor's server over confidential channels");

@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <vector>
 
 #include "paravisor/testing/guest_hvsocket.h"
@@ -33,16 +32,14 @@ absl::Status Step(const std::string& what, const absl::Status& status) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<HvSocketDemo>> HvSocketDemo::Create(vm::VirtualMachine* vm) {
-  std::unique_ptr<HvSocketDemo> demo(new HvSocketDemo(vm));
-  // Short paths: sockaddr_un holds 107 bytes.
-  char dir[] = "/tmp/cvmbus-demo-XXXXXX";
-  if (mkdtemp(dir) == nullptr) {
-    return absl::UnavailableError(fmt::format("hvsocket demo: mkdtemp: {}", std::strerror(errno)));
-  }
-  demo->dir_ = dir;
-  const std::string host_path = demo->dir_ + "/host_" + std::to_string(kHostPort);
+absl::StatusOr<std::unique_ptr<HvSocketDemo>> HvSocketDemo::Create(daemon::Daemon* daemon,
+                                                                   const std::string& dir) {
+  std::unique_ptr<HvSocketDemo> demo(new HvSocketDemo(daemon, dir));
+  const std::string host_path = dir + "/host_" + std::to_string(kHostPort);
   sockaddr_un address{};
+  if (host_path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(fmt::format("hvsocket demo: {} is too long", host_path));
+  }
   address.sun_family = AF_UNIX;
   std::memcpy(address.sun_path, host_path.c_str(), host_path.size() + 1);
   demo->listener_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -53,34 +50,13 @@ absl::StatusOr<std::unique_ptr<HvSocketDemo>> HvSocketDemo::Create(vm::VirtualMa
         fmt::format("hvsocket demo: listening on {}: {}", host_path, std::strerror(errno)));
   }
   demo->host_ = std::thread([d = demo.get()] { d->ServeHost(d->listener_); });
-  absl::Status created;
-  vm->OnServer([&] {
-    absl::StatusOr<std::unique_ptr<hvsocket::HvSocketRelay>> relay =
-        hvsocket::HvSocketRelay::Create(vm->server_loop(), &vm->bus(),
-                                        {.host_socket_base = demo->dir_ + "/host"});
-    if (relay.ok()) {
-      demo->relay_ = *std::move(relay);
-    } else {
-      created = Step("starting the relay", relay.status());
-    }
-  });
-  if (!created.ok()) return created;
   return demo;
 }
 
 HvSocketDemo::~HvSocketDemo() {
-  vm_->OnServer([&] { relay_.reset(); });
   if (listener_ >= 0) shutdown(listener_, SHUT_RDWR);  // Ends an accept that still waits.
   if (host_.joinable()) host_.join();
   if (listener_ >= 0) close(listener_);
-  if (!dir_.empty()) {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
-}
-
-bool HvSocketDemo::OnGuestConnect(const HvSocketConnect& connect) {
-  return relay_ != nullptr && relay_->OnGuestConnect(connect);
 }
 
 void HvSocketDemo::ServeHost(int listener) {
@@ -106,7 +82,7 @@ void HvSocketDemo::ServeHost(int listener) {
 
 absl::Status HvSocketDemo::Run() {
   absl::StatusOr<std::unique_ptr<testing::GuestHvSocket>> socket = testing::GuestHvSocket::Connect(
-      vm_, kGuestPort, kHostPort, {.gpadl_id = kGpadlId, .first_gpn = kRingGpn});
+      &daemon_->vm(), kGuestPort, kHostPort, {.gpadl_id = kGpadlId, .first_gpn = kRingGpn});
   if (!socket.ok()) return Step("connect to port 5000", socket.status());
   fmt::print(
       "   hvsocket: guest port {} connected to host port {} (relid {}, rings in private "
@@ -121,12 +97,12 @@ absl::Status HvSocketDemo::Run() {
   fmt::print("   hvsocket: sent \"{}\" and a FIN; read \"{}\" and the host's FIN\n", line,
              std::string(answer.begin(), answer.end()));
   if (absl::Status closed = (*socket)->Close(5s); !closed.ok()) return Step("close", closed);
-  hvsocket::RelayStats stats;
-  vm_->OnServer([&] { stats = relay_->stats(); });
+  const daemon::Tree relay = daemon_->Inspect()["devices"]["hvsocket"];
   fmt::print(
       "   hvsocket: closed as Linux closes (FIN, the host's rescind, CLOSECHANNEL); relay: "
       "{} guest connects, {} refused, {} finished\n",
-      stats.guest_connects, stats.guest_refused, stats.finished);
+      relay.value("guest_connects", 0), relay.value("guest_refused", 0),
+      relay.value("finished", 0));
   const std::string expected = "host got: HELLO FROM THE CONFIDENTIAL GUEST";
   if (std::string(answer.begin(), answer.end()) != expected) {
     return absl::DataLossError("hvsocket demo: the host's answer is not what it sent");

@@ -1,6 +1,6 @@
 // The demo's hvsocket relay: a host program stand-in listening on a Unix socket
 // "<dir>/host_5000" (the hybrid-vsock convention: a guest's connect to vsock port 5000 lands
-// there), the relay on the paravisor's server, and the guest's socket framing data as Linux's
+// there), the daemon's relay, and the guest's socket framing data as Linux's
 // hyperv_transport.c does: it connects to port 5000, sends a line, half-closes, reads the
 // host's answer up to the host's FIN, and closes as Linux does (waiting for the rescind).
 #ifndef CVMBUS_PARAVISOR_DEMO_HVSOCKET_DEMO_H_
@@ -12,8 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "paravisor/devices/hvsocket/hvsocket_relay.h"
-#include "paravisor/vm/virtual_machine.h"
+#include "paravisor/daemon/daemon.h"
 
 namespace cvmbus::paravisor {
 
@@ -21,27 +20,25 @@ class HvSocketDemo {
  public:
   static constexpr uint32_t kHostPort = 5000;
 
-  // Makes a temporary directory, starts the host end and the relay.
-  static absl::StatusOr<std::unique_ptr<HvSocketDemo>> Create(vm::VirtualMachine* vm);
-  ~HvSocketDemo();  // Stops the relay and the host end; removes the directory.
-
-  // VmOptions::on_hvsocket_connect for the demo's VM (the server's thread).
-  bool OnGuestConnect(const HvSocketConnect& connect);
+  // Starts the host end on "<dir>/host_5000": the daemon's relay must have the host socket
+  // prefix "<dir>/host".
+  static absl::StatusOr<std::unique_ptr<HvSocketDemo>> Create(daemon::Daemon* daemon,
+                                                              const std::string& dir);
+  ~HvSocketDemo();  // Stops the host end.
 
   // The guest's connection; prints what it shows. An error names the step that failed.
   absl::Status Run();
 
  private:
-  explicit HvSocketDemo(vm::VirtualMachine* vm) : vm_(vm) {}
+  HvSocketDemo(daemon::Daemon* daemon, std::string dir) : daemon_(daemon), dir_(std::move(dir)) {}
   // The host end: accepts one connection, reads to end of stream, answers the bytes upper-cased
   // with a prefix, and closes. Plain blocking sockets: it stands in for a host program.
   void ServeHost(int listener);
 
-  vm::VirtualMachine* vm_;
+  daemon::Daemon* daemon_;
   std::string dir_;
   int listener_ = -1;
   std::thread host_;
-  std::unique_ptr<hvsocket::HvSocketRelay> relay_;  // Used on the server's thread only.
 };
 
 }  // namespace cvmbus::paravisor

@@ -43,32 +43,8 @@ std::string Utc(uint64_t windows_100ns) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<IcDemo>> IcDemo::Create(vm::VirtualMachine* vm) {
-  std::unique_ptr<IcDemo> demo(new IcDemo(vm));
-  absl::Status started;
-  vm->OnServer([&] {
-    // A heartbeat every 100 ms so the demo sees a few (Linux's default host sends one every 2 s).
-    demo->heartbeat_ = std::make_unique<ic::HeartbeatIc>(vm->server_loop(), &vm->bus(),
-                                                         ic::HeartbeatOptions{.interval = 100ms});
-    demo->shutdown_ = std::make_unique<ic::ShutdownIc>(vm->server_loop(), &vm->bus());
-    demo->timesync_ = std::make_unique<ic::TimeSyncIc>(vm->server_loop(), &vm->bus());
-    started = Step("offering the heartbeat", demo->heartbeat_->Start());
-    if (started.ok()) started = Step("offering the shutdown IC", demo->shutdown_->Start());
-    if (started.ok()) started = Step("offering the time sync IC", demo->timesync_->Start());
-  });
-  if (!started.ok()) return started;
-  return demo;
-}
-
-IcDemo::~IcDemo() {
-  vm_->OnServer([&] {
-    heartbeat_.reset();
-    shutdown_.reset();
-    timesync_.reset();
-  });
-}
-
 absl::Status IcDemo::Run(const std::vector<protocol::OfferChannel>& offers) {
+  vm::VirtualMachine* vm = &daemon_->vm();
   struct Service {
     IcService service;
     const Guid& interface_id;
@@ -87,10 +63,10 @@ absl::Status IcDemo::Run(const std::vector<protocol::OfferChannel>& offers) {
       return absl::NotFoundError(fmt::format("ic demo: no {} offer", services[i].name));
     }
     absl::StatusOr<std::unique_ptr<IcGuest>> guest =
-        IcGuest::Attach(vm_, {.service = services[i].service,
-                              .relid = relid,
-                              .gpadl_id = kFirstGpadlId + i,
-                              .first_gpn = kFirstRingGpn + 0x20 * i});
+        IcGuest::Attach(vm, {.service = services[i].service,
+                             .relid = relid,
+                             .gpadl_id = kFirstGpadlId + i,
+                             .first_gpn = kFirstRingGpn + 0x20 * i});
     if (!guest.ok())
       return Step(fmt::format("opening the {} channel", services[i].name), guest.status());
     guests[i] = *std::move(guest);
@@ -119,11 +95,12 @@ absl::Status IcDemo::Run(const std::vector<protocol::OfferChannel>& offers) {
   // Shutdown: a reboot request, which Linux accepts (HV_S_OK) and then starts.
   auto result = std::make_shared<std::promise<absl::StatusOr<uint32_t>>>();
   std::future<absl::StatusOr<uint32_t>> answered = result->get_future();
-  vm_->OnServer([&] {
-    shutdown_->RequestShutdown(
-        {.kind = ic::ShutdownKind::kReboot},
-        [result](absl::StatusOr<uint32_t> status) { result->set_value(std::move(status)); });
-  });
+  if (absl::Status requested = daemon_->RequestGuestShutdown(
+          {.kind = ic::ShutdownKind::kReboot},
+          [result](absl::StatusOr<uint32_t> status) { result->set_value(std::move(status)); });
+      !requested.ok()) {
+    return Step("shutdown request", requested);
+  }
   absl::StatusOr<IcGuestEvent> request = guests[1]->ServeOne(5s);
   if (!request.ok()) return Step("shutdown request", request.status());
   if (answered.wait_for(10s) != std::future_status::ready) {
@@ -135,11 +112,10 @@ absl::Status IcDemo::Run(const std::vector<protocol::OfferChannel>& offers) {
              request->shutdown_flags, *status,
              request->shutdown_started ? " and would start the reboot" : "");
 
-  ic::HeartbeatStats heartbeat;
-  vm_->OnServer([&] { heartbeat = heartbeat_->stats(); });
+  const daemon::Tree heartbeat = daemon_->Inspect()["devices"]["heartbeat"];
   fmt::print("   heartbeat health: {} ({} sent, {} answered, {} bad packets)\n",
-             ic::HeartbeatHealthName(heartbeat.health), heartbeat.sent, heartbeat.answered,
-             heartbeat.channel.bad_packets);
+             heartbeat.value("health", "?"), heartbeat.value("sent", 0),
+             heartbeat.value("answered", 0), heartbeat["channel"].value("bad_packets", 0));
   for (int i = 0; i < 3; ++i) {
     if (absl::Status closed = guests[i]->Close(); !closed.ok()) {
       return Step(fmt::format("closing the {} channel", services[i].name), closed);

@@ -10,31 +10,22 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "paravisor/devices/ic/heartbeat_ic.h"
-#include "paravisor/devices/ic/shutdown_ic.h"
-#include "paravisor/devices/ic/timesync_ic.h"
+#include "paravisor/daemon/daemon.h"
 #include "paravisor/protocol/messages.h"
-#include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor {
 
+// The guest side of the daemon's three integration components.
 class IcDemo {
  public:
-  // Offers the three devices (before the guest connects, so their offers are among the first).
-  static absl::StatusOr<std::unique_ptr<IcDemo>> Create(vm::VirtualMachine* vm);
-  ~IcDemo();  // Removes the devices on the server's thread.
+  explicit IcDemo(daemon::Daemon* daemon) : daemon_(daemon) {}
 
   // Attaches the guest to each IC among `offers` and runs the conversation, printing what it
   // shows; an error names the step that failed.
   absl::Status Run(const std::vector<protocol::OfferChannel>& offers);
 
  private:
-  explicit IcDemo(vm::VirtualMachine* vm) : vm_(vm) {}
-
-  vm::VirtualMachine* vm_;
-  std::unique_ptr<ic::HeartbeatIc> heartbeat_;
-  std::unique_ptr<ic::ShutdownIc> shutdown_;
-  std::unique_ptr<ic::TimeSyncIc> timesync_;
+  daemon::Daemon* daemon_;
 };
 
 }  // namespace cvmbus::paravisor

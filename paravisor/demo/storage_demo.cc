@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "guestmem/guest_memory.h"
-#include "hw/storage/file_backing.h"
 #include "paravisor/devices/storvsp/srb.h"
 #include "paravisor/testing/storvsc_guest.h"
 
@@ -35,54 +34,26 @@ storvsp::GuestBuffer Buffer(uint32_t index) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<StorageDemo>> StorageDemo::Create(vm::VirtualMachine* vm) {
-  std::unique_ptr<StorageDemo> demo(new StorageDemo(vm));
-  const char* dir = std::getenv("TMPDIR");
-  std::string path = std::string(dir != nullptr ? dir : "/tmp") + "/cvmbus_demo_disk.XXXXXX";
-  const int fd = mkstemp(path.data());
-  if (fd < 0) return absl::UnavailableError(fmt::format("storage demo: mkstemp {}", path));
-  demo->path_ = path;
+absl::StatusOr<std::string> StorageDemo::MakeDiskFile(const std::string& dir) {
+  const std::string path = dir + "/disk.img";
+  const int fd = open(path.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+  if (fd < 0) return absl::UnavailableError(fmt::format("storage demo: creating {}", path));
   const bool sized = ftruncate(fd, kDiskBytes) == 0;
   close(fd);
   if (!sized) return absl::UnavailableError(fmt::format("storage demo: ftruncate {}", path));
-  absl::StatusOr<std::unique_ptr<hw::FileBacking>> file =
-      hw::FileBacking::Open(path, {.direct = true});
-  if (!file.ok()) return file.status();
-  demo->backend_ = std::make_unique<storvsp::FileBlockBackend>(vm->server_loop(), *std::move(file));
-  absl::Status started;
-  vm->OnServer([&] {
-    absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> device = storvsp::StorvspDevice::Create(
-        vm->server_loop(), &vm->bus(),
-        {.instance_id = Guid{0xd15c0001, 0, 0, {}},
-         .disk = {.sectors = kDiskBytes / 512, .serial = "cvmbus-demo"},
-         .allow_confidential_external_memory = true,
-         .max_subchannels = 1},
-        demo->backend_.get());
-    if (!device.ok()) {
-      started = device.status();
-      return;
-    }
-    demo->device_ = *std::move(device);
-    started = demo->device_->Start();
-  });
-  if (!started.ok()) return started;
-  return demo;
-}
-
-StorageDemo::~StorageDemo() {
-  vm_->OnServer([&] { device_.reset(); });
-  if (!path_.empty()) unlink(path_.c_str());
+  return path;
 }
 
 absl::Status StorageDemo::Run(uint32_t relid) {
+  vm::VirtualMachine* vm = &daemon_->vm();
   if (absl::Status status =
-          Step("private data pages", vm_->MakePrivate(kDataGpn * 4096, 2 * 16 * 4096));
+          Step("private data pages", vm->MakePrivate(kDataGpn * 4096, 2 * 16 * 4096));
       !status.ok()) {
     return status;
   }
   // Two vCPUs: Linux asks for one subchannel.
   absl::StatusOr<std::unique_ptr<storvsp::StorvscGuest>> guest = storvsp::StorvscGuest::Attach(
-      vm_, {.relid = relid, .first_gpadl_id = 200, .first_ring_gpn = kRingGpn, .cpus = 2});
+      vm, {.relid = relid, .first_gpadl_id = 200, .first_ring_gpn = kRingGpn, .cpus = 2});
   if (!guest.ok()) return Step("attach (VSTOR initialization)", guest.status());
   const storvsp::StorvscProperties& properties = (*guest)->properties();
   fmt::print(
@@ -92,7 +63,7 @@ absl::Status StorageDemo::Run(uint32_t relid) {
       (*guest)->channel_count(), (*guest)->channel_count() - 1);
 
   // Write a pattern from a private buffer through the primary channel.
-  const guestmem::GuestMemory memory = guestmem::GuestMemory::Private(vm_->memory());
+  const guestmem::GuestMemory memory = guestmem::GuestMemory::Private(vm->memory());
   std::vector<uint8_t> pattern(kBytes);
   for (uint32_t i = 0; i < kBytes; ++i) pattern[i] = static_cast<uint8_t>(i * 7 + i / 4096);
   if (absl::Status status = Step("fill buffer", memory.Write(kDataGpn * 4096, pattern));
@@ -136,12 +107,12 @@ absl::Status StorageDemo::Run(uint32_t relid) {
       past->scsi_status, sensed ? past->sense[2] & 0x0f : 0, sensed ? past->sense[12] : 0);
 
   if (absl::Status status = Step("detach", (*guest)->Detach()); !status.ok()) return status;
-  storvsp::StorvspStats stats;
-  vm_->OnServer([&] { stats = device_->stats(); });
+  const daemon::Tree disk = daemon_->Inspect()["devices"]["disks"]["0"];
   fmt::print(
       "== storvsp: detached (subchannel closed and revoked first): {} SRBs, {} malformed, {} "
       "subchannel(s) offered, {} revoked\n",
-      stats.srbs, stats.bad_packets, stats.subchannels_offered, stats.subchannels_revoked);
+      disk.value("srbs", 0), disk.value("bad_packets", 0), disk.value("subchannels_offered", 0),
+      disk.value("subchannels_revoked", 0));
   const bool good = back == pattern && file_read && in_file == pattern &&
                     wrote->srb_status == storvsp::kSrbSuccess &&
                     read->srb_status == storvsp::kSrbSuccess &&

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The main job, small: the demo runs to its end, exits 0, and shows each step's result.
+set -euo pipefail
+demo=$1
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+"$demo" --packets=2000 --channels=3 >"$out" 2>&1 || { cat "$out"; echo "FAIL: exit $?"; exit 1; }
+for expected in \
+  "== guest: VMBus 6.0 negotiated, features granted 0x50" \
+  "== 3 echo channels open" \
+  "... 2000 of 2000 packets echoed" \
+  "== host read of the private ring page at 0x1000000: ciphertext" \
+  "== host write to it: snp 'vm': RMP #PF" \
+  "the same bytes; the file's bytes at 0x100000 match" \
+  "sense key 0x5 asc 0x21 (ILLEGAL REQUEST, LBA OUT OF RANGE)" \
+  "heartbeat health: healthy" \
+  "guest answered status 0x0" \
+  "read \"host got: HELLO FROM THE CONFIDENTIAL GUEST\" and the host's FIN" \
+  "relid  1  cvmbus-echo      open      rings private" \
+  "0 guest errors" \
+  "== cvmbusd stopped"; do
+  grep -qF -- "$expected" "$out" || { cat "$out"; echo "FAIL: no '$expected'"; exit 1; }
+done
+# Nothing at warning level or above from the daemon's log.
+if grep -E '^[0-9T:.-]+Z [WE] ' "$out"; then echo "FAIL: the daemon logged a problem"; exit 1; fi
+echo PASS
