@@ -4,6 +4,7 @@
 //   cvmbusctl --socket=... --json inspect channels/3          as JSON (default: path = value)
 //   cvmbusctl --socket=... ring 3                             both rings of channel 3, dumped
 //   cvmbusctl --socket=... unstick 3                          signal both directions once
+//   cvmbusctl --socket=... service                            save and restore in place
 //   cvmbusctl --socket=... shutdown                           an orderly stop, as SIGTERM
 //
 // Exit 0: answered; 1: the daemon answered with an error (printed); 2: bad usage or no daemon.
@@ -30,7 +31,8 @@ namespace cvmbus::paravisor::daemon {
 namespace {
 
 constexpr char kUsage[] =
-    "cvmbusctl [--socket=PATH] [--json] inspect [PATH] | ring RELID | unstick RELID | shutdown";
+    "cvmbusctl [--socket=PATH] [--json] inspect [PATH] | ring RELID | unstick RELID | service | "
+    "shutdown";
 
 // Sends `request` and reads the reply until the daemon closes the connection.
 hw::Task Exchange(hw::EventLoop* loop, std::string path, std::string request,
@@ -76,7 +78,7 @@ hw::Task Exchange(hw::EventLoop* loop, std::string path, std::string request,
 
 int Main(const std::vector<std::string>& words) {
   if (words.empty() || (words[0] != "inspect" && words[0] != "ring" && words[0] != "unstick" &&
-                        words[0] != "shutdown")) {
+                        words[0] != "service" && words[0] != "shutdown")) {
     fmt::print(stderr, "cvmbusctl: usage: {}\n", kUsage);
     return 2;
   }

@@ -1,8 +1,9 @@
 // cvmbusd: the paravisor daemon. Reads its configuration (--config, protobuf text format, see
 // config.proto), lets flags override single fields, starts the VM, the server, the devices and
-// the guest side, serves the control socket, and on SIGTERM or SIGINT (or "cvmbusctl shutdown")
-// stops in order and exits 0. Exit 2: a bad flag value or configuration (one line naming the
-// field; Abseil's own flag errors exit 1 with its message); 1: a part failed to start.
+// the guest side, serves the control socket, services itself on SIGUSR1 (or "cvmbusctl
+// service"), and on SIGTERM or SIGINT (or "cvmbusctl shutdown") stops in order and exits 0. Exit 2:
+// a bad flag value or configuration (one line naming the field; Abseil's own flag errors exit 1
+// with its message); 1: a part failed to start.
 //
 //   cvmbusd --config=/etc/cvmbusd.conf
 //   cvmbusd --control_socket=/run/cvmbusd.sock --echo_channels=4 --guest=client
@@ -101,10 +102,12 @@ int Main() {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGUSR1);  // "service": servicing runs on this thread.
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
   absl::StatusOr<std::unique_ptr<Daemon>> daemon =
-      Daemon::Start(*settings, [] { kill(getpid(), SIGTERM); });
+      Daemon::Start(*settings, {.on_shutdown = [] { kill(getpid(), SIGTERM); },
+                                .on_service = [] { kill(getpid(), SIGUSR1); }});
   if (!daemon.ok()) {
     fmt::print(stderr, "cvmbusd: {}\n", std::string(daemon.status().message()));
     return 1;
@@ -113,7 +116,13 @@ int Main() {
                           settings->control_socket, settings->echo_channels, settings->disks.size(),
                           settings->guest == GUEST_CLIENT ? "client" : "none"));
   int signal = 0;
-  sigwait(&stop_signals, &signal);
+  while (sigwait(&stop_signals, &signal) == 0 && signal == SIGUSR1) {
+    if (absl::Status serviced = (*daemon)->Service(); serviced.ok()) {
+      logger.Info("serviced: the server and its devices restored from their saved state");
+    } else {
+      logger.Error(std::string(serviced.message()));
+    }
+  }
   logger.Info(fmt::format("{}: stopping", signal == SIGINT ? "SIGINT" : "SIGTERM"));
   (*daemon)->Stop();
   daemon->reset();

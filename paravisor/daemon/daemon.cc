@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cstring>
 
 #include "base/format.h"
 #include "paravisor/daemon/ring_inspect.h"
@@ -55,9 +56,9 @@ absl::StatusOr<uint32_t> ParseRelid(const std::string& text) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
-                                                      std::function<void()> on_shutdown) {
+                                                      Callbacks callbacks) {
   std::unique_ptr<Daemon> daemon(new Daemon(settings));
-  daemon->on_shutdown_ = std::move(on_shutdown);
+  daemon->callbacks_ = std::move(callbacks);
   Daemon* raw = daemon.get();
   absl::StatusOr<std::unique_ptr<vm::VirtualMachine>> vm = vm::VirtualMachine::Create(
       {.memory_bytes = settings.memory_bytes,
@@ -94,12 +95,10 @@ Daemon::~Daemon() { Stop(); }
 absl::Status Daemon::StartDevices() {
   hw::EventLoop* loop = vm_->server_loop();
   ParentBus* bus = &vm_->bus();
-  if (settings_.echo_channels > 0) {
-    for (OfferParams& params : DemoDeviceParams(static_cast<int>(settings_.echo_channels))) {
-      echo_.push_back(std::make_unique<EchoDevice>(loop, bus, std::move(params)));
-      if (absl::Status status = echo_.back()->Start(); !status.ok()) {
-        return Named(fmt::format("echo channel {}", echo_.size() - 1), status);
-      }
+  for (OfferParams& params : EchoOffers()) {
+    echo_.push_back(std::make_unique<EchoDevice>(loop, bus, std::move(params)));
+    if (absl::Status status = echo_.back()->Start(); !status.ok()) {
+      return Named(fmt::format("echo channel {}", echo_.size() - 1), status);
     }
   }
   for (size_t i = 0; i < settings_.disks.size(); ++i) {
@@ -189,6 +188,79 @@ absl::Status Daemon::RequestGuestShutdown(const ic::ShutdownRequest& request,
   return status;
 }
 
+std::vector<OfferParams> Daemon::EchoOffers() const {
+  if (settings_.echo_channels == 0) return {};
+  return DemoDeviceParams(static_cast<int>(settings_.echo_channels));
+}
+
+std::string Daemon::UnsavableDevices() const {
+  std::vector<std::string> names;
+  if (!disks_.empty()) names.push_back("storvsp disks");
+  if (heartbeat_ || shutdown_ || timesync_) names.push_back("integration components");
+  if (relay_) names.push_back("the hvsocket relay");
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    out += i == 0 ? names[i] : (i + 1 == names.size() ? " and " : ", ") + names[i];
+  }
+  return out;
+}
+
+absl::Status Daemon::Service() {
+  absl::Status result;
+  vm_->OnServer([&] {
+    if (std::string unsavable = UnsavableDevices(); !unsavable.empty()) {
+      result = absl::FailedPreconditionError(
+          fmt::format("servicing: {} cannot save their state yet", unsavable));
+      return;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([this] { echo_.clear(); });
+    if (!state.ok() && echo_.empty()) {
+      // The restore failed after the devices were dropped: the new server is empty, so the
+      // devices offer afresh (the guest sees new offers, as after a reset).
+      for (OfferParams& params : EchoOffers()) {
+        echo_.push_back(
+            std::make_unique<EchoDevice>(vm_->server_loop(), &vm_->bus(), std::move(params)));
+        (void)echo_.back()->Start();
+      }
+    }
+    if (!state.ok()) {
+      result = Named("servicing", state.status());
+      return;
+    }
+    {
+      for (OfferParams& params : EchoOffers()) {
+        // Open (2) or closing (3) when saved: the device had the channel open.
+        bool was_open = false;
+        for (const saved::Channel& channel : state->channels()) {
+          if (channel.instance_id().size() == sizeof(Guid) &&
+              std::memcmp(channel.instance_id().data(), &params.instance_id, sizeof(Guid)) == 0 &&
+              std::memcmp(channel.interface_id().data(), &params.interface_id, sizeof(Guid)) == 0 &&
+              channel.subchannel_index() == params.subchannel_index) {
+            was_open = channel.state() == 2 || channel.state() == 3;
+          }
+        }
+        echo_.push_back(
+            std::make_unique<EchoDevice>(vm_->server_loop(), &vm_->bus(), std::move(params)));
+        if (absl::Status status = echo_.back()->StartRestored(was_open); !status.ok()) {
+          result = Named(fmt::format("servicing: echo channel {}", echo_.size() - 1), status);
+        }
+      }
+    }
+    servicing_.last_microseconds =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    servicing_.last_state_bytes = state->ByteSizeLong();
+  });
+  if (result.ok()) {
+    ++servicing_.done;
+    servicing_.last_error.clear();
+  } else {
+    ++servicing_.failed;
+    servicing_.last_error = result.ToString();
+  }
+  return result;
+}
+
 Tree Daemon::Inspect() {
   Tree tree;
   vm_->OnServer([&] { tree = BuildTree(); });
@@ -216,14 +288,24 @@ absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>
     if (!rings.ok()) return rings.status();
     return RingDumpText(*rings, *relid);
   }
+  if (command == "service") {
+    if (words.size() != 1) return absl::InvalidArgumentError("usage: service");
+    if (std::string unsavable = UnsavableDevices(); !unsavable.empty()) {
+      return absl::FailedPreconditionError(
+          fmt::format("servicing: {} cannot save their state yet", unsavable));
+    }
+    if (!callbacks_.on_service) return absl::UnimplementedError("servicing is not wired here");
+    callbacks_.on_service();
+    return std::string("servicing requested (see inspect daemon/servicing)\n");
+  }
   if (command == "shutdown") {
     if (words.size() != 1) return absl::InvalidArgumentError("usage: shutdown");
-    if (on_shutdown_) on_shutdown_();
+    if (callbacks_.on_shutdown) callbacks_.on_shutdown();
     return std::string("shutting down\n");
   }
   return absl::InvalidArgumentError(
       fmt::format("unknown command '{}' (commands: inspect [PATH], ring RELID, unstick RELID, "
-                  "shutdown)",
+                  "service, shutdown)",
                   command));
 }
 
@@ -235,6 +317,12 @@ Tree Daemon::BuildTree() const {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
   daemon["control_requests"] = control_ ? control_->requests() : 0;
   daemon["control_refused"] = control_ ? control_->refused() : 0;
+  Tree& servicing = daemon["servicing"];
+  servicing["done"] = servicing_.done;
+  servicing["failed"] = servicing_.failed;
+  servicing["last_microseconds"] = servicing_.last_microseconds;
+  servicing["last_state_bytes"] = servicing_.last_state_bytes;
+  if (!servicing_.last_error.empty()) servicing["last_error"] = servicing_.last_error;
   Tree& machine = root["vm"];
   machine["memory_bytes"] = settings_.memory_bytes;
   machine["isolation"] = settings_.snp ? "snp" : "none";

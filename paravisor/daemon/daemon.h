@@ -11,9 +11,15 @@
 // that the server revokes them, subchannels before their primary, and the guest is sent the
 // rescinds; then the control socket closes and the loop stops.
 //
+// Servicing (Service): the server's state is saved, every device dropped, and a new server and
+// new devices restored from the state's bytes on the loop thread in one step, while the guest
+// keeps running: its channels stay open, nothing it sent or was sent is lost or repeated. Only
+// the echo device can save its state so far; with any other device configured Service refuses.
+//
 // Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
 // PATH), "ring RELID" (both rings of an open channel as ringtool dumps them), "unstick RELID"
-// (signal both directions once), "shutdown" (calls on_shutdown; the caller then calls Stop).
+// (signal both directions once), "service" (calls on_service; the caller then calls Service),
+// "shutdown" (calls on_shutdown; the caller then calls Stop).
 //
 // Threads: Start, Inspect and Stop from one controlling thread (never the loop's).
 #ifndef CVMBUS_PARAVISOR_DAEMON_DAEMON_H_
@@ -46,8 +52,12 @@ class Daemon {
  public:
   // Builds everything or nothing: on any failure what was started is stopped again and the
   // error names the part. `on_shutdown` runs on the loop thread for a "shutdown" request.
+  struct Callbacks {
+    std::function<void()> on_shutdown;  // A "shutdown" request (loop thread).
+    std::function<void()> on_service;   // A "service" request (loop thread).
+  };
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(const Settings& settings,
-                                                       std::function<void()> on_shutdown);
+                                                       Callbacks callbacks = {});
   ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
@@ -56,6 +66,8 @@ class Daemon {
   Tree Inspect();
   // The ordered stop (see above). Idempotent.
   void Stop();
+  // Servicing (see above). kFailedPrecondition, naming the device, if one cannot save.
+  absl::Status Service();
   // Asks the guest, through the shutdown IC, to power off, reboot or hibernate; `done` gets the
   // guest's status on the loop thread. kFailedPrecondition without a shutdown IC.
   absl::Status RequestGuestShutdown(const ic::ShutdownRequest& request, ic::ShutdownIc::Done done);
@@ -75,9 +87,13 @@ class Daemon {
   void StopDevices();
   Tree BuildTree() const;
   absl::StatusOr<std::string> HandleRequest(const std::vector<std::string>& words);
+  // The echo channels' offers (the demo set of demo_devices.h), none for 0 channels.
+  std::vector<OfferParams> EchoOffers() const;
+  // The devices that cannot save their state, by name; empty if all can.
+  std::string UnsavableDevices() const;
 
   const Settings settings_;
-  std::function<void()> on_shutdown_;
+  Callbacks callbacks_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   std::unique_ptr<vm::VirtualMachine> vm_;
   // Loop-thread state.
@@ -88,6 +104,13 @@ class Daemon {
   std::unique_ptr<ic::TimeSyncIc> timesync_;
   std::unique_ptr<hvsocket::HvSocketRelay> relay_;
   std::unique_ptr<ControlServer> control_;
+  struct ServicingStats {
+    uint64_t done = 0;
+    uint64_t failed = 0;
+    std::string last_error;
+    double last_microseconds = 0;
+    uint64_t last_state_bytes = 0;
+  } servicing_;
   // The guest side (its own thread).
   std::unique_ptr<InProcessGuest> guest_;
   bool stopped_ = false;

@@ -117,6 +117,75 @@ TEST(DaemonTest, AConfidentialGuestRunsTrafficThatTheInspectTreeShows) {
   EXPECT_EQ(access(TempPath("full.sock").c_str(), F_OK), -1);  // The socket file is gone.
 }
 
+// Waits until the in-process guest has done `count` round trips in all; false if it failed or
+// took longer than 20 s.
+bool WaitForRoundTrips(Daemon& daemon, uint64_t count, Tree* tree) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    *tree = daemon.Inspect();
+    if (At(*tree, "guest/state") == "failed") return false;
+    if (At(*tree, "guest/round_trips").is_number() &&
+        At(*tree, "guest/round_trips").get<uint64_t>() >= count) {
+      return true;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+// Servicing while the guest's traffic runs: every round trip checks that the answer carries the
+// transaction id just sent, so a packet lost across the restore would stall the guest (its 5 s
+// receive times out and it fails) and one repeated would be a wrong id.
+TEST(DaemonTest, ServicingMidTrafficLosesAndRepeatsNothing) {
+  Settings settings;
+  settings.guest = GUEST_CLIENT;
+  settings.echo_packets_per_second = 2000;
+  settings.max_version = protocol::kVersionWin10V6_0;
+  settings.echo_channels = 3;
+  settings.control_socket = TempPath("service.sock");
+  unlink(settings.control_socket.c_str());
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  Tree tree;
+  ASSERT_TRUE(WaitForRoundTrips(**daemon, 100, &tree)) << tree.dump(2);
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE((*daemon)->Service().ok()) << i;
+    const uint64_t before = At((*daemon)->Inspect(), "guest/round_trips").get<uint64_t>();
+    ASSERT_TRUE(WaitForRoundTrips(**daemon, before + 60, &tree)) << i << "\n" << tree.dump(2);
+  }
+  tree = (*daemon)->Inspect();
+  EXPECT_EQ(At(tree, "guest/state"), "running") << At(tree, "guest/last_error");
+  EXPECT_EQ(At(tree, "guest/channels_open"), 3);
+  EXPECT_EQ(At(tree, "daemon/servicing/done"), 5);
+  EXPECT_EQ(At(tree, "daemon/servicing/failed"), 0);
+  EXPECT_GT(At(tree, "daemon/servicing/last_state_bytes"), 0);
+  EXPECT_EQ(At(tree, "connection/guest_errors"), 0);
+  EXPECT_EQ(At(tree, "connection/version"), "6.0");  // The same connection, restored.
+  for (const char* relid : {"1", "2", "3"}) {
+    EXPECT_EQ(At(tree, std::string("channels/") + relid + "/state"), "open") << relid;
+  }
+  // The restored devices took over the open rings (their counters start at the restore).
+  EXPECT_GT(At(tree, "devices/echo/0/packets_echoed"), 0);
+  EXPECT_EQ(At(tree, "devices/echo/0/ring_view"), "private");
+  // The guest never saw the paravisor change: no second offer of any channel.
+  EXPECT_TRUE((*daemon)->vm().guest().NothingArrives(protocol::MessageType::kOfferChannel, 50ms));
+}
+
+TEST(DaemonTest, ServicingIsRefusedWhileADeviceCannotSaveItsState) {
+  Settings settings = FullSettings("unsavable");
+  settings.guest = GUEST_NONE;
+  settings.echo_packets_per_second = 0;
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const absl::Status serviced = (*daemon)->Service();
+  EXPECT_EQ(serviced.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(std::string(serviced.message()),
+            "servicing: storvsp disks and integration components cannot save their state yet");
+  const Tree tree = (*daemon)->Inspect();
+  EXPECT_EQ(At(tree, "daemon/servicing/failed"), 1);
+  EXPECT_EQ(At(tree, "channels/1/state"), "released");  // Nothing was touched: no guest yet.
+}
+
 TEST(DaemonTest, APartThatCannotStartStopsEverythingAndIsNamed) {
   Settings settings = FullSettings("bad_disk");
   settings.disks[0].path = TempPath("no_such_disk.img");

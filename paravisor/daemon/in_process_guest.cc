@@ -98,7 +98,8 @@ void InProcessGuest::Run() {
               .first_gpn = kFirstRingGpn + 2 * kRingPages * i,
               .ring_pages = kRingPages,
               .confidential = confidential_rings &&
-                              (offer.channel_flags & protocol::kOfferConfidentialRingBuffer) != 0});
+                              (offer.channel_flags & protocol::kOfferConfidentialRingBuffer) != 0,
+              .discard_signal_status = true});
     if (!channel.ok())
       return Fail(fmt::format("opening channel {}", offer.child_relid), channel.status());
     channels.push_back(*std::move(channel));

@@ -3,7 +3,9 @@
 // It negotiates the newest version the server grants (trying 6.0 first and going down the way
 // Linux's vmbus_connect does), with confidential channels on an SNP VM, takes the offers, opens
 // every echo channel with its rings in private memory (SNP) and keeps `packets_per_second`
-// request/answer round trips running on each.
+// request/answer round trips running on each. Like Linux it ignores HvSignalEvent's status (a
+// doorbell the paravisor refuses, as while it is being serviced, is lost, not an error): the
+// paravisor must make up for it, and the answer's transaction id is checked every time.
 //
 // Threads: Start and Stop from one controlling thread; stats() from any.
 #ifndef CVMBUS_PARAVISOR_DAEMON_IN_PROCESS_GUEST_H_

@@ -63,8 +63,13 @@ absl::Status GuestChannel::SendPacket(const ring::OutgoingPacket& packet) {
   absl::StatusOr<bool> signal = out_.Write(packet);
   if (!signal.ok()) return signal.status();
   if (!*signal) return absl::OkStatus();
+  return Signal();
+}
+
+absl::Status GuestChannel::Signal() {
   ++signals_sent_;
-  return vm_->guest().SignalHost(options_.relid);
+  absl::Status status = vm_->guest().SignalHost(options_.relid);
+  return options_.discard_signal_status ? absl::OkStatus() : status;
 }
 
 absl::Status GuestChannel::Receive(ring::PacketBuffer* buffer, std::chrono::milliseconds timeout) {
@@ -75,10 +80,7 @@ absl::Status GuestChannel::Receive(ring::PacketBuffer* buffer, std::chrono::mill
     if (!got.ok()) return got.status();
     if (*got) {
       if (in_.Commit()) {
-        ++signals_sent_;
-        if (absl::Status status = vm_->guest().SignalHost(options_.relid); !status.ok()) {
-          return status;
-        }
+        if (absl::Status status = Signal(); !status.ok()) return status;
       }
       return absl::OkStatus();
     }

@@ -60,8 +60,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
                              monitor_page = options.server_monitor_page,
                              on_hvsocket_connect = options.on_hvsocket_connect,
                              resignal_after_open = options.resignal_after_open,
-                             max_version = options.max_version,
-                             capture_log = options.capture_log] {
+                             max_version = options.max_version, capture_log = options.capture_log] {
     auto loop = hw::EventLoop::Create();
     if (!loop.ok()) {
       started.set_value(loop.status());
@@ -144,6 +143,24 @@ absl::Status VirtualMachine::StartRestoredServer(const saved::Server& state) {
     status = server_->Restore(state);
   });
   return status;
+}
+
+absl::StatusOr<saved::Server> VirtualMachine::ServiceServerOnLoop(
+    const std::function<void()>& drop_devices) {
+  absl::StatusOr<saved::Server> state = server_->Save();
+  if (!state.ok()) return state.status();
+  // What a new paravisor would read back: the bytes, not the object.
+  saved::Server reloaded;
+  if (!reloaded.ParseFromString(state->SerializeAsString())) {
+    return absl::InternalError("servicing: the saved state does not parse back");
+  }
+  drop_devices();
+  bus_.reset();
+  server_.reset();
+  server_ = std::make_unique<VmbusServer>(loop_.get(), synic_.get(), server_options_);
+  bus_ = server_->Bus();
+  if (absl::Status restored = server_->Restore(reloaded); !restored.ok()) return restored;
+  return reloaded;
 }
 
 std::vector<std::string> VirtualMachine::TakeLog() {

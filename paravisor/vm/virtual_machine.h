@@ -59,6 +59,12 @@ class VirtualMachine {
   // next), then starts a new server on the same loop and port from that state.
   absl::StatusOr<saved::Server> SaveAndStopServer();
   absl::Status StartRestoredServer(const saved::Server& state);
+  // Servicing in one step on the loop thread (nothing else on the loop sees a missing server):
+  // saves the server's state, calls `drop_devices` (which must destroy every device of the
+  // old server), and starts a new server from the state as serialized and parsed back. If the
+  // save fails nothing has changed (kFailedPrecondition while a reset waits for devices); if
+  // the restore fails the new server starts empty and the error is returned.
+  absl::StatusOr<saved::Server> ServiceServerOnLoop(const std::function<void()>& drop_devices);
 
   hw::EventLoop* server_loop() { return loop_.get(); }
   VmbusServer& server() { return *server_; }

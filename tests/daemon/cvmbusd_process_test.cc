@@ -193,6 +193,48 @@ TEST(CvmbusdProcessTest, CvmbusctlShutdownStopsTheDaemon) {
   EXPECT_NE(daemon.err().find("SIGTERM: stopping"), std::string::npos) << daemon.err();
 }
 
+TEST(CvmbusdProcessTest, CvmbusctlServiceRestoresTheDaemonInPlace) {
+  std::string socket;
+  const std::string config = WriteConfig("service", &socket);
+  // Echo channels only: the ICs cannot save their state yet, which is refused first.
+  Process daemon = Spawn(kDaemon, {"--config=" + config}, "daemon");
+  ASSERT_TRUE(WaitForFile(socket, 10s)) << daemon.err();
+  Process refused = Ctl(socket, {"service"});
+  EXPECT_EQ(refused.Wait(10s), 1);
+  EXPECT_EQ(refused.err(),
+            "cvmbusctl: servicing: integration components cannot save their state yet\n");
+  ASSERT_EQ(kill(daemon.pid, SIGTERM), 0);
+  EXPECT_EQ(daemon.Wait(20s), 0) << daemon.err();
+
+  const std::string echo_only = Dir() + "/echo_only.conf";
+  WriteFile(echo_only,
+            "guest { side: GUEST_CLIENT echo_packets_per_second: 500 }\n"
+            "echo { channels: 2 }\n"
+            "control_socket: \"" +
+                socket + "\"\n");
+  Process serviced = Spawn(kDaemon, {"--config=" + echo_only}, "daemon");
+  ASSERT_TRUE(WaitForFile(socket, 10s)) << serviced.err();
+  for (int i = 0; i < 3; ++i) {
+    Process service = Ctl(socket, {"service"});
+    EXPECT_EQ(service.Wait(10s), 0) << service.err();
+    EXPECT_EQ(service.out(), "servicing requested (see inspect daemon/servicing)\n");
+  }
+  std::string done;
+  for (int i = 0; i < 500 && done != "daemon/servicing/done = 3\n"; ++i) {
+    std::this_thread::sleep_for(10ms);
+    Process ask = Ctl(socket, {"inspect", "daemon/servicing/done"});
+    EXPECT_EQ(ask.Wait(10s), 0) << ask.err();
+    done = ask.out();
+  }
+  EXPECT_EQ(done, "daemon/servicing/done = 3\n");
+  Process guest = Ctl(socket, {"inspect", "guest/state"});
+  EXPECT_EQ(guest.Wait(10s), 0);
+  EXPECT_EQ(guest.out(), "guest/state = running\n");
+  ASSERT_EQ(kill(serviced.pid, SIGTERM), 0);
+  EXPECT_EQ(serviced.Wait(20s), 0) << serviced.err();
+  EXPECT_NE(serviced.err().find("I cvmbusd: serviced"), std::string::npos) << serviced.err();
+}
+
 TEST(CvmbusdProcessTest, ABadConfigurationOrFlagEndsTheDaemonNamingTheField) {
   const std::string config = Dir() + "/bad.conf";
   WriteFile(config, "control_socket: \"/tmp/x.sock\"\nmemory { size_mib: 8 }\n");
