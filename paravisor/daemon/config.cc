@@ -63,6 +63,18 @@ absl::Status CheckSocketPath(const std::string& field, const std::string& path, 
 
 }  // namespace
 
+std::string_view IsolationName(IsolationKind kind) {
+  switch (kind) {
+    case IsolationKind::kNone:
+      return "none";
+    case IsolationKind::kSnp:
+      return "snp";
+    case IsolationKind::kTdx:
+      return "tdx";
+  }
+  return "unknown";
+}
+
 absl::StatusOr<Config> ParseConfig(const std::string& text, const std::string& source) {
   if (text.size() > kMaxConfigBytes) {
     return absl::InvalidArgumentError(fmt::format("config {}: {} bytes, more than the {} allowed",
@@ -103,10 +115,13 @@ absl::StatusOr<Settings> Resolve(const Config& config) {
   switch (config.isolation()) {
     case ISOLATION_DEFAULT:
     case ISOLATION_SNP:
-      out.snp = true;
+      out.isolation = IsolationKind::kSnp;
+      break;
+    case ISOLATION_TDX:
+      out.isolation = IsolationKind::kTdx;
       break;
     case ISOLATION_NONE:
-      out.snp = false;
+      out.isolation = IsolationKind::kNone;
       break;
     default:
       return Bad("isolation",

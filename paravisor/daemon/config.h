@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -28,10 +29,14 @@ inline constexpr size_t kMaxDisks = 8;
 inline constexpr uint32_t kMaxDiskSubchannels = 64;
 inline constexpr uint32_t kMaxEchoPacketsPerSecond = 100000;
 
+enum class IsolationKind { kNone, kSnp, kTdx };
+std::string_view IsolationName(IsolationKind kind);  // "none", "snp", "tdx".
+
 // The configuration with every default applied and every value checked.
 struct Settings {
   uint64_t memory_bytes = 64ull << 20;
-  bool snp = true;
+  IsolationKind isolation = IsolationKind::kSnp;
+  bool isolated() const { return isolation != IsolationKind::kNone; }
   GuestSide guest = GUEST_NONE;
   uint32_t echo_packets_per_second = 0;
   uint32_t max_version = 0;  // protocol::kVersion...

@@ -24,7 +24,7 @@ TEST(ConfigTest, AMinimalConfigGetsTheDocumentedDefaults) {
   absl::StatusOr<Settings> settings = FromText(R"(control_socket: "/run/cvmbusd.sock")");
   ASSERT_TRUE(settings.ok()) << settings.status();
   EXPECT_EQ(settings->memory_bytes, 64ull << 20);
-  EXPECT_TRUE(settings->snp);
+  EXPECT_EQ(settings->isolation, IsolationKind::kSnp);
   EXPECT_EQ(settings->guest, GUEST_NONE);
   EXPECT_EQ(settings->max_version, protocol::kVersionWin10V6_0);
   EXPECT_EQ(settings->resignal_after_open, std::chrono::milliseconds(100));
@@ -51,7 +51,7 @@ TEST(ConfigTest, EveryFieldIsTaken) {
   )");
   ASSERT_TRUE(settings.ok()) << settings.status();
   EXPECT_EQ(settings->memory_bytes, 256ull << 20);
-  EXPECT_FALSE(settings->snp);
+  EXPECT_EQ(settings->isolation, IsolationKind::kNone);
   EXPECT_EQ(settings->guest, GUEST_CLIENT);
   EXPECT_EQ(settings->echo_packets_per_second, 50u);
   EXPECT_EQ(settings->max_version, protocol::kVersionWin10V5_3);
@@ -73,9 +73,9 @@ TEST(ConfigTest, AFileThatDoesNotParseNamesTheLineAndColumn) {
       "control_socket: \"/s\"\nmemory { size_gib: 1 }",
       "config test.conf: line 2 column 18: Message type \"cvmbus.paravisor.daemon.Memory\" has no "
       "field named \"size_gib\".");
-  ExpectRefused("isolation: ISOLATION_TDX",
+  ExpectRefused("isolation: ISOLATION_SEV",
                 "config test.conf: line 1 column 25: Unknown "
-                "enumeration value of \"ISOLATION_TDX\" for field "
+                "enumeration value of \"ISOLATION_SEV\" for field "
                 "\"isolation\".");
 }
 
@@ -123,7 +123,7 @@ TEST(ConfigTest, TheShippedDefaultConfigurationIsValid) {
   ASSERT_TRUE(config.ok()) << config.status();
   absl::StatusOr<Settings> settings = Resolve(*config);
   ASSERT_TRUE(settings.ok()) << settings.status();
-  EXPECT_TRUE(settings->snp);
+  EXPECT_EQ(settings->isolation, IsolationKind::kSnp);
   EXPECT_EQ(settings->guest, GUEST_CLIENT);
   EXPECT_EQ(settings->echo_channels, 2u);
   EXPECT_TRUE(settings->heartbeat && settings->shutdown && settings->timesync);

@@ -29,7 +29,7 @@ ABSL_FLAG(std::optional<uint32_t>, echo_channels, std::nullopt, "Overrides echo.
 ABSL_FLAG(std::string, guest, "", "Overrides guest.side: none or client.");
 ABSL_FLAG(std::optional<uint32_t>, echo_packets_per_second, std::nullopt,
           "Overrides guest.echo_packets_per_second.");
-ABSL_FLAG(std::string, isolation, "", "Overrides isolation: none or snp.");
+ABSL_FLAG(std::string, isolation, "", "Overrides isolation: none, snp or tdx.");
 ABSL_FLAG(std::string, log_level, "", "Overrides log_level: debug, info, warning, error.");
 
 namespace cvmbus::paravisor::daemon {
@@ -63,9 +63,11 @@ absl::Status ApplyFlags(Config* config) {
       config->set_isolation(ISOLATION_NONE);
     } else if (isolation == "snp") {
       config->set_isolation(ISOLATION_SNP);
+    } else if (isolation == "tdx") {
+      config->set_isolation(ISOLATION_TDX);
     } else {
       return absl::InvalidArgumentError(
-          fmt::format("--isolation: '{}' is not one of none, snp", isolation));
+          fmt::format("--isolation: '{}' is not one of none, snp, tdx", isolation));
     }
   }
   if (!absl::GetFlag(FLAGS_log_level).empty()) {

@@ -62,7 +62,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
   Daemon* raw = daemon.get();
   absl::StatusOr<std::unique_ptr<vm::VirtualMachine>> vm = vm::VirtualMachine::Create(
       {.memory_bytes = settings.memory_bytes,
-       .isolated = settings.snp,
+       .isolated = settings.isolated(),
+       .tdx = settings.isolation == IsolationKind::kTdx,
        .server_monitor_page = kServerMonitorPage,
        .on_hvsocket_connect =
            [raw](const HvSocketConnect& connect) {
@@ -82,7 +83,7 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
   if (settings.guest == GUEST_CLIENT) {
     daemon->guest_ = std::make_unique<InProcessGuest>(
         daemon->vm_.get(),
-        InProcessGuestOptions{.confidential = settings.snp,
+        InProcessGuestOptions{.confidential = settings.isolated(),
                               .packets_per_second = settings.echo_packets_per_second,
                               .max_version = settings.max_version});
     daemon->guest_->Start();
@@ -117,7 +118,7 @@ absl::Status Daemon::StartDevices() {
          .disk = {.sectors = bytes / 512,
                   .read_only = config.read_only,
                   .serial = fmt::format("cvmbusd-{}", i)},
-         .allow_confidential_external_memory = settings_.snp,
+         .allow_confidential_external_memory = settings_.isolated(),
          .max_subchannels = config.subchannels},
         disk.backend.get());
     if (!device.ok()) return Named(what, device.status());
@@ -325,7 +326,7 @@ Tree Daemon::BuildTree() const {
   if (!servicing_.last_error.empty()) servicing["last_error"] = servicing_.last_error;
   Tree& machine = root["vm"];
   machine["memory_bytes"] = settings_.memory_bytes;
-  machine["isolation"] = settings_.snp ? "snp" : "none";
+  machine["isolation"] = IsolationName(settings_.isolation);
   machine["max_version"] = VersionName(settings_.max_version);
   const ServerSnapshot server = vm_->server().Snapshot();
   AddServer(server, root);

@@ -171,6 +171,31 @@ TEST(DaemonTest, ServicingMidTrafficLosesAndRepeatsNothing) {
   EXPECT_TRUE((*daemon)->vm().guest().NothingArrives(protocol::MessageType::kOfferChannel, 50ms));
 }
 
+// The same guest and devices under the TDX model: rings made private by MapGPA + ACCEPT.
+TEST(DaemonTest, AConfidentialGuestRunsUnderTdxToo) {
+  Settings settings = FullSettings("tdx");
+  settings.isolation = IsolationKind::kTdx;
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings);
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  ASSERT_NE((*daemon)->vm().tdx(), nullptr);
+  EXPECT_EQ((*daemon)->vm().snp(), nullptr);
+  Tree tree;
+  ASSERT_TRUE(WaitForRoundTrips(**daemon, 50, &tree)) << tree.dump(2);
+  EXPECT_EQ(At(tree, "vm/isolation"), "tdx");
+  EXPECT_EQ(At(tree, "connection/version"), "6.0");
+  EXPECT_EQ(At(tree, "channels/1/rings/view"), "private");
+  EXPECT_EQ(At(tree, "devices/echo/0/ring_view"), "private");
+  // The ring's first page is accepted private memory; the host's shared alias of it is gone.
+  absl::StatusOr<hw::isolation::TdxPageState> state =
+      (*daemon)->vm().tdx()->PageState(0x100 * 4096);
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(*state, hw::isolation::TdxPageState::kAccepted);
+  std::vector<uint8_t> bytes(16);
+  EXPECT_FALSE(guestmem::GuestMemory::Untrusted((*daemon)->vm().memory())
+                   .Read(0x100 * 4096, absl::MakeSpan(bytes))
+                   .ok());
+}
+
 TEST(DaemonTest, ServicingIsRefusedWhileADeviceCannotSaveItsState) {
   Settings settings = FullSettings("unsavable");
   settings.guest = GUEST_NONE;

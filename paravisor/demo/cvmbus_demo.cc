@@ -132,7 +132,7 @@ int Run(const Flags& flags) {
   // OPENCHANNEL_RESULT). The guest side is this program.
   daemon::Settings settings;
   settings.memory_bytes = 64ull << 20;
-  settings.snp = true;
+  settings.isolation = daemon::IsolationKind::kSnp;
   settings.guest = daemon::GUEST_NONE;
   settings.max_version = protocol::kVersionWin10V6_0;
   settings.resignal_after_open = std::chrono::milliseconds(100);

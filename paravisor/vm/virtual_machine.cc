@@ -13,7 +13,15 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
       guestmem::MemoryBacking::Create(memory);
   if (!backing.ok()) return backing.status();
   vm->backing_ = *backing;
-  if (options.isolated) {
+  if (options.isolated && options.tdx) {
+    absl::StatusOr<std::unique_ptr<hw::isolation::TdxModel>> tdx =
+        hw::isolation::TdxModel::Create(vm->backing_);
+    if (!tdx.ok()) return tdx.status();
+    vm->tdx_ = *std::move(tdx);
+    if (absl::Status shared = vm->tdx_->ConvertToShared(0, options.memory_bytes); !shared.ok()) {
+      return shared;
+    }
+  } else if (options.isolated) {
     absl::StatusOr<std::unique_ptr<hw::isolation::SnpModel>> snp =
         hw::isolation::SnpModel::Create(vm->backing_);
     if (!snp.ok()) return snp.status();
@@ -117,8 +125,9 @@ void VirtualMachine::OnServer(std::function<void()> fn) {
 }
 
 absl::Status VirtualMachine::MakePrivate(uint64_t gpa, uint64_t len) {
-  if (snp_ == nullptr) return absl::OkStatus();
-  return snp_->ConvertToPrivate(gpa, len);
+  if (tdx_ != nullptr) return tdx_->ConvertToPrivate(gpa, len);
+  if (snp_ != nullptr) return snp_->ConvertToPrivate(gpa, len);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<saved::Server> VirtualMachine::SaveAndStopServer() {

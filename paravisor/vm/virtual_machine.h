@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "guestmem/memory_backing.h"
 #include "hw/isolation/snp_model.h"
+#include "hw/isolation/tdx_model.h"
 #include "hw/uring/event_loop.h"
 #include "paravisor/client/guest_client.h"
 #include "paravisor/server/server.h"
@@ -30,7 +31,12 @@ namespace cvmbus::paravisor::vm {
 struct VmOptions {
   uint64_t memory_bytes = 64ull << 20;
   bool trusted_port = true;  // The server's SynIC is the paravisor's own (else the host's).
-  bool isolated = true;      // An SNP model: pages start shared; ConvertToPrivate validates.
+  // Hardware isolation: an SNP model (or with `tdx`, a TDX one). Either way every page starts
+  // shared and the guest converts what it keeps private (SNP: page-state change + PVALIDATE;
+  // TDX: MapGPA + ACCEPT); under TDX that is the fixture's convention, made at creation by
+  // converting all of memory to shared, where a real TD starts with its memory private.
+  bool isolated = true;
+  bool tdx = false;
   // A page the server may hand the guest as its monitor page (ServerOptions); made private on
   // an isolated VM, as a paravisor's own memory is.
   std::optional<uint64_t> server_monitor_page;
@@ -52,7 +58,8 @@ class VirtualMachine {
 
   // Runs `fn` on the server's loop thread and waits for it.
   void OnServer(std::function<void()> fn);
-  // Makes [gpa, gpa + len) private (SNP page-state change + PVALIDATE) or keeps it shared.
+  // Makes [gpa, gpa + len) private (SNP page-state change + PVALIDATE, or TDX MapGPA + ACCEPT);
+  // without isolation it stays shared.
   absl::Status MakePrivate(uint64_t gpa, uint64_t len);
 
   // Servicing: saves the server's state and destroys the server (devices stay; drop them
@@ -75,13 +82,15 @@ class VirtualMachine {
   // The guest pages the client gave its SynIC.
   const GuestSynicPages& synic_pages() const { return synic_pages_; }
   const std::shared_ptr<guestmem::MemoryBacking>& memory() const { return backing_; }
-  hw::isolation::SnpModel* snp() { return snp_.get(); }
+  hw::isolation::SnpModel* snp() { return snp_.get(); }  // Null unless isolated under SNP.
+  hw::isolation::TdxModel* tdx() { return tdx_.get(); }  // Null unless isolated under TDX.
   std::vector<std::string> TakeLog();
 
  private:
   VirtualMachine() = default;
   std::shared_ptr<guestmem::MemoryBacking> backing_;
   std::unique_ptr<hw::isolation::SnpModel> snp_;
+  std::unique_ptr<hw::isolation::TdxModel> tdx_;
   std::shared_ptr<synic::Synic> synic_;
   std::shared_ptr<synic::Synic> host_synic_;
   GuestSynicPages synic_pages_;
