@@ -208,6 +208,17 @@ absl::StatusOr<Settings> Resolve(const Config& config) {
     return status;
   }
   out.control_socket = config.control_socket();
+  if (config.loop().has_cpu()) {
+    if (config.loop().cpu() > kMaxLoopCpu) {
+      return Bad("loop.cpu", fmt::format("{} is more than {}", config.loop().cpu(), kMaxLoopCpu));
+    }
+    out.loop_cpu = static_cast<int>(config.loop().cpu());
+  }
+  if (config.loop().busy_poll_us() > kMaxBusyPollUs) {
+    return Bad("loop.busy_poll_us",
+               fmt::format("{} is more than {}", config.loop().busy_poll_us(), kMaxBusyPollUs));
+  }
+  out.loop_busy_poll = std::chrono::microseconds(config.loop().busy_poll_us());
   if (!config.log_level().empty()) {
     std::optional<log::Level> level = log::ParseLevel(config.log_level());
     if (!level.has_value()) {

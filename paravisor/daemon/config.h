@@ -28,6 +28,8 @@ inline constexpr uint32_t kMaxEchoChannels = 64;
 inline constexpr size_t kMaxDisks = 8;
 inline constexpr uint32_t kMaxDiskSubchannels = 64;
 inline constexpr uint32_t kMaxEchoPacketsPerSecond = 100000;
+inline constexpr uint32_t kMaxLoopCpu = 1023;  // CPU_SETSIZE - 1.
+inline constexpr uint32_t kMaxBusyPollUs = 10000;
 
 enum class IsolationKind { kNone, kSnp, kTdx };
 std::string_view IsolationName(IsolationKind kind);  // "none", "snp", "tdx".
@@ -56,6 +58,8 @@ struct Settings {
   std::string hvsocket_prefix;  // Empty: no relay.
   std::string control_socket;
   log::Level log_level = log::Level::kInfo;
+  std::optional<int> loop_cpu;
+  std::chrono::microseconds loop_busy_poll{0};
 };
 
 // Parses `text` (protobuf text format); `source` names it in errors.

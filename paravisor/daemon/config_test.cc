@@ -33,6 +33,8 @@ TEST(ConfigTest, AMinimalConfigGetsTheDocumentedDefaults) {
   EXPECT_FALSE(settings->heartbeat || settings->shutdown || settings->timesync);
   EXPECT_EQ(settings->heartbeat_interval, std::chrono::milliseconds(2000));
   EXPECT_EQ(settings->log_level, log::Level::kInfo);
+  EXPECT_EQ(settings->loop_cpu, std::nullopt);
+  EXPECT_EQ(settings->loop_busy_poll, std::chrono::microseconds(0));
 }
 
 TEST(ConfigTest, EveryFieldIsTaken) {
@@ -48,6 +50,7 @@ TEST(ConfigTest, EveryFieldIsTaken) {
     hvsocket { host_socket_prefix: "/run/vm.sock" }
     control_socket: "/run/cvmbusd.sock"
     log_level: "debug"
+    loop { cpu: 1 busy_poll_us: 50 }
   )");
   ASSERT_TRUE(settings.ok()) << settings.status();
   EXPECT_EQ(settings->memory_bytes, 256ull << 20);
@@ -66,6 +69,8 @@ TEST(ConfigTest, EveryFieldIsTaken) {
   EXPECT_EQ(settings->heartbeat_interval, std::chrono::milliseconds(500));
   EXPECT_EQ(settings->hvsocket_prefix, "/run/vm.sock");
   EXPECT_EQ(settings->log_level, log::Level::kDebug);
+  EXPECT_EQ(settings->loop_cpu, 1);
+  EXPECT_EQ(settings->loop_busy_poll, std::chrono::microseconds(50));
 }
 
 TEST(ConfigTest, AFileThatDoesNotParseNamesTheLineAndColumn) {
@@ -108,6 +113,9 @@ TEST(ConfigTest, EachBadValueNamesItsField) {
   ExpectRefused("control_socket: \"/" + std::string(120, 'x') + "\"",
                 "config: control_socket: '/" + std::string(120, 'x') +
                     "' is longer than a Unix socket path may be");
+  ExpectRefused(socket + "loop { cpu: 1024 }", "config: loop.cpu: 1024 is more than 1023");
+  ExpectRefused(socket + "loop { busy_poll_us: 10001 }",
+                "config: loop.busy_poll_us: 10001 is more than 10000");
   ExpectRefused(socket + "log_level: \"loud\"",
                 "config: log_level: 'loud' is not one of debug, info, warning, error");
 }

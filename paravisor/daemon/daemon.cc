@@ -71,7 +71,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
            },
        .resignal_after_open = settings.resignal_after_open,
        .max_version = settings.max_version,
-       .capture_log = false});
+       .capture_log = false,
+       .server_cpu = settings.loop_cpu,
+       .server_busy_poll = settings.loop_busy_poll});
   if (!vm.ok()) return Named("the VM", vm.status());
   daemon->vm_ = *std::move(vm);
   absl::Status started;
@@ -328,6 +330,9 @@ Tree Daemon::BuildTree() const {
   machine["memory_bytes"] = settings_.memory_bytes;
   machine["isolation"] = IsolationName(settings_.isolation);
   machine["max_version"] = VersionName(settings_.max_version);
+  Tree& loop = root["loop"];
+  loop["cpu"] = settings_.loop_cpu.has_value() ? Tree(*settings_.loop_cpu) : Tree("any");
+  loop["busy_poll_us"] = settings_.loop_busy_poll.count();
   const ServerSnapshot server = vm_->server().Snapshot();
   AddServer(server, root);
   for (const ChannelSnapshot& channel : server.channels) {

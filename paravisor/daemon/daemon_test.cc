@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -221,6 +222,33 @@ TEST(DaemonTest, APartThatCannotStartStopsEverythingAndIsNamed) {
             0u)
       << daemon.status();
   EXPECT_EQ(access(settings.control_socket.c_str(), F_OK), -1);
+}
+
+TEST(DaemonTest, TheServerLoopRunsOnItsCpuOrTheCpuIsNamed) {
+  Settings settings;
+  settings.echo_channels = 1;
+  settings.control_socket = TempPath("pinned.sock");
+  unlink(settings.control_socket.c_str());
+  settings.loop_cpu = 0;
+  settings.loop_busy_poll = std::chrono::microseconds(20);
+  {
+    absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings);
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    int cpu = -1;
+    (*daemon)->vm().OnServer([&] { cpu = sched_getcpu(); });
+    EXPECT_EQ(cpu, 0);
+    const Tree tree = (*daemon)->Inspect();
+    EXPECT_EQ(At(tree, "loop/cpu"), 0);
+    EXPECT_EQ(At(tree, "loop/busy_poll_us"), 20);
+  }
+  settings.loop_cpu = 1000;  // No such CPU here.
+  absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings);
+  ASSERT_FALSE(daemon.ok());
+  EXPECT_EQ(daemon.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(daemon.status().message())
+                .rfind("the VM: the server loop's thread: pinning to CPU 1000: ", 0),
+            0u)
+      << daemon.status();
 }
 
 TEST(DaemonTest, ATakenControlSocketIsRefused) {

@@ -2,6 +2,8 @@
 
 #include <atomic>
 
+#include "hw/uring/thread_placement.h"
+
 namespace cvmbus::paravisor::vm {
 
 absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions options) {
@@ -68,8 +70,16 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
                              monitor_page = options.server_monitor_page,
                              on_hvsocket_connect = options.on_hvsocket_connect,
                              resignal_after_open = options.resignal_after_open,
-                             max_version = options.max_version, capture_log = options.capture_log] {
-    auto loop = hw::EventLoop::Create();
+                             max_version = options.max_version, capture_log = options.capture_log,
+                             cpu = options.server_cpu, busy_poll = options.server_busy_poll] {
+    if (cpu.has_value()) {
+      if (absl::Status pinned = hw::PinCurrentThreadToCpu(*cpu); !pinned.ok()) {
+        started.set_value(absl::Status(
+            pinned.code(), "the server loop's thread: " + std::string(pinned.message())));
+        return;
+      }
+    }
+    auto loop = hw::EventLoop::Create({.busy_poll = busy_poll});
     if (!loop.ok()) {
       started.set_value(loop.status());
       return;

@@ -49,6 +49,10 @@ struct VmOptions {
   // The server's log lines: kept for TakeLog (tests, the demo), or given to the logging
   // facility (base/log.h), rate-limited, as a long-running daemon needs.
   bool capture_log = true;
+  // The server loop's thread: pinned to this CPU (unset: wherever the kernel puts it), and its
+  // spin before sleeping (EventLoop::Options::busy_poll).
+  std::optional<int> server_cpu;
+  std::chrono::nanoseconds server_busy_poll{0};
 };
 
 class VirtualMachine {
