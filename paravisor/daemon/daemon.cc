@@ -336,9 +336,25 @@ Tree Daemon::BuildTree() const {
   const ServerSnapshot server = vm_->server().Snapshot();
   AddServer(server, root);
   for (const ChannelSnapshot& channel : server.channels) {
+    Tree& node = root["channels"][std::to_string(channel.relid)];
+    if (channel.open.has_value()) {
+      node["signals_from_guest"] = vm_->synic().SignalsReceived(channel.open->connection_id);
+    }
     absl::StatusOr<RingPages> rings = vm_->server().RingPagesOf(channel.relid);
-    if (rings.ok()) root["channels"][std::to_string(channel.relid)]["rings"] = RingSummary(*rings);
+    if (rings.ok()) node["rings"] = RingSummary(*rings);
   }
+  const synic::SynicStats synic = vm_->synic().stats();
+  Tree& port = root["synic"];
+  port["messages_posted"] = synic.messages_posted;
+  port["messages_delivered"] = synic.messages_delivered;
+  port["messages_waited"] = synic.messages_waited;
+  port["events_set"] = synic.events_set;
+  port["events_coalesced"] = synic.events_coalesced;
+  port["events_lost"] = synic.events_lost;
+  port["interrupts"] = synic.interrupts;
+  port["insufficient_buffers"] = synic.insufficient_buffers;
+  port["signals"] = synic.signals;
+  port["signals_refused"] = synic.signals_refused;
 
   Tree& devices = root["devices"] = Tree::object();
   for (size_t i = 0; i < echo_.size(); ++i) {

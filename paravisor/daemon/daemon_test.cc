@@ -94,6 +94,13 @@ TEST(DaemonTest, AConfidentialGuestRunsTrafficThatTheInspectTreeShows) {
   EXPECT_EQ(At(tree, "channels/1/rings/guest_to_host/data_bytes"), 15 * 4096);
   EXPECT_TRUE(At(tree, "channels/1/rings/host_to_guest/free_bytes").is_number());
   EXPECT_FALSE(At(tree, "channels/4").contains("rings"));  // An IC nobody opened.
+  // Both directions are counted: the guest's doorbells through the SynIC, the device's
+  // interrupts through the server (each round trip signals at least once each way).
+  EXPECT_GT(At(tree, "channels/1/signals_from_guest"), 0);
+  EXPECT_GT(At(tree, "channels/1/interrupts_to_guest"), 0);
+  EXPECT_FALSE(At(tree, "channels/4").contains("signals_from_guest"));
+  EXPECT_GT(At(tree, "synic/signals"), 0);
+  EXPECT_GT(At(tree, "synic/messages_delivered"), 0);
   // The guest's rings are GPADLs the tree lists.
   EXPECT_EQ(At(tree, "gpadls/100/relid"), 1);
   EXPECT_EQ(At(tree, "gpadls/100/state"), "accepted");

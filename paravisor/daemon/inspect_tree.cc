@@ -77,6 +77,7 @@ void AddServer(const ServerSnapshot& server, Tree& root) {
     channel["device_attached"] = c.device_attached;
     channel["gpadls"] = c.gpadls;
     channel["pending_modifies"] = c.pending_modifies;
+    channel["interrupts_to_guest"] = c.interrupts_to_guest;
     if (c.monitor_id.has_value()) channel["monitor_id"] = *c.monitor_id;
     if (c.open.has_value()) {
       Tree& open = channel["open"];

@@ -54,6 +54,7 @@ absl::Status GuestInterrupt::Raise() {
     target = target_;
   }
   if (!target) return absl::OkStatus();  // Closed: a stale device interrupt goes nowhere.
+  raised_.fetch_add(1, std::memory_order_relaxed);
   return RaiseCaught(*target);
 }
 

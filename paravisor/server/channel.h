@@ -22,6 +22,7 @@
 #ifndef CVMBUS_PARAVISOR_SERVER_CHANNEL_H_
 #define CVMBUS_PARAVISOR_SERVER_CHANNEL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -72,10 +73,13 @@ class GuestInterrupt : public hw::Signal {
   absl::Status Raise() override;
   void Retarget(std::shared_ptr<hw::Signal> target);
   void Disconnect() { Retarget(nullptr); }
+  // Raises that reached the guest's event (not those after Disconnect).
+  uint64_t raised() const { return raised_.load(std::memory_order_relaxed); }
 
  private:
   Mutex mu_;
   std::shared_ptr<hw::Signal> target_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> raised_{0};
 };
 
 // An OPENCHANNEL the server has accepted, as the device will see it.

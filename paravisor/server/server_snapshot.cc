@@ -1,8 +1,7 @@
-#include "paravisor/server/server.h"
-
 #include <fmt/format.h>
 
 #include "guestmem/paged_range.h"
+#include "paravisor/server/server.h"
 
 namespace cvmbus::paravisor {
 
@@ -36,6 +35,11 @@ ServerSnapshot VmbusServer::Snapshot() const {
                       .gpadls = gpadls_.CountOf(channel->offer),
                       .pending_modifies = channel->modifies.size()};
     if (const internal::OpenParams* params = channel->open_params()) c.open = params->data;
+    if (const auto* open = std::get_if<internal::Open>(&channel->state)) {
+      c.interrupts_to_guest = open->interrupt->raised();
+    } else if (const auto* opening = std::get_if<internal::Opening>(&channel->state)) {
+      c.interrupts_to_guest = opening->interrupt->raised();
+    }
     out.channels.push_back(std::move(c));
   }
   for (const auto& [id, gpadl] : gpadls_.all()) {
@@ -57,8 +61,8 @@ absl::StatusOr<RingPages> VmbusServer::RingPagesOf(uint32_t relid) const {
   const Channel& channel = *found->second;
   const auto* open = std::get_if<internal::Open>(&channel.state);
   if (open == nullptr) {
-    return absl::FailedPreconditionError(fmt::format(
-        "channel {}: {}, not open", relid, internal::StateName(channel.state)));
+    return absl::FailedPreconditionError(
+        fmt::format("channel {}: {}, not open", relid, internal::StateName(channel.state)));
   }
   const Gpadl* gpadl = gpadls_.Find(open->params.data.ring_gpadl_id);
   if (gpadl == nullptr) {
@@ -94,8 +98,8 @@ absl::Status VmbusServer::Unstick(uint32_t relid) {
   }
   auto* open = std::get_if<internal::Open>(&found->second->state);
   if (open == nullptr) {
-    return absl::FailedPreconditionError(fmt::format(
-        "channel {}: {}, not open", relid, internal::StateName(found->second->state)));
+    return absl::FailedPreconditionError(
+        fmt::format("channel {}: {}, not open", relid, internal::StateName(found->second->state)));
   }
   absl::Status guest = open->interrupt->Raise();
   absl::Status device = open->device_signal ? open->device_signal->Raise() : absl::OkStatus();

@@ -28,6 +28,8 @@ struct ChannelSnapshot {
   std::optional<OpenData> open;
   size_t gpadls = 0;
   size_t pending_modifies = 0;
+  // Host -> guest interrupts the devices raised on the current open (opening or open).
+  uint64_t interrupts_to_guest = 0;
 };
 
 struct GpadlSnapshot {

@@ -99,7 +99,15 @@ SynicStats Synic::stats() const {
   stats.events_coalesced = events_coalesced_.load(std::memory_order_relaxed);
   stats.events_lost = events_lost_.load(std::memory_order_relaxed);
   stats.interrupts = interrupts_.load(std::memory_order_relaxed);
+  stats.signals = signals_.load(std::memory_order_relaxed);
+  stats.signals_refused = signals_refused_.load(std::memory_order_relaxed);
   return stats;
+}
+
+uint64_t Synic::SignalsReceived(uint32_t connection_id) const {
+  MutexLock lock(&ports_mu_);
+  auto it = signals_by_port_.find(connection_id);
+  return it == signals_by_port_.end() ? 0 : it->second;
 }
 
 // --- MSRs ---------------------------------------------------------------------------------------
@@ -465,10 +473,15 @@ uint64_t Synic::SignalEvent(uint32_t vp, uint64_t control, uint64_t input) {
   {
     MutexLock lock(&ports_mu_);
     auto it = event_ports_.find(connection_id);
-    if (it == event_ports_.end()) return kStatusInvalidConnectionId;
+    if (it == event_ports_.end()) {
+      signals_refused_.fetch_add(1, std::memory_order_relaxed);
+      return kStatusInvalidConnectionId;
+    }
     if (flag_number != 0) return kStatusInvalidParameter;  // Each port has one flag.
     target = it->second;
+    ++signals_by_port_[connection_id];
   }
+  signals_.fetch_add(1, std::memory_order_relaxed);
   (void)target->Raise();  // A device's doorbell; its failure is the device's to report.
   return kStatusSuccess;
 }
@@ -613,6 +626,7 @@ void Synic::SetEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> t
       event_ports_[connection_id] = target;
     } else {
       event_ports_.erase(connection_id);
+      signals_by_port_.erase(connection_id);
     }
   }
   if (options_.on_event_port) options_.on_event_port(connection_id, target);

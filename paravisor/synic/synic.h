@@ -93,6 +93,8 @@ struct SynicStats {
   uint64_t events_lost = 0;         // SCONTROL or SIEFP off.
   uint64_t interrupts = 0;
   uint64_t insufficient_buffers = 0;
+  uint64_t signals = 0;          // HvSignalEvent calls that reached a port.
+  uint64_t signals_refused = 0;  // ... that named no port (HV_STATUS_INVALID_CONNECTION_ID).
 };
 
 class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
@@ -124,6 +126,10 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   absl::Status SetEvent(uint32_t vp, uint8_t sint, uint16_t flag);
 
   SynicStats stats() const;
+  // HvSignalEvent calls that reached the port `connection_id` since its target was last set
+  // from none (an open); 0 for a port without a target. A doorbell that never leaves the
+  // kernel (KVM's ioeventfd binding) is not counted here.
+  uint64_t SignalsReceived(uint32_t connection_id) const;
   uint32_t vp_count() const override { return options_.vp_count; }
   const guestmem::GuestMemory& memory() const { return options_.memory; }
 
@@ -188,9 +194,13 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   std::atomic<uint64_t> interrupts_{0};
   Mutex sink_mu_;
   std::shared_ptr<InterruptSink> sink_ ABSL_GUARDED_BY(sink_mu_);
-  Mutex ports_mu_;
+  mutable Mutex ports_mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<hw::Signal>> event_ports_
       ABSL_GUARDED_BY(ports_mu_);
+  // Per port with a target, erased with it: bounded by the ports the server registered.
+  absl::flat_hash_map<uint32_t, uint64_t> signals_by_port_ ABSL_GUARDED_BY(ports_mu_);
+  std::atomic<uint64_t> signals_{0};
+  std::atomic<uint64_t> signals_refused_{0};
   mutable Mutex mu_;
   uint64_t guest_os_id_ ABSL_GUARDED_BY(mu_) = 0;  // Partition-wide, as HYPERCALL.
   uint64_t hypercall_ ABSL_GUARDED_BY(mu_) = 0;

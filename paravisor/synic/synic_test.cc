@@ -984,6 +984,27 @@ TEST_F(SynicTest, SignalEventUnregisteredConnection) {
   EXPECT_EQ(target->raised(), 0u);
 }
 
+TEST_F(SynicTest, SignalsAreCountedPerPortUntilItsTargetIsRemoved) {
+  ASSERT_OK(EnableHypercalls());
+  synic_->SetEventTarget(7, std::make_shared<hw::CallbackSignal>());
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 7, 0), kStatusSuccess);
+  EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 9, 0), kStatusInvalidConnectionId);
+  EXPECT_EQ(synic_->SignalsReceived(7), 3u);
+  EXPECT_EQ(synic_->SignalsReceived(9), 0u);
+  // Retargeted (the device's signal replacing the server's latch): the count carries on.
+  synic_->SetEventTarget(7, std::make_shared<hw::CallbackSignal>());
+  EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 7, 0), kStatusSuccess);
+  EXPECT_EQ(synic_->SignalsReceived(7), 4u);
+  EXPECT_EQ(synic_->stats().signals, 4u);
+  EXPECT_EQ(synic_->stats().signals_refused, 1u);
+  // Removed (a close): the next open starts from zero.
+  synic_->SetEventTarget(7, nullptr);
+  EXPECT_EQ(synic_->SignalsReceived(7), 0u);
+  EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 7, 0), kStatusInvalidConnectionId);
+  EXPECT_EQ(synic_->stats().signals_refused, 2u);
+}
+
 TEST_F(SynicTest, SignalEventFlagNumberNotZero) {
   ASSERT_OK(EnableHypercalls());
   auto target = std::make_shared<hw::CallbackSignal>();
