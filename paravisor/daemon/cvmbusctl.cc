@@ -4,12 +4,14 @@
 //   cvmbusctl --socket=... --json inspect channels/3          as JSON (default: path = value)
 //   cvmbusctl --socket=... ring 3                             both rings of channel 3, dumped
 //   cvmbusctl --socket=... unstick 3                          signal both directions once
+//   cvmbusctl --socket=... save /var/tmp/vmbus.state          the server's saved state, to a file
 //   cvmbusctl --socket=... service                            save and restore in place
 //   cvmbusctl --socket=... shutdown                           an orderly stop, as SIGTERM
 //
 // Exit 0: answered; 1: the daemon answered with an error (printed); 2: bad usage or no daemon.
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -31,8 +33,8 @@ namespace cvmbus::paravisor::daemon {
 namespace {
 
 constexpr char kUsage[] =
-    "cvmbusctl [--socket=PATH] [--json] inspect [PATH] | ring RELID | unstick RELID | service | "
-    "shutdown";
+    "cvmbusctl [--socket=PATH] [--json] inspect [PATH] | ring RELID | unstick RELID | save FILE | "
+    "service | shutdown";
 
 // Sends `request` and reads the reply until the daemon closes the connection.
 hw::Task Exchange(hw::EventLoop* loop, std::string path, std::string request,
@@ -78,7 +80,7 @@ hw::Task Exchange(hw::EventLoop* loop, std::string path, std::string request,
 
 int Main(const std::vector<std::string>& words) {
   if (words.empty() || (words[0] != "inspect" && words[0] != "ring" && words[0] != "unstick" &&
-                        words[0] != "service" && words[0] != "shutdown")) {
+                        words[0] != "save" && words[0] != "service" && words[0] != "shutdown")) {
     fmt::print(stderr, "cvmbusctl: usage: {}\n", kUsage);
     return 2;
   }
@@ -87,7 +89,13 @@ int Main(const std::vector<std::string>& words) {
     fmt::print(stderr, "cvmbusctl: {}\n", loop.status());
     return 2;
   }
-  const std::string request = absl::StrJoin(words, " ") + "\n";
+  std::vector<std::string> sent = words;
+  if (sent[0] == "save" && sent.size() == 2) {
+    // The daemon writes the file: name it as this directory means it.
+    std::error_code error;
+    sent[1] = std::filesystem::absolute(sent[1], error).string();
+  }
+  const std::string request = absl::StrJoin(sent, " ") + "\n";
   if (request.size() > kMaxRequestBytes) {
     fmt::print(stderr, "cvmbusctl: request longer than {} bytes\n", kMaxRequestBytes);
     return 2;

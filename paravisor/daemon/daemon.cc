@@ -1,8 +1,10 @@
 #include "paravisor/daemon/daemon.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 
@@ -191,6 +193,43 @@ absl::Status Daemon::RequestGuestShutdown(const ic::ShutdownRequest& request,
   return status;
 }
 
+absl::StatusOr<std::string> Daemon::SaveTo(const std::string& path) {
+  if (path.empty() || path[0] != '/') {
+    return absl::InvalidArgumentError(fmt::format("save: '{}' is not an absolute path", path));
+  }
+  absl::StatusOr<saved::Server> state = vm_->server().Save();
+  if (!state.ok()) return Named("save", state.status());
+  const std::string bytes = state->SerializeAsString();
+  // Never over another file: O_EXCL. Written whole or removed again.
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int error = errno;
+    return absl::Status(
+        error == EEXIST ? absl::StatusCode::kAlreadyExists : absl::StatusCode::kInvalidArgument,
+        fmt::format("save: {}: {}", path, std::strerror(error)));
+  }
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = write(fd, bytes.data() + written, bytes.size() - written);
+    if (n <= 0) {
+      const int error = n < 0 ? errno : EIO;
+      close(fd);
+      unlink(path.c_str());
+      return absl::DataLossError(fmt::format("save: {}: {}", path, std::strerror(error)));
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (close(fd) != 0) {
+    const int error = errno;
+    unlink(path.c_str());
+    return absl::DataLossError(fmt::format("save: {}: {}", path, std::strerror(error)));
+  }
+  size_t gpadls = 0;
+  for (const saved::Channel& channel : state->channels()) gpadls += channel.gpadls_size();
+  return fmt::format("saved {} bytes to {}: version {}, {} channels, {} GPADLs\n", bytes.size(),
+                     path, VersionName(state->version()), state->channels_size(), gpadls);
+}
+
 std::vector<OfferParams> Daemon::EchoOffers() const {
   if (settings_.echo_channels == 0) return {};
   return DemoDeviceParams(static_cast<int>(settings_.echo_channels));
@@ -291,6 +330,10 @@ absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>
     if (!rings.ok()) return rings.status();
     return RingDumpText(*rings, *relid);
   }
+  if (command == "save") {
+    if (words.size() != 2) return absl::InvalidArgumentError("usage: save FILE");
+    return SaveTo(words[1]);
+  }
   if (command == "service") {
     if (words.size() != 1) return absl::InvalidArgumentError("usage: service");
     if (std::string unsavable = UnsavableDevices(); !unsavable.empty()) {
@@ -308,7 +351,7 @@ absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>
   }
   return absl::InvalidArgumentError(
       fmt::format("unknown command '{}' (commands: inspect [PATH], ring RELID, unstick RELID, "
-                  "service, shutdown)",
+                  "save FILE, service, shutdown)",
                   command));
 }
 

@@ -18,7 +18,9 @@
 //
 // Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
 // PATH), "ring RELID" (both rings of an open channel as ringtool dumps them), "unstick RELID"
-// (signal both directions once), "service" (calls on_service; the caller then calls Service),
+// (signal both directions once), "save FILE" (the server's saved state, serialized, to a new
+// file at the absolute path FILE: for debugging; nothing restores from a file yet), "service"
+// (calls on_service; the caller then calls Service),
 // "shutdown" (calls on_shutdown; the caller then calls Stop).
 //
 // Threads: Start, Inspect and Stop from one controlling thread (never the loop's).
@@ -89,13 +91,14 @@ class Daemon {
   absl::StatusOr<std::string> HandleRequest(const std::vector<std::string>& words);
   // The echo channels' offers (the demo set of demo_devices.h), none for 0 channels.
   std::vector<OfferParams> EchoOffers() const;
+  // "save FILE" (loop thread).
+  absl::StatusOr<std::string> SaveTo(const std::string& path);
   // The devices that cannot save their state, by name; empty if all can.
   std::string UnsavableDevices() const;
 
   const Settings settings_;
   Callbacks callbacks_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
-  std::unique_ptr<vm::VirtualMachine> vm_;
   // Loop-thread state.
   std::vector<std::unique_ptr<EchoDevice>> echo_;
   std::vector<Disk> disks_;
@@ -114,6 +117,9 @@ class Daemon {
   // The guest side (its own thread).
   std::unique_ptr<InProcessGuest> guest_;
   bool stopped_ = false;
+  // Last, so destroyed first: its loop thread, which reads the members above (the relay for
+  // a guest's connect), has stopped before they go.
+  std::unique_ptr<vm::VirtualMachine> vm_;
 };
 
 }  // namespace cvmbus::paravisor::daemon

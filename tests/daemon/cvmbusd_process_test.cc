@@ -171,6 +171,18 @@ TEST(CvmbusdProcessTest, InspectedWhileRunningThenStoppedBySigterm) {
   EXPECT_EQ(bad_relid.Wait(10s), 1);
   EXPECT_EQ(bad_relid.err(), "cvmbusctl: '0x3' is not a relid (1..2047)\n");
 
+  const std::string state = Dir() + "/vmbus.state";
+  Process save = Ctl(socket, {"save", state});
+  EXPECT_EQ(save.Wait(10s), 0) << save.err();
+  EXPECT_EQ(save.out().rfind("saved ", 0), 0u) << save.out();
+  EXPECT_NE(save.out().find(" to " + state + ": version 6.0, 5 channels, 2 GPADLs\n"),
+            std::string::npos)
+      << save.out();
+  EXPECT_GT(ReadFile(state).size(), 100u);
+  Process again = Ctl(socket, {"save", state});  // Never over an existing file.
+  EXPECT_EQ(again.Wait(10s), 1);
+  EXPECT_EQ(again.err(), "cvmbusctl: save: " + state + ": File exists\n");
+
   ASSERT_EQ(kill(daemon.pid, SIGTERM), 0);
   EXPECT_EQ(daemon.Wait(20s), 0) << daemon.err();
   const std::string log = daemon.err();
