@@ -70,4 +70,28 @@ absl::StatusOr<ChannelRings> OpenChannelRings(std::string_view device, hw::Event
   return rings;
 }
 
+hw::Task ServeChannelRequests(hw::EventLoop* loop, Receiver<ChannelRequest>* requests,
+                              DeviceGpadls* gpadls, uint64_t* gpadls_accepted,
+                              std::shared_ptr<bool> alive, ChannelRequestHandlers handlers) {
+  while (true) {
+    std::optional<ChannelRequest> request = co_await requests->Next(loop);
+    if (!*alive || !request.has_value()) co_return;
+    if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
+      const bool valid = gpadls->Accept(gpadl->rpc.input());
+      if (valid) ++*gpadls_accepted;
+      std::move(gpadl->rpc).Reply(valid);
+    } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
+      gpadls->Remove(teardown->rpc.input());
+      std::move(teardown->rpc).Reply(Unit{});
+    } else if (auto* open = std::get_if<OpenChannel>(&*request)) {
+      std::optional<OpenResult> result = handlers.open(open->rpc.input());
+      std::move(open->rpc).Reply(std::move(result));
+    } else if (auto* close = std::get_if<CloseChannel>(&*request)) {
+      handlers.close(std::move(close->rpc));
+    } else if (auto* modify = std::get_if<ModifyChannel>(&*request)) {
+      std::move(modify->rpc).Reply(0);
+    }
+  }
+}
+
 }  // namespace cvmbus::paravisor

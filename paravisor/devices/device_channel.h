@@ -8,6 +8,7 @@
 #ifndef CVMBUS_PARAVISOR_DEVICES_DEVICE_CHANNEL_H_
 #define CVMBUS_PARAVISOR_DEVICES_DEVICE_CHANNEL_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string_view>
@@ -19,6 +20,7 @@
 #include "hw/uring/event_loop.h"
 #include "hw/uring/ring_endpoint.h"
 #include "hw/uring/signal.h"
+#include "hw/uring/task.h"
 #include "paravisor/bus/bus.h"
 
 namespace cvmbus::paravisor {
@@ -54,6 +56,22 @@ absl::StatusOr<ChannelRings> OpenChannelRings(std::string_view device, hw::Event
                                               const OfferResources& resources,
                                               const DeviceGpadls& gpadls,
                                               const OpenRequest& request, int wake_fd);
+
+// The channel requests of a device with one channel and no say over GPADLs or MODIFYCHANNEL:
+// GPADLs are parsed into `gpadls` (each one accepted counted in *gpadls_accepted), MODIFYCHANNEL
+// is answered success, and opens and closes go to the device.
+struct ChannelRequestHandlers {
+  std::function<std::optional<OpenResult>(const OpenRequest&)> open;
+  std::function<void(Rpc<Unit, Unit> close)> close;
+};
+
+// Serves `requests` on `loop` until the server drops them (the offer was revoked, or the server
+// went away) or *alive turns false. `requests`, `gpadls` and `gpadls_accepted` belong to the
+// device and are touched only while *alive is true (the device sets it false when destroyed;
+// the task may outlive it).
+hw::Task ServeChannelRequests(hw::EventLoop* loop, Receiver<ChannelRequest>* requests,
+                              DeviceGpadls* gpadls, uint64_t* gpadls_accepted,
+                              std::shared_ptr<bool> alive, ChannelRequestHandlers handlers);
 
 }  // namespace cvmbus::paravisor
 

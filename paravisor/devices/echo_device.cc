@@ -93,26 +93,9 @@ absl::Status EchoDevice::Revoke() {
 }
 
 hw::Task EchoDevice::ServeRequests() {
-  std::shared_ptr<bool> alive = alive_;
-  while (true) {
-    std::optional<ChannelRequest> request = co_await requests_->Next(loop_);
-    if (!*alive || !request.has_value()) co_return;
-    if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
-      const bool valid = gpadls_.Accept(gpadl->rpc.input());
-      if (valid) ++stats_.gpadls;
-      std::move(gpadl->rpc).Reply(valid);
-    } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
-      gpadls_.Remove(teardown->rpc.input());
-      std::move(teardown->rpc).Reply(Unit{});
-    } else if (auto* open = std::get_if<OpenChannel>(&*request)) {
-      std::optional<OpenResult> result = Open(open->rpc.input());
-      std::move(open->rpc).Reply(std::move(result));
-    } else if (auto* close = std::get_if<CloseChannel>(&*request)) {
-      Close(std::move(close->rpc));
-    } else if (auto* modify = std::get_if<ModifyChannel>(&*request)) {
-      std::move(modify->rpc).Reply(0);
-    }
-  }
+  return ServeChannelRequests(loop_, requests_.get(), &gpadls_, &stats_.gpadls, alive_,
+                              {.open = [this](const OpenRequest& request) { return Open(request); },
+                               .close = [this](Rpc<Unit, Unit> rpc) { Close(std::move(rpc)); }});
 }
 
 std::shared_ptr<EchoDevice::OpenChannelState> EchoDevice::NewChannelState() {
