@@ -11,46 +11,15 @@ namespace cvmbus::paravisor::testing {
 
 absl::StatusOr<std::unique_ptr<GuestChannel>> GuestChannel::Open(vm::VirtualMachine* vm,
                                                                  GuestChannelOptions options) {
-  const uint64_t pages = 2 * uint64_t{options.ring_pages};
-  const uint64_t gpa = options.first_gpn * 4096;
-  if (options.confidential) {
-    if (absl::Status status = vm->MakePrivate(gpa, pages * 4096); !status.ok()) return status;
-  }
-  const guestmem::GuestMemory view = options.confidential
-                                         ? guestmem::GuestMemory::Private(vm->memory())
-                                         : guestmem::GuestMemory::Untrusted(vm->memory());
-  // A fresh ring: zeroed control pages (indices 0).
-  if (absl::Status status = view.Zero(gpa, pages * 4096); !status.ok()) return status;
-  std::vector<uint64_t> gpns;
-  for (uint64_t i = 0; i < pages; ++i) gpns.push_back(options.first_gpn + i);
-  absl::StatusOr<uint32_t> created = vm->guest().CreateGpadl(options.relid, options.gpadl_id, gpns);
-  if (!created.ok()) return created.status();
-  if (*created != protocol::kStatusSuccess) {
-    return absl::FailedPreconditionError(
-        fmt::format("GPADL {} refused: status {:#x}", options.gpadl_id, *created));
-  }
-  // Guest side of the rings: we write the first, read the second.
-  auto out_memory =
-      guestmem::RingMemory::Create(view, absl::MakeSpan(gpns).subspan(0, options.ring_pages));
-  if (!out_memory.ok()) return out_memory.status();
-  auto in_memory =
-      guestmem::RingMemory::Create(view, absl::MakeSpan(gpns).subspan(options.ring_pages));
-  if (!in_memory.ok()) return in_memory.status();
-  auto out = ring::OutgoingRing::Create(*std::move(out_memory));
-  if (!out.ok()) return out.status();
-  auto in = ring::IncomingRing::Create(*std::move(in_memory));
-  if (!in.ok()) return in.status();
-  (void)vm->guest().ChannelEventFd(options.relid);  // Register before the host can signal.
-  absl::StatusOr<uint32_t> opened =
-      vm->guest().OpenChannel(options.relid, options.gpadl_id, options.ring_pages,
-                              /*target_vp=*/0, options.connection_id);
-  if (!opened.ok()) return opened.status();
-  if (*opened != protocol::kStatusSuccess) {
-    return absl::FailedPreconditionError(
-        fmt::format("OPENCHANNEL {} refused: status {:#x}", options.relid, *opened));
-  }
+  absl::StatusOr<GuestRings> rings = OpenGuestRings(vm, {.relid = options.relid,
+                                                         .gpadl_id = options.gpadl_id,
+                                                         .first_gpn = options.first_gpn,
+                                                         .ring_pages = options.ring_pages,
+                                                         .confidential = options.confidential,
+                                                         .connection_id = options.connection_id});
+  if (!rings.ok()) return rings.status();
   return std::unique_ptr<GuestChannel>(
-      new GuestChannel(vm, options, *std::move(out), *std::move(in)));
+      new GuestChannel(vm, options, std::move(rings->out), std::move(rings->in)));
 }
 
 absl::Status GuestChannel::Send(absl::Span<const uint8_t> payload, uint64_t transaction_id) {

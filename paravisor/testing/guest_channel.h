@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "paravisor/testing/guest_rings.h"
 #include "paravisor/vm/virtual_machine.h"
 #include "ring/ring.h"
 

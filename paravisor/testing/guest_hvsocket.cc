@@ -90,44 +90,17 @@ absl::StatusOr<std::unique_ptr<GuestHvSocket>> GuestHvSocket::Open(
     vm::VirtualMachine* vm, const protocol::OfferChannel& offer,
     const GuestHvSocketOptions& options) {
   const uint32_t relid = offer.child_relid;
-  const uint64_t pages = 2 * uint64_t{options.ring_pages};
-  const uint64_t gpa = options.first_gpn * 4096;
-  if (options.confidential) {
-    if (absl::Status status = vm->MakePrivate(gpa, pages * 4096); !status.ok()) return status;
-  }
-  const guestmem::GuestMemory view = options.confidential
-                                         ? guestmem::GuestMemory::Private(vm->memory())
-                                         : guestmem::GuestMemory::Untrusted(vm->memory());
-  if (absl::Status status = view.Zero(gpa, pages * 4096); !status.ok()) return status;
-  std::vector<uint64_t> gpns;
-  for (uint64_t i = 0; i < pages; ++i) gpns.push_back(options.first_gpn + i);
-  absl::StatusOr<uint32_t> created = vm->guest().CreateGpadl(relid, options.gpadl_id, gpns);
-  if (!created.ok()) return created.status();
-  if (*created != protocol::kStatusSuccess) {
-    return absl::FailedPreconditionError(fmt::format("GPADL refused: {:#x}", *created));
-  }
-  auto out_memory =
-      guestmem::RingMemory::Create(view, absl::MakeSpan(gpns).subspan(0, options.ring_pages));
-  if (!out_memory.ok()) return out_memory.status();
-  auto in_memory =
-      guestmem::RingMemory::Create(view, absl::MakeSpan(gpns).subspan(options.ring_pages));
-  if (!in_memory.ok()) return in_memory.status();
-  auto out = ring::OutgoingRing::Create(*std::move(out_memory));
-  if (!out.ok()) return out.status();
   // chan->max_pkt_size = HVS_MAX_PKT_SIZE (the trailer not counted here).
-  auto in = ring::IncomingRing::Create(*std::move(in_memory),
-                                       {.max_packet_bytes = PacketBytes(hvsocket::kMtuBytes) - 8});
-  if (!in.ok()) return in.status();
-  (void)vm->guest().ChannelEventFd(relid);  // Registered before the host can signal.
-  absl::StatusOr<uint32_t> opened =
-      vm->guest().OpenChannel(relid, options.gpadl_id, options.ring_pages);
-  if (!opened.ok()) return opened.status();
-  if (*opened != protocol::kStatusSuccess) {
-    return absl::FailedPreconditionError(
-        fmt::format("OPENCHANNEL {} refused: status {:#x}", relid, *opened));
-  }
+  absl::StatusOr<GuestRings> rings =
+      OpenGuestRings(vm, {.relid = relid,
+                          .gpadl_id = options.gpadl_id,
+                          .first_gpn = options.first_gpn,
+                          .ring_pages = options.ring_pages,
+                          .confidential = options.confidential,
+                          .max_incoming_packet_bytes = PacketBytes(hvsocket::kMtuBytes) - 8});
+  if (!rings.ok()) return rings.status();
   return std::unique_ptr<GuestHvSocket>(
-      new GuestHvSocket(vm, options, offer, *std::move(out), *std::move(in)));
+      new GuestHvSocket(vm, options, offer, std::move(rings->out), std::move(rings->in)));
 }
 
 uint32_t GuestHvSocket::peer_port() const {

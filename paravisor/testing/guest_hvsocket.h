@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "paravisor/protocol/codec.h"
+#include "paravisor/testing/guest_rings.h"
 #include "paravisor/vm/virtual_machine.h"
 #include "ring/ring.h"
 
