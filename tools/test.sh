@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, runs every test, then reruns the tests tagged
-# "concurrency" under ThreadSanitizer and the server's tests under ASan + UBSan, and ends with one line "N passed, N failed" counting
+# "concurrency" under ThreadSanitizer and the server's, the devices' and the daemon's tests under
+# ASan + UBSan, runs the two fuzz smokes, and ends with one line "N passed, N failed" counting
 # individual test cases (a test target that did not build or run counts as one failure).
 #
 #   tools/test.sh            everything
