@@ -100,12 +100,7 @@ Daemon::~Daemon() { Stop(); }
 absl::Status Daemon::StartDevices() {
   hw::EventLoop* loop = vm_->server_loop();
   ParentBus* bus = &vm_->bus();
-  for (OfferParams& params : EchoOffers()) {
-    echo_.push_back(std::make_unique<EchoDevice>(loop, bus, std::move(params)));
-    if (absl::Status status = echo_.back()->Start(); !status.ok()) {
-      return Named(fmt::format("echo channel {}", echo_.size() - 1), status);
-    }
-  }
+  if (absl::Status status = StartEchoDevices(nullptr); !status.ok()) return status;
   for (size_t i = 0; i < settings_.disks.size(); ++i) {
     const Settings::DiskSettings& config = settings_.disks[i];
     const std::string what = fmt::format("disk[{}] {}", i, config.path);
@@ -130,19 +125,7 @@ absl::Status Daemon::StartDevices() {
     if (absl::Status status = disk.device->Start(); !status.ok()) return Named(what, status);
     disks_.push_back(std::move(disk));
   }
-  if (settings_.heartbeat) {
-    heartbeat_ = std::make_unique<ic::HeartbeatIc>(
-        loop, bus, ic::HeartbeatOptions{.interval = settings_.heartbeat_interval});
-    if (absl::Status status = heartbeat_->Start(); !status.ok()) return Named("heartbeat", status);
-  }
-  if (settings_.shutdown) {
-    shutdown_ = std::make_unique<ic::ShutdownIc>(loop, bus);
-    if (absl::Status status = shutdown_->Start(); !status.ok()) return Named("shutdown", status);
-  }
-  if (settings_.timesync) {
-    timesync_ = std::make_unique<ic::TimeSyncIc>(loop, bus);
-    if (absl::Status status = timesync_->Start(); !status.ok()) return Named("timesync", status);
-  }
+  if (absl::Status status = StartIcs(nullptr); !status.ok()) return status;
   if (!settings_.hvsocket_prefix.empty()) {
     absl::StatusOr<std::unique_ptr<hvsocket::HvSocketRelay>> relay =
         hvsocket::HvSocketRelay::Create(loop, bus,
@@ -238,7 +221,6 @@ std::vector<OfferParams> Daemon::EchoOffers() const {
 std::string Daemon::UnsavableDevices() const {
   std::vector<std::string> names;
   if (!disks_.empty()) names.push_back("storvsp disks");
-  if (heartbeat_ || shutdown_ || timesync_) names.push_back("integration components");
   if (relay_) names.push_back("the hvsocket relay");
   std::string out;
   for (size_t i = 0; i < names.size(); ++i) {
@@ -256,39 +238,22 @@ absl::Status Daemon::Service() {
       return;
     }
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([this] { echo_.clear(); });
-    if (!state.ok() && echo_.empty()) {
-      // The restore failed after the devices were dropped: the new server is empty, so the
-      // devices offer afresh (the guest sees new offers, as after a reset).
-      for (OfferParams& params : EchoOffers()) {
-        echo_.push_back(
-            std::make_unique<EchoDevice>(vm_->server_loop(), &vm_->bus(), std::move(params)));
-        (void)echo_.back()->Start();
-      }
-    }
+    absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([this] {
+      echo_.clear();
+      heartbeat_.reset();
+      shutdown_.reset();
+      timesync_.reset();
+    });
     if (!state.ok()) {
+      // If the restore failed after the devices were dropped, the new server is empty: the
+      // devices offer afresh (the guest sees new offers, as after a reset).
+      if (echo_.empty() && !heartbeat_ && !shutdown_ && !timesync_) {
+        (void)StartSavableDevices(nullptr);
+      }
       result = Named("servicing", state.status());
       return;
     }
-    {
-      for (OfferParams& params : EchoOffers()) {
-        // Open (2) or closing (3) when saved: the device had the channel open.
-        bool was_open = false;
-        for (const saved::Channel& channel : state->channels()) {
-          if (channel.instance_id().size() == sizeof(Guid) &&
-              std::memcmp(channel.instance_id().data(), &params.instance_id, sizeof(Guid)) == 0 &&
-              std::memcmp(channel.interface_id().data(), &params.interface_id, sizeof(Guid)) == 0 &&
-              channel.subchannel_index() == params.subchannel_index) {
-            was_open = channel.state() == 2 || channel.state() == 3;
-          }
-        }
-        echo_.push_back(
-            std::make_unique<EchoDevice>(vm_->server_loop(), &vm_->bus(), std::move(params)));
-        if (absl::Status status = echo_.back()->StartRestored(was_open); !status.ok()) {
-          result = Named(fmt::format("servicing: echo channel {}", echo_.size() - 1), status);
-        }
-      }
-    }
+    result = StartSavableDevices(&*state);
     servicing_.last_microseconds =
         std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
     servicing_.last_state_bytes = state->ByteSizeLong();
@@ -301,6 +266,86 @@ absl::Status Daemon::Service() {
     servicing_.last_error = result.ToString();
   }
   return result;
+}
+
+namespace {
+
+// Whether the saved state has the offer open or closing (states 2 and 3): its device had the
+// channel open.
+bool SavedOpen(const saved::Server& state, const Guid& interface_id, const Guid& instance_id,
+               uint16_t subchannel_index) {
+  for (const saved::Channel& channel : state.channels()) {
+    if (channel.instance_id().size() == sizeof(Guid) &&
+        channel.interface_id().size() == sizeof(Guid) &&
+        std::memcmp(channel.instance_id().data(), &instance_id, sizeof(Guid)) == 0 &&
+        std::memcmp(channel.interface_id().data(), &interface_id, sizeof(Guid)) == 0 &&
+        channel.subchannel_index() == subchannel_index) {
+      return channel.state() == 2 || channel.state() == 3;
+    }
+  }
+  return false;
+}
+
+// Start() for a fresh offer, StartRestored(was it open?) after servicing.
+template <typename Device>
+absl::Status StartOrRestore(Device& device, const saved::Server* state, const Guid& interface_id,
+                            const Guid& instance_id, uint16_t subchannel_index) {
+  if (state == nullptr) return device.Start();
+  return device.StartRestored(SavedOpen(*state, interface_id, instance_id, subchannel_index));
+}
+
+}  // namespace
+
+absl::Status Daemon::StartSavableDevices(const saved::Server* state) {
+  absl::Status echo = StartEchoDevices(state);
+  absl::Status ics = StartIcs(state);
+  absl::Status first = echo.ok() ? ics : echo;
+  if (state != nullptr && !first.ok()) first = Named("servicing", first);
+  return first;
+}
+
+absl::Status Daemon::StartEchoDevices(const saved::Server* state) {
+  hw::EventLoop* loop = vm_->server_loop();
+  ParentBus* bus = &vm_->bus();
+  absl::Status first;
+  for (OfferParams& params : EchoOffers()) {
+    const Guid interface_id = params.interface_id;
+    const Guid instance_id = params.instance_id;
+    const uint16_t subchannel = params.subchannel_index;
+    echo_.push_back(std::make_unique<EchoDevice>(loop, bus, std::move(params)));
+    absl::Status status =
+        StartOrRestore(*echo_.back(), state, interface_id, instance_id, subchannel);
+    if (first.ok() && !status.ok())
+      first = Named(fmt::format("echo channel {}", echo_.size() - 1), status);
+  }
+  return first;
+}
+
+absl::Status Daemon::StartIcs(const saved::Server* state) {
+  hw::EventLoop* loop = vm_->server_loop();
+  ParentBus* bus = &vm_->bus();
+  absl::Status first;
+  const auto keep = [&first](const std::string& what, absl::Status status) {
+    if (first.ok() && !status.ok()) first = Named(what, status);
+  };
+  if (settings_.heartbeat) {
+    heartbeat_ = std::make_unique<ic::HeartbeatIc>(
+        loop, bus, ic::HeartbeatOptions{.interval = settings_.heartbeat_interval});
+    keep("heartbeat", StartOrRestore(*heartbeat_, state, heartbeat_->interface_id(),
+                                     heartbeat_->instance_id(), 0));
+  }
+  if (settings_.shutdown) {
+    shutdown_ = std::make_unique<ic::ShutdownIc>(loop, bus);
+    keep("shutdown",
+         StartOrRestore(*shutdown_, state, shutdown_->interface_id(), shutdown_->instance_id(), 0));
+  }
+  if (settings_.timesync) {
+    timesync_ = std::make_unique<ic::TimeSyncIc>(loop, bus);
+    keep("timesync",
+         StartOrRestore(*timesync_, state, timesync_->interface_id(), timesync_->instance_id(), 0));
+  }
+  if (state != nullptr && !first.ok()) first = Named("servicing", first);
+  return first;
 }
 
 Tree Daemon::Inspect() {

@@ -13,8 +13,9 @@
 //
 // Servicing (Service): the server's state is saved, every device dropped, and a new server and
 // new devices restored from the state's bytes on the loop thread in one step, while the guest
-// keeps running: its channels stay open, nothing it sent or was sent is lost or repeated. Only
-// the echo device can save its state so far; with any other device configured Service refuses.
+// keeps running: its channels stay open, nothing it sent or was sent is lost or repeated. The
+// echo device and the ICs can be restored (an IC negotiates again); with a storvsp disk or the
+// hvsocket relay configured Service refuses.
 //
 // Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
 // PATH), "ring RELID" (both rings of an open channel as ringtool dumps them), "unstick RELID"
@@ -91,6 +92,11 @@ class Daemon {
   absl::StatusOr<std::string> HandleRequest(const std::vector<std::string>& words);
   // The echo channels' offers (the demo set of demo_devices.h), none for 0 channels.
   std::vector<OfferParams> EchoOffers() const;
+  // The echo channels and the ICs: offered afresh (`state` null) or restored from `state` after
+  // servicing. Returns the first failure, naming the device (loop thread).
+  absl::Status StartSavableDevices(const saved::Server* state);
+  absl::Status StartEchoDevices(const saved::Server* state);
+  absl::Status StartIcs(const saved::Server* state);
   // "save FILE" (loop thread).
   absl::StatusOr<std::string> SaveTo(const std::string& path);
   // The devices that cannot save their state, by name; empty if all can.

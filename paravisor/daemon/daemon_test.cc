@@ -150,6 +150,7 @@ TEST(DaemonTest, ServicingMidTrafficLosesAndRepeatsNothing) {
   settings.echo_packets_per_second = 2000;
   settings.max_version = protocol::kVersionWin10V6_0;
   settings.echo_channels = 3;
+  settings.heartbeat = settings.shutdown = settings.timesync = true;  // Restored closed.
   settings.control_socket = TempPath("service.sock");
   unlink(settings.control_socket.c_str());
   absl::StatusOr<std::unique_ptr<Daemon>> daemon = Daemon::Start(settings);
@@ -172,6 +173,8 @@ TEST(DaemonTest, ServicingMidTrafficLosesAndRepeatsNothing) {
   for (const char* relid : {"1", "2", "3"}) {
     EXPECT_EQ(At(tree, std::string("channels/") + relid + "/state"), "open") << relid;
   }
+  EXPECT_EQ(At(tree, "channels/4/state"), "closed");  // The heartbeat, offered all along.
+  EXPECT_EQ(At(tree, "devices/heartbeat/channel/state"), "closed");
   // The restored devices took over the open rings (their counters start at the restore).
   EXPECT_GT(At(tree, "devices/echo/0/packets_echoed"), 0);
   EXPECT_EQ(At(tree, "devices/echo/0/ring_view"), "private");
@@ -213,7 +216,7 @@ TEST(DaemonTest, ServicingIsRefusedWhileADeviceCannotSaveItsState) {
   const absl::Status serviced = (*daemon)->Service();
   EXPECT_EQ(serviced.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(std::string(serviced.message()),
-            "servicing: storvsp disks and integration components cannot save their state yet");
+            "servicing: storvsp disks cannot save their state yet");
   const Tree tree = (*daemon)->Inspect();
   EXPECT_EQ(At(tree, "daemon/servicing/failed"), 1);
   EXPECT_EQ(At(tree, "channels/1/state"), "released");  // Nothing was touched: no guest yet.

@@ -207,25 +207,9 @@ TEST(CvmbusdProcessTest, CvmbusctlShutdownStopsTheDaemon) {
 
 TEST(CvmbusdProcessTest, CvmbusctlServiceRestoresTheDaemonInPlace) {
   std::string socket;
-  const std::string config = WriteConfig("service", &socket);
-  // Echo channels only: the ICs cannot save their state yet, which is refused first.
+  const std::string config = WriteConfig("service", &socket);  // Echo channels and the ICs.
   Process daemon = Spawn(kDaemon, {"--config=" + config}, "daemon");
   ASSERT_TRUE(WaitForFile(socket, 10s)) << daemon.err();
-  Process refused = Ctl(socket, {"service"});
-  EXPECT_EQ(refused.Wait(10s), 1);
-  EXPECT_EQ(refused.err(),
-            "cvmbusctl: servicing: integration components cannot save their state yet\n");
-  ASSERT_EQ(kill(daemon.pid, SIGTERM), 0);
-  EXPECT_EQ(daemon.Wait(20s), 0) << daemon.err();
-
-  const std::string echo_only = Dir() + "/echo_only.conf";
-  WriteFile(echo_only,
-            "guest { side: GUEST_CLIENT echo_packets_per_second: 500 }\n"
-            "echo { channels: 2 }\n"
-            "control_socket: \"" +
-                socket + "\"\n");
-  Process serviced = Spawn(kDaemon, {"--config=" + echo_only}, "daemon");
-  ASSERT_TRUE(WaitForFile(socket, 10s)) << serviced.err();
   for (int i = 0; i < 3; ++i) {
     Process service = Ctl(socket, {"service"});
     EXPECT_EQ(service.Wait(10s), 0) << service.err();
@@ -242,9 +226,22 @@ TEST(CvmbusdProcessTest, CvmbusctlServiceRestoresTheDaemonInPlace) {
   Process guest = Ctl(socket, {"inspect", "guest/state"});
   EXPECT_EQ(guest.Wait(10s), 0);
   EXPECT_EQ(guest.out(), "guest/state = running\n");
-  ASSERT_EQ(kill(serviced.pid, SIGTERM), 0);
-  EXPECT_EQ(serviced.Wait(20s), 0) << serviced.err();
-  EXPECT_NE(serviced.err().find("I cvmbusd: serviced"), std::string::npos) << serviced.err();
+  ASSERT_EQ(kill(daemon.pid, SIGTERM), 0);
+  EXPECT_EQ(daemon.Wait(20s), 0) << daemon.err();
+  EXPECT_NE(daemon.err().find("I cvmbusd: serviced"), std::string::npos) << daemon.err();
+
+  // A disk cannot be restored yet: refused, naming it.
+  const std::string disk = Dir() + "/disk.img";
+  WriteFile(disk, std::string(1 << 20, '\0'));
+  const std::string with_disk = Dir() + "/with_disk.conf";
+  WriteFile(with_disk, "disk { path: \"" + disk + "\" }\ncontrol_socket: \"" + socket + "\"\n");
+  Process refusing = Spawn(kDaemon, {"--config=" + with_disk}, "daemon");
+  ASSERT_TRUE(WaitForFile(socket, 10s)) << refusing.err();
+  Process refused = Ctl(socket, {"service"});
+  EXPECT_EQ(refused.Wait(10s), 1);
+  EXPECT_EQ(refused.err(), "cvmbusctl: servicing: storvsp disks cannot save their state yet\n");
+  ASSERT_EQ(kill(refusing.pid, SIGTERM), 0);
+  EXPECT_EQ(refusing.Wait(20s), 0) << refusing.err();
 }
 
 TEST(CvmbusdProcessTest, ABadConfigurationOrFlagEndsTheDaemonNamingTheField) {

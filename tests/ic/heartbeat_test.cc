@@ -34,6 +34,46 @@ TEST_F(HeartbeatTest, SequenceNumbersRiseAndEveryAnswerCounts) {
   EXPECT_EQ(stats.channel.state, IcChannelState::kReady);
 }
 
+// Servicing with the channel open: the restored device takes the rings back, negotiates again
+// (Linux answers a NEGOTIATE whenever one comes) and carries on; the guest is offered nothing.
+TEST_F(HeartbeatTest, ARestoredDeviceNegotiatesAgainAndCarriesOn) {
+  AddHeartbeat({.interval = 20ms, .response_timeout = 2s});
+  ASSERT_NO_FATAL_FAILURE(Connect());
+  IcGuest* guest = Attach(IcService::kHeartbeat);
+  ASSERT_NE(guest, nullptr);
+  absl::StatusOr<IcGuestEvent> negotiate = guest->ServeOne(5s);
+  ASSERT_TRUE(negotiate.ok()) << negotiate.status();
+  ASSERT_TRUE(ServeUntil(guest, [&] { return heartbeat_->stats().answered >= 2; }));
+
+  absl::Status restored = absl::UnknownError("not run");
+  vm_->OnServer([&] {
+    absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([&] { heartbeat_.reset(); });
+    if (!state.ok()) {
+      restored = state.status();
+      return;
+    }
+    heartbeat_ = std::make_unique<HeartbeatIc>(vm_->server_loop(), &vm_->bus(),
+                                               HeartbeatOptions{.interval = 20ms});
+    restored = heartbeat_->StartRestored(/*was_open=*/true);
+  });
+  ASSERT_TRUE(restored.ok()) << restored;
+  // The next thing on the ring that is not an old heartbeat is the new NEGOTIATE.
+  bool negotiated_again = false;
+  for (int i = 0; i < 20 && !negotiated_again; ++i) {
+    absl::StatusOr<IcGuestEvent> event = guest->ServeOne(5s);
+    ASSERT_TRUE(event.ok()) << event.status();
+    negotiated_again = event->message_type == kMessageTypeNegotiate;
+  }
+  EXPECT_TRUE(negotiated_again);
+  ASSERT_TRUE(ServeUntil(guest, [&] { return heartbeat_->stats().answered >= 3; }));
+  const HeartbeatStats stats = OnServer([&] { return heartbeat_->stats(); });
+  EXPECT_EQ(stats.health, HeartbeatHealth::kHealthy);
+  EXPECT_EQ(stats.channel.state, IcChannelState::kReady);
+  EXPECT_EQ(stats.channel.unknown_transactions, 0u);
+  EXPECT_TRUE(stats.channel.last_error.ok()) << stats.channel.last_error;
+  EXPECT_TRUE(vm_->guest().NothingArrives(protocol::MessageType::kOfferChannel, 50ms));
+}
+
 TEST_F(HeartbeatTest, SilenceIsMissedNThenAnswersMakeItHealthyAgain) {
   AddHeartbeat({.interval = 20ms, .response_timeout = 50ms});
   ASSERT_NO_FATAL_FAILURE(Connect());

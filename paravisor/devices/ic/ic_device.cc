@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <random>
 #include <utility>
 
 #include "base/format.h"
@@ -64,6 +65,12 @@ IcDevice::~IcDevice() {
 }
 
 absl::Status IcDevice::Start() {
+  if (absl::Status status = Offer(); !status.ok()) return status;
+  ServeRequests();
+  return absl::OkStatus();
+}
+
+absl::Status IcDevice::Offer() {
   auto [request_send, request_recv] = MakeChannel<ChannelRequest>();
   auto [server_send, server_recv] = MakeChannel<ChannelServerRequest>();
   OfferParams params{.interface_name = options_.name,
@@ -78,8 +85,59 @@ absl::Status IcDevice::Start() {
   resources_ = *std::move(resources);
   requests_ = std::make_unique<Receiver<ChannelRequest>>(std::move(request_recv));
   to_server_ = std::move(server_send);
+  return absl::OkStatus();
+}
+
+absl::Status IcDevice::StartRestored(bool was_open) {
+  if (absl::Status status = Offer(); !status.ok()) return status;
+  // 2^32 .. 2^62: far from where the old device's ids (from 1) could have got to.
+  next_transaction_id_ = (std::random_device{}() | uint64_t{1}) << 32;
+  std::shared_ptr<OpenChannelState> channel;
+  std::optional<OpenResult> open_result;
+  if (was_open) {
+    channel = NewChannelState();
+    if (channel == nullptr) {
+      return absl::InternalError(fmt::format("{}: eventfd failed", options_.name));
+    }
+    open_result = OpenResult{Interrupt(channel->wake)};
+  }
+  auto [rpc, reply] =
+      MakeRpc<std::optional<OpenResult>, absl::StatusOr<RestoreResult>>(std::move(open_result));
+  if (absl::Status status = to_server_->Send(RestoreChannel{std::move(rpc)}); !status.ok()) {
+    return status;
+  }
+  FinishRestore(std::move(reply), std::move(channel));
   ServeRequests();
   return absl::OkStatus();
+}
+
+hw::Task IcDevice::FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
+                                 std::shared_ptr<OpenChannelState> channel) {
+  std::shared_ptr<bool> alive = alive_;
+  absl::StatusOr<RestoreResult> result = Flatten(co_await reply.On(loop_));
+  if (!*alive) co_return;
+  if (!result.ok()) {
+    ic_stats_.last_error = result.status();
+    co_return;
+  }
+  for (const RestoredGpadl& gpadl : result->gpadls) {
+    // Not accepted: the server offers it to us again as a new GPADL request.
+    if (gpadl.accepted && gpadls_.Accept(gpadl.request)) ++ic_stats_.gpadls;
+  }
+  if (result->open_request.has_value() && channel != nullptr) {
+    ++ic_stats_.opens;
+    if (absl::Status status = AttachAndNegotiate(*result->open_request, channel); !status.ok()) {
+      ic_stats_.last_error = status;  // A restore that cannot bring the rings back is fatal.
+    }
+  }
+}
+
+std::shared_ptr<IcDevice::OpenChannelState> IcDevice::NewChannelState() {
+  absl::StatusOr<std::shared_ptr<hw::OwnedEventFdSignal>> wake = hw::OwnedEventFdSignal::Create();
+  if (!wake.ok()) return nullptr;
+  auto channel = std::make_shared<OpenChannelState>();
+  channel->wake = *std::move(wake);
+  return channel;
 }
 
 absl::Status IcDevice::Revoke() {
@@ -103,19 +161,23 @@ std::optional<OpenResult> IcDevice::Open(const OpenRequest& request) {
         absl::FailedPreconditionError(fmt::format("{}: already open", options_.name));
     return std::nullopt;
   }
-  absl::StatusOr<std::shared_ptr<hw::OwnedEventFdSignal>> wake = hw::OwnedEventFdSignal::Create();
-  if (!wake.ok()) {
-    ic_stats_.last_error = wake.status();
+  std::shared_ptr<OpenChannelState> channel = NewChannelState();
+  if (channel == nullptr) {
+    ic_stats_.last_error = absl::InternalError(fmt::format("{}: eventfd failed", options_.name));
     return std::nullopt;
   }
-  auto channel = std::make_shared<OpenChannelState>();
-  channel->wake = *std::move(wake);
+  if (absl::Status status = AttachAndNegotiate(request, channel); !status.ok()) {
+    ic_stats_.last_error = status;
+    return std::nullopt;
+  }
+  return OpenResult{Interrupt(channel->wake)};
+}
+
+absl::Status IcDevice::AttachAndNegotiate(const OpenRequest& request,
+                                          std::shared_ptr<OpenChannelState> channel) {
   absl::StatusOr<ChannelRings> rings =
       OpenChannelRings(options_.name, loop_, *resources_, gpadls_, request, channel->wake->fd());
-  if (!rings.ok()) {
-    ic_stats_.last_error = rings.status();
-    return std::nullopt;
-  }
+  if (!rings.ok()) return rings.status();
   channel->rings = *std::move(rings);
   open_ = channel;
   ic_stats_.state = IcChannelState::kNegotiating;
@@ -127,7 +189,7 @@ std::optional<OpenResult> IcDevice::Open(const OpenRequest& request) {
     std::shared_ptr<OpenChannelState> current = weak.lock();
     if (current != nullptr && current == open_ && !current->closing) Negotiate();
   });
-  return OpenResult{Interrupt(channel->wake)};
+  return absl::OkStatus();
 }
 
 void IcDevice::Close(Rpc<Unit, Unit> rpc) {

@@ -88,6 +88,14 @@ class IcDevice {
 
   // Offers the channel and starts serving the server's requests.
   absl::Status Start();
+  // After servicing: offers the channel again and asks the server to restore it (with an
+  // OpenResult if it was open). A restored open channel takes its rings back from the reply and
+  // negotiates again (Linux's hv_utils answers a NEGOTIATE whenever one comes); what the old
+  // device had outstanding is gone, and this device's transaction ids start at a random point
+  // so that a late answer to one of them is not taken for one of ours.
+  absl::Status StartRestored(bool was_open);
+  const Guid& interface_id() const { return options_.interface_id; }
+  const Guid& instance_id() const { return options_.instance_id; }
   // Revokes the channel; the server rescinds it from the guest.
   absl::Status Revoke();
 
@@ -136,6 +144,14 @@ class IcDevice {
   hw::Task ServeRequests();
   hw::Task Serve(std::shared_ptr<OpenChannelState> channel);
   std::optional<OpenResult> Open(const OpenRequest& request);
+  absl::Status Offer();
+  std::shared_ptr<OpenChannelState> NewChannelState();
+  // Builds `channel`'s rings for `request`, makes it the open channel, starts serving it and
+  // posts the NEGOTIATE.
+  absl::Status AttachAndNegotiate(const OpenRequest& request,
+                                  std::shared_ptr<OpenChannelState> channel);
+  hw::Task FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
+                         std::shared_ptr<OpenChannelState> channel);
   void Close(Rpc<Unit, Unit> rpc);
   void Negotiate();
   void OnNegotiateAnswer(absl::StatusOr<absl::Span<const uint8_t>> answer);
