@@ -90,7 +90,7 @@ absl::Status IcDevice::Offer() {
 
 absl::Status IcDevice::StartRestored(bool was_open) {
   if (absl::Status status = Offer(); !status.ok()) return status;
-  // 2^32 .. 2^62: far from where the old device's ids (from 1) could have got to.
+  // A random multiple of 2^32: far from where the old device's ids (from 1) could have got to.
   next_transaction_id_ = (std::random_device{}() | uint64_t{1}) << 32;
   std::shared_ptr<OpenChannelState> channel;
   std::optional<OpenResult> open_result;
