@@ -242,6 +242,26 @@ TEST(ViewTest, WrongViewAccessesFailWithTheViewsKind) {
   EXPECT_EQ(*backing->GetAccess(View::kUntrusted, 0x3fff), Access::kRead);
 }
 
+TEST(ViewTest, RefusedAccessesAndStateChangesAreCounted) {
+  std::shared_ptr<MemoryBacking> backing = MakeSparse();
+  const GuestMemory private_view = GuestMemory::Private(backing);
+  const GuestMemory untrusted_view = GuestMemory::Untrusted(backing);
+  const MemoryBacking::Stats before = backing->stats();
+  // Two pages made private-only and one shared-only: three changes; the same again: none.
+  ASSERT_TRUE(backing->SetAccess(0x1000, 0x2000, Access::kReadWrite, Access::kNone).ok());
+  ASSERT_TRUE(backing->SetAccess(0x1000, 0x2000, Access::kReadWrite, Access::kNone).ok());
+  ASSERT_TRUE(backing->SetAccess(0x3000, 0x1000, Access::kNone, Access::kReadWrite).ok());
+  ExpectKind(untrusted_view.ReadPlain<uint32_t>(0x1000).status(), ErrorKind::kNotShared);
+  ExpectKind(untrusted_view.ReadPlain<uint32_t>(0x2000).status(), ErrorKind::kNotShared);
+  ExpectKind(private_view.ReadPlain<uint32_t>(0x3000).status(), ErrorKind::kNotPrivate);
+  // Out of range is no isolation refusal.
+  ExpectKind(untrusted_view.ReadPlain<uint32_t>(kMiB + 0x1000).status(), ErrorKind::kOutOfRange);
+  const MemoryBacking::Stats after = backing->stats();
+  EXPECT_EQ(after.page_state_changes - before.page_state_changes, 3u);
+  EXPECT_EQ(after.refused_untrusted - before.refused_untrusted, 2u);
+  EXPECT_EQ(after.refused_private - before.refused_private, 1u);
+}
+
 TEST(ViewTest, SetAccessValidatesItsRange) {
   auto backing = MakeSparse();
   ExpectKind(backing->SetAccess(View::kPrivate, 0x10, 0x1000, Access::kNone),

@@ -138,6 +138,8 @@ absl::Status MemoryBacking::Describe(View view, bool write, uint64_t gpa, uint64
     if ((state & page_state::kPresent) == 0) {
       return error(ErrorKind::kOutOfRange, fmt::format("page {:#x} is a hole", page_gpa));
     }
+    (view == View::kPrivate ? refused_private_ : refused_untrusted_)
+        .fetch_add(1, std::memory_order_relaxed);
     const Access access = page_state::AccessOf(state, view);
     if (access == Access::kNone) {
       return view == View::kPrivate
@@ -149,6 +151,12 @@ absl::Status MemoryBacking::Describe(View view, bool write, uint64_t gpa, uint64
   // The state changed between Check and Describe; report the race as the state it had.
   return error(view == View::kPrivate ? ErrorKind::kNotPrivate : ErrorKind::kNotShared,
                "the page's access changed during the access");
+}
+
+MemoryBacking::Stats MemoryBacking::stats() const {
+  return Stats{.refused_private = refused_private_.load(std::memory_order_relaxed),
+               .refused_untrusted = refused_untrusted_.load(std::memory_order_relaxed),
+               .page_state_changes = page_state_changes_.load(std::memory_order_relaxed)};
 }
 
 absl::Status MemoryBacking::SetStates(uint64_t gpa, uint64_t len,
@@ -175,10 +183,14 @@ absl::Status MemoryBacking::SetStates(uint64_t gpa, uint64_t len,
                      fmt::format("page {:#x} is pinned by a device", page << kPageShift));
       }
     }
+    uint64_t changed = 0;
     for (uint64_t page = first; page < first + count; ++page) {
-      std::atomic_ref<uint8_t>(states_[page])
-          .store(next(LoadState(page)) | page_state::kPresent, std::memory_order_seq_cst);
+      const uint8_t before = LoadState(page);
+      const uint8_t after = next(before) | page_state::kPresent;
+      std::atomic_ref<uint8_t>(states_[page]).store(after, std::memory_order_seq_cst);
+      changed += before != after ? 1 : 0;
     }
+    page_state_changes_.fetch_add(changed, std::memory_order_relaxed);
   }
   // Accesses that checked the old states may still be copying; let them finish.
   WaitForAccessesInFlight();

@@ -92,6 +92,15 @@ class MemoryBacking {
   // The current access of `view` to the page holding `gpa`.
   absl::StatusOr<Access> GetAccess(View view, uint64_t gpa) const;
 
+  // What the isolation rules did: accesses a view refused (the page was not that view's, or
+  // read-only), and pages whose access state changed (conversions, validations).
+  struct Stats {
+    uint64_t refused_private = 0;
+    uint64_t refused_untrusted = 0;
+    uint64_t page_state_changes = 0;
+  };
+  Stats stats() const;
+
   // Gives `fn` the bytes of [gpa, gpa + len) with no view in between, for an isolation model
   // that scrubs or scrambles pages it is converting. Both views must have no access to every
   // page of the range (kInvalidArgument otherwise), which guarantees no accessor races `fn`.
@@ -128,6 +137,10 @@ class MemoryBacking {
   void Unpin(absl::Span<const uint64_t> gpns);
 
   std::string name_;
+  // Counted on the error path (Describe) and under control_mu_ (SetStates): never per access.
+  mutable std::atomic<uint64_t> refused_private_{0};
+  mutable std::atomic<uint64_t> refused_untrusted_{0};
+  std::atomic<uint64_t> page_state_changes_{0};
   BackingType type_ = BackingType::kAnonymous;
   uint8_t* base_ = nullptr;  // The reservation: base_ + gpa is the host address of gpa.
   uint64_t limit_ = 0;

@@ -418,6 +418,12 @@ Tree Daemon::BuildTree() const {
   machine["memory_bytes"] = settings_.memory_bytes;
   machine["isolation"] = IsolationName(settings_.isolation);
   machine["max_version"] = VersionName(settings_.max_version);
+  const guestmem::MemoryBacking::Stats memory = vm_->memory()->stats();
+  Tree& isolation = root["isolation"];
+  isolation["model"] = IsolationName(settings_.isolation);
+  isolation["refused_private_accesses"] = memory.refused_private;
+  isolation["refused_untrusted_accesses"] = memory.refused_untrusted;
+  isolation["page_state_changes"] = memory.page_state_changes;
   Tree& loop = root["loop"];
   loop["cpu"] = settings_.loop_cpu.has_value() ? Tree(*settings_.loop_cpu) : Tree("any");
   loop["busy_poll_us"] = settings_.loop_busy_poll.count();

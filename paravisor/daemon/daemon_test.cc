@@ -205,6 +205,11 @@ TEST(DaemonTest, AConfidentialGuestRunsUnderTdxToo) {
   EXPECT_FALSE(guestmem::GuestMemory::Untrusted((*daemon)->vm().memory())
                    .Read(0x100 * 4096, absl::MakeSpan(bytes))
                    .ok());
+  // The tree counts that refusal and the conversions behind it.
+  tree = (*daemon)->Inspect();
+  EXPECT_EQ(At(tree, "isolation/model"), "tdx");
+  EXPECT_GE(At(tree, "isolation/refused_untrusted_accesses"), 1);
+  EXPECT_GT(At(tree, "isolation/page_state_changes"), 0);
 }
 
 TEST(DaemonTest, ServicingIsRefusedWhileADeviceCannotSaveItsState) {
