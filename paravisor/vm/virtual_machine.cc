@@ -152,16 +152,18 @@ absl::StatusOr<saved::Server> VirtualMachine::SaveAndStopServer() {
 
 absl::Status VirtualMachine::StartRestoredServer(const saved::Server& state) {
   absl::Status status;
-  OnServer([&] {
-    // A server from an earlier (failed) restore detaches from the port first: destroyed after
-    // the new one attached, it would detach the new one.
-    bus_.reset();
-    server_.reset();
-    server_ = std::make_unique<VmbusServer>(loop_.get(), synic_.get(), server_options_);
-    bus_ = server_->Bus();
-    status = server_->Restore(state);
-  });
+  OnServer([&] { status = ReplaceServerOnLoop(state); });
   return status;
+}
+
+absl::Status VirtualMachine::ReplaceServerOnLoop(const saved::Server& state) {
+  // A server from an earlier (failed) restore detaches from the port first: destroyed after
+  // the new one attached, it would detach the new one.
+  bus_.reset();
+  server_.reset();
+  server_ = std::make_unique<VmbusServer>(loop_.get(), synic_.get(), server_options_);
+  bus_ = server_->Bus();
+  return server_->Restore(state);
 }
 
 absl::StatusOr<saved::Server> VirtualMachine::ServiceServerOnLoop(
@@ -174,11 +176,7 @@ absl::StatusOr<saved::Server> VirtualMachine::ServiceServerOnLoop(
     return absl::InternalError("servicing: the saved state does not parse back");
   }
   drop_devices();
-  bus_.reset();
-  server_.reset();
-  server_ = std::make_unique<VmbusServer>(loop_.get(), synic_.get(), server_options_);
-  bus_ = server_->Bus();
-  if (absl::Status restored = server_->Restore(reloaded); !restored.ok()) return restored;
+  if (absl::Status restored = ReplaceServerOnLoop(reloaded); !restored.ok()) return restored;
   return reloaded;
 }
 

@@ -92,6 +92,8 @@ class VirtualMachine {
 
  private:
   VirtualMachine() = default;
+  // Destroys the server (and its bus) and starts a new one from `state` (loop thread).
+  absl::Status ReplaceServerOnLoop(const saved::Server& state);
   std::shared_ptr<guestmem::MemoryBacking> backing_;
   std::unique_ptr<hw::isolation::SnpModel> snp_;
   std::unique_ptr<hw::isolation::TdxModel> tdx_;

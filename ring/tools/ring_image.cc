@@ -71,12 +71,12 @@ absl::StatusOr<RingImage> LoadImage(const std::string& path) {
 absl::StatusOr<RingImage> CopyImage(const guestmem::GuestMemory& memory,
                                     absl::Span<const uint64_t> gpns) {
   if (gpns.size() < 2) {
-    return Invalid(fmt::format("{} pages: a ring needs a control page and a data page",
-                               gpns.size()));
+    return Invalid(
+        fmt::format("{} pages: a ring needs a control page and a data page", gpns.size()));
   }
   if ((gpns.size() - 1) * kPage > guestmem::kMaxRingDataBytes) {
-    return Invalid(fmt::format("data area of {} pages exceeds the {}-byte limit",
-                               gpns.size() - 1, guestmem::kMaxRingDataBytes));
+    return Invalid(fmt::format("data area of {} pages exceeds the {}-byte limit", gpns.size() - 1,
+                               guestmem::kMaxRingDataBytes));
   }
   CVMBUS_ASSIGN_OR_RETURN(RingImage image, NewImage((gpns.size() - 1) * kPage));
   std::vector<uint8_t> page(kPage);
