@@ -11,6 +11,7 @@
 #include "base/format.h"
 #include "paravisor/daemon/ring_inspect.h"
 #include "paravisor/devices/demo_devices.h"
+#include "paravisor/server/saved_queries.h"
 
 namespace cvmbus::paravisor::daemon {
 namespace {
@@ -270,28 +271,13 @@ absl::Status Daemon::Service() {
 
 namespace {
 
-// Whether the saved state has the offer open or closing (states 2 and 3): its device had the
-// channel open.
-bool SavedOpen(const saved::Server& state, const Guid& interface_id, const Guid& instance_id,
-               uint16_t subchannel_index) {
-  for (const saved::Channel& channel : state.channels()) {
-    if (channel.instance_id().size() == sizeof(Guid) &&
-        channel.interface_id().size() == sizeof(Guid) &&
-        std::memcmp(channel.instance_id().data(), &instance_id, sizeof(Guid)) == 0 &&
-        std::memcmp(channel.interface_id().data(), &interface_id, sizeof(Guid)) == 0 &&
-        channel.subchannel_index() == subchannel_index) {
-      return channel.state() == 2 || channel.state() == 3;
-    }
-  }
-  return false;
-}
-
 // Start() for a fresh offer, StartRestored(was it open?) after servicing.
 template <typename Device>
 absl::Status StartOrRestore(Device& device, const saved::Server* state, const Guid& interface_id,
                             const Guid& instance_id, uint16_t subchannel_index) {
   if (state == nullptr) return device.Start();
-  return device.StartRestored(SavedOpen(*state, interface_id, instance_id, subchannel_index));
+  return device.StartRestored(
+      SavedChannelOpen(*state, interface_id, instance_id, subchannel_index));
 }
 
 }  // namespace

@@ -94,4 +94,38 @@ hw::Task ServeChannelRequests(hw::EventLoop* loop, Receiver<ChannelRequest>* req
   }
 }
 
+namespace {
+
+hw::Task FinishRestore(hw::EventLoop* loop, ReplyFuture<absl::StatusOr<RestoreResult>> reply,
+                       bool was_open, DeviceGpadls* gpadls, uint64_t* gpadls_accepted,
+                       std::shared_ptr<bool> alive, RestoreHandlers handlers) {
+  absl::StatusOr<RestoreResult> result = Flatten(co_await reply.On(loop));
+  if (!*alive) co_return;
+  if (!result.ok()) {
+    handlers.failed(result.status());
+    co_return;
+  }
+  for (const RestoredGpadl& gpadl : result->gpadls) {
+    if (gpadl.accepted && gpadls->Accept(gpadl.request)) ++*gpadls_accepted;
+  }
+  if (result->open_request.has_value() && was_open) handlers.reopen(*result->open_request);
+}
+
+}  // namespace
+
+absl::Status AskServerToRestore(hw::EventLoop* loop, Sender<ChannelServerRequest>& to_server,
+                                std::optional<OpenResult> open_result, DeviceGpadls* gpadls,
+                                uint64_t* gpadls_accepted, std::shared_ptr<bool> alive,
+                                RestoreHandlers handlers) {
+  const bool was_open = open_result.has_value();
+  auto [rpc, reply] =
+      MakeRpc<std::optional<OpenResult>, absl::StatusOr<RestoreResult>>(std::move(open_result));
+  if (absl::Status status = to_server.Send(RestoreChannel{std::move(rpc)}); !status.ok()) {
+    return status;
+  }
+  FinishRestore(loop, std::move(reply), was_open, gpadls, gpadls_accepted, std::move(alive),
+                std::move(handlers));
+  return absl::OkStatus();
+}
+
 }  // namespace cvmbus::paravisor

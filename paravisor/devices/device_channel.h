@@ -73,6 +73,22 @@ hw::Task ServeChannelRequests(hw::EventLoop* loop, Receiver<ChannelRequest>* req
                               DeviceGpadls* gpadls, uint64_t* gpadls_accepted,
                               std::shared_ptr<bool> alive, ChannelRequestHandlers handlers);
 
+// Servicing, device side: a device that offered its channel again asks the server to restore
+// it, with `open_result` (the device's interrupt) if the channel was saved open. When the
+// server answers, the GPADLs it had accepted go into `gpadls` (each counted in
+// *gpadls_accepted; one the device had not accepted yet comes again as a GPADL request), then
+// `reopen` gets the saved open request if the channel was open, to bring its rings back from
+// their control pages. A failed restore goes to `failed`. The send's error is returned; the
+// rest runs on `loop` while *alive is true (as for ServeChannelRequests).
+struct RestoreHandlers {
+  std::function<void(const OpenRequest&)> reopen;
+  std::function<void(const absl::Status&)> failed;
+};
+absl::Status AskServerToRestore(hw::EventLoop* loop, Sender<ChannelServerRequest>& to_server,
+                                std::optional<OpenResult> open_result, DeviceGpadls* gpadls,
+                                uint64_t* gpadls_accepted, std::shared_ptr<bool> alive,
+                                RestoreHandlers handlers);
+
 }  // namespace cvmbus::paravisor
 
 #endif  // CVMBUS_PARAVISOR_DEVICES_DEVICE_CHANNEL_H_

@@ -59,8 +59,6 @@ class EchoDevice {
   absl::Status Offer();
   std::shared_ptr<OpenChannelState> NewChannelState();
   absl::Status AttachRings(const OpenRequest& request, std::shared_ptr<OpenChannelState> channel);
-  hw::Task FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
-                         std::shared_ptr<OpenChannelState> channel);
   void Close(Rpc<Unit, Unit> rpc);
 
   hw::EventLoop* loop_;

@@ -101,35 +101,19 @@ absl::Status IcDevice::StartRestored(bool was_open) {
     }
     open_result = OpenResult{Interrupt(channel->wake)};
   }
-  auto [rpc, reply] =
-      MakeRpc<std::optional<OpenResult>, absl::StatusOr<RestoreResult>>(std::move(open_result));
-  if (absl::Status status = to_server_->Send(RestoreChannel{std::move(rpc)}); !status.ok()) {
-    return status;
-  }
-  FinishRestore(std::move(reply), std::move(channel));
+  absl::Status asked = AskServerToRestore(
+      loop_, *to_server_, std::move(open_result), &gpadls_, &ic_stats_.gpadls, alive_,
+      {.reopen =
+           [this, channel](const OpenRequest& request) {
+             ++ic_stats_.opens;
+             if (absl::Status status = AttachAndNegotiate(request, channel); !status.ok()) {
+               ic_stats_.last_error = status;  // A restore that cannot bring the rings back.
+             }
+           },
+       .failed = [this](const absl::Status& status) { ic_stats_.last_error = status; }});
+  if (!asked.ok()) return asked;
   ServeRequests();
   return absl::OkStatus();
-}
-
-hw::Task IcDevice::FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
-                                 std::shared_ptr<OpenChannelState> channel) {
-  std::shared_ptr<bool> alive = alive_;
-  absl::StatusOr<RestoreResult> result = Flatten(co_await reply.On(loop_));
-  if (!*alive) co_return;
-  if (!result.ok()) {
-    ic_stats_.last_error = result.status();
-    co_return;
-  }
-  for (const RestoredGpadl& gpadl : result->gpadls) {
-    // Not accepted: the server offers it to us again as a new GPADL request.
-    if (gpadl.accepted && gpadls_.Accept(gpadl.request)) ++ic_stats_.gpadls;
-  }
-  if (result->open_request.has_value() && channel != nullptr) {
-    ++ic_stats_.opens;
-    if (absl::Status status = AttachAndNegotiate(*result->open_request, channel); !status.ok()) {
-      ic_stats_.last_error = status;  // A restore that cannot bring the rings back is fatal.
-    }
-  }
 }
 
 std::shared_ptr<IcDevice::OpenChannelState> IcDevice::NewChannelState() {

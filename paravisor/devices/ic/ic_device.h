@@ -150,8 +150,6 @@ class IcDevice {
   // posts the NEGOTIATE.
   absl::Status AttachAndNegotiate(const OpenRequest& request,
                                   std::shared_ptr<OpenChannelState> channel);
-  hw::Task FinishRestore(ReplyFuture<absl::StatusOr<RestoreResult>> reply,
-                         std::shared_ptr<OpenChannelState> channel);
   void Close(Rpc<Unit, Unit> rpc);
   void Negotiate();
   void OnNegotiateAnswer(absl::StatusOr<absl::Span<const uint8_t>> answer);

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "paravisor/devices/storvsp/srb_buffer.h"
@@ -91,7 +93,8 @@ StorvspDevice::~StorvspDevice() {
 
 absl::Status StorvspDevice::Start() { return OfferChannel(0); }
 
-absl::Status StorvspDevice::OfferChannel(uint16_t index) {
+absl::StatusOr<std::shared_ptr<StorvspDevice::ControllerChannel>> StorvspDevice::AddOffer(
+    uint16_t index) {
   auto [request_send, request_recv] = MakeChannel<ChannelRequest>();
   auto [server_send, server_recv] = MakeChannel<ChannelServerRequest>();
   OfferParams params;
@@ -111,7 +114,13 @@ absl::Status StorvspDevice::OfferChannel(uint16_t index) {
   if (channels_.size() <= index) channels_.resize(index + 1);
   channels_[index] = slot;
   if (index != 0) ++stats_.subchannels_offered;
-  ServeRequests(std::move(slot));
+  return slot;
+}
+
+absl::Status StorvspDevice::OfferChannel(uint16_t index) {
+  absl::StatusOr<std::shared_ptr<ControllerChannel>> slot = AddOffer(index);
+  if (!slot.ok()) return slot.status();
+  ServeRequests(*std::move(slot));
   return absl::OkStatus();
 }
 
@@ -123,6 +132,7 @@ hw::Task StorvspDevice::ServeRequests(std::shared_ptr<ControllerChannel> slot) {
     if (!*alive || !request.has_value()) co_return;
     if (auto* gpadl = std::get_if<CreateGpadl>(&*request)) {
       const bool valid = slot->gpadls.Accept(gpadl->rpc.input());
+      if (valid) ++stats_.gpadls;
       std::move(gpadl->rpc).Reply(valid);
     } else if (auto* teardown = std::get_if<TeardownGpadl>(&*request)) {
       slot->gpadls.Remove(teardown->rpc.input());
@@ -138,6 +148,33 @@ hw::Task StorvspDevice::ServeRequests(std::shared_ptr<ControllerChannel> slot) {
   }
 }
 
+std::shared_ptr<StorvspDevice::OpenChannelState> StorvspDevice::NewOpenState(uint16_t index) {
+  absl::StatusOr<std::shared_ptr<hw::OwnedEventFdSignal>> wake = hw::OwnedEventFdSignal::Create();
+  if (!wake.ok()) {
+    stats_.last_error = wake.status();
+    return nullptr;
+  }
+  auto channel = std::make_shared<OpenChannelState>(
+      NegotiationOptions{.max_subchannels = options_.max_subchannels,
+                         .max_transfer_bytes = disk_.options().max_transfer_bytes});
+  channel->index = index;
+  channel->wake = *std::move(wake);
+  return channel;
+}
+
+absl::Status StorvspDevice::AttachRings(ControllerChannel& slot,
+                                        std::shared_ptr<OpenChannelState> channel,
+                                        const OpenRequest& request) {
+  absl::StatusOr<ChannelRings> rings = OpenChannelRings("storvsp", loop_, *slot.resources,
+                                                        slot.gpadls, request, channel->wake->fd());
+  if (!rings.ok()) return rings.status();
+  channel->rings = *std::move(rings);
+  slot.open = channel;
+  if (slot.index == 0) primary_open_ = channel;
+  Serve(std::move(channel));
+  return absl::OkStatus();
+}
+
 std::optional<OpenResult> StorvspDevice::Open(ControllerChannel& slot, const OpenRequest& request) {
   ++stats_.opens;
   if (slot.open) {
@@ -145,26 +182,12 @@ std::optional<OpenResult> StorvspDevice::Open(ControllerChannel& slot, const Ope
         fmt::format("storvsp: channel {} is already open", slot.index));
     return std::nullopt;
   }
-  absl::StatusOr<std::shared_ptr<hw::OwnedEventFdSignal>> wake = hw::OwnedEventFdSignal::Create();
-  if (!wake.ok()) {
-    stats_.last_error = wake.status();
+  std::shared_ptr<OpenChannelState> channel = NewOpenState(slot.index);
+  if (channel == nullptr) return std::nullopt;
+  if (absl::Status status = AttachRings(slot, channel, request); !status.ok()) {
+    stats_.last_error = status;
     return std::nullopt;
   }
-  auto channel = std::make_shared<OpenChannelState>(
-      NegotiationOptions{.max_subchannels = options_.max_subchannels,
-                         .max_transfer_bytes = disk_.options().max_transfer_bytes});
-  channel->index = slot.index;
-  channel->wake = *std::move(wake);
-  absl::StatusOr<ChannelRings> rings = OpenChannelRings("storvsp", loop_, *slot.resources,
-                                                        slot.gpadls, request, channel->wake->fd());
-  if (!rings.ok()) {
-    stats_.last_error = rings.status();
-    return std::nullopt;
-  }
-  channel->rings = *std::move(rings);
-  slot.open = channel;
-  if (slot.index == 0) primary_open_ = channel;
-  Serve(channel);
   return OpenResult{Interrupt(channel->wake)};
 }
 
@@ -178,6 +201,9 @@ void StorvspDevice::Close(ControllerChannel& slot, Rpc<Unit, Unit> rpc) {
   slot.open.reset();
   channel->closing = true;
   channel->close_rpc = std::move(rpc);
+  std::erase_if(closing_,
+                [](const std::weak_ptr<OpenChannelState>& weak) { return weak.expired(); });
+  closing_.push_back(channel);
   (void)channel->wake->Raise();  // The serve task sees `closing` and ends.
   if (slot.index == 0) {
     primary_open_.reset();
@@ -198,6 +224,7 @@ hw::Task StorvspDevice::RetireSubchannels(std::shared_ptr<OpenChannelState> prim
       open->closing = true;
       open->retired_by = primary;
       ++primary->retiring;
+      closing_.push_back(open);
       (void)open->wake->Raise();
     }
     auto [rpc, reply] = MakeRpc<Unit, Unit>(Unit{});
@@ -238,7 +265,7 @@ hw::Task StorvspDevice::Serve(std::shared_ptr<OpenChannelState> channel) {
   std::shared_ptr<bool> alive = alive_;
   channel->serving = true;
   ring::PacketBuffer buffer;
-  while (!channel->closing && !channel->broken) {
+  while (!channel->closing && !channel->broken && !paused_) {
     if (!channel->outbox.empty()) {
       // Completions wait for ring space: take no new requests until they are out.
       const uint32_t needed = static_cast<uint32_t>(channel->outbox.front().payload.size()) + 24;
@@ -254,7 +281,7 @@ hw::Task StorvspDevice::Serve(std::shared_ptr<OpenChannelState> channel) {
       stats_.last_error = readable;
       break;
     }
-    while (!channel->closing && channel->outbox.empty()) {
+    while (!channel->closing && !paused_ && channel->outbox.empty()) {
       absl::StatusOr<bool> got = channel->rings.reader->ring().Read(&buffer);
       if (!got.ok()) {
         stats_.last_error = got.status();  // A corrupt ring: stop serving it.
@@ -397,6 +424,154 @@ void StorvspDevice::FlushCompletions(OpenChannelState& channel) {
     }
     channel.outbox.pop_front();
   }
+}
+
+void StorvspDevice::Pause() {
+  paused_ = true;
+  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+    if (slot != nullptr && slot->open) (void)slot->open->wake->Raise();  // Stop at once.
+  }
+}
+
+void StorvspDevice::Resume() {
+  paused_ = false;
+  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+    if (slot == nullptr || !slot->open) continue;
+    OpenChannelState& open = *slot->open;
+    if (!open.serving && !open.closing && !open.broken) Serve(slot->open);
+  }
+}
+
+bool StorvspDevice::Quiesced() const {
+  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+    if (slot != nullptr && slot->open && !Drained(*slot->open)) return false;
+  }
+  for (const std::weak_ptr<OpenChannelState>& weak : closing_) {
+    std::shared_ptr<OpenChannelState> channel = weak.lock();
+    if (channel && (!Drained(*channel) || channel->close_rpc.has_value())) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<saved::Storvsp> StorvspDevice::Save() const {
+  if (!paused_ || !Quiesced()) {
+    return absl::FailedPreconditionError("storvsp: not paused with its I/O drained");
+  }
+  saved::Storvsp state;
+  state.set_instance_id(&options_.instance_id, sizeof(Guid));
+  if (primary_open_) {
+    const VstorNegotiation& negotiation = primary_open_->negotiation;
+    state.set_negotiation_state(static_cast<uint32_t>(negotiation.state()));
+    state.set_version(negotiation.version());
+    state.set_subchannels_created(negotiation.subchannels_created());
+  }
+  state.set_subchannels(channels_.empty() ? 0 : static_cast<uint32_t>(channels_.size() - 1));
+  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+    if (slot == nullptr || !slot->open) continue;
+    for (const OpenChannelState::Completion& completion : slot->open->outbox) {
+      saved::StorvspCompletion* pending = state.add_pending();
+      pending->set_channel(slot->index);
+      pending->set_transaction_id(completion.transaction_id);
+      pending->set_payload(completion.payload.data(), completion.payload.size());
+    }
+  }
+  return state;
+}
+
+absl::Status StorvspDevice::CheckSavedState(
+    const saved::Storvsp& state, const std::function<bool(uint16_t index)>& was_open) const {
+  if (state.instance_id().size() != sizeof(Guid) ||
+      std::memcmp(state.instance_id().data(), &options_.instance_id, sizeof(Guid)) != 0) {
+    return absl::InvalidArgumentError("storvsp: saved state: instance_id is another controller's");
+  }
+  if (state.subchannels() > options_.max_subchannels) {
+    return absl::InvalidArgumentError(
+        fmt::format("storvsp: saved state: subchannels {} is more than the {} this disk offers",
+                    state.subchannels(), options_.max_subchannels));
+  }
+  VstorNegotiation negotiation({.max_subchannels = options_.max_subchannels});
+  if (absl::Status status = negotiation.Restore(
+          static_cast<VstorNegotiation::State>(std::min<uint32_t>(state.negotiation_state(), 255)),
+          static_cast<uint16_t>(std::min<uint32_t>(state.version(), 0xffff)),
+          state.subchannels_created());
+      !status.ok() || state.version() > 0xffff) {
+    return absl::InvalidArgumentError(fmt::format(
+        "storvsp: saved state: negotiation_state {} with version {:#x} is not a VSTOR state",
+        state.negotiation_state(), state.version()));
+  }
+  // A ring of the largest size holds fewer completions than this.
+  constexpr int kMaxPending = 1 << 16;
+  if (state.pending_size() > kMaxPending) {
+    return absl::InvalidArgumentError(
+        fmt::format("storvsp: saved state: {} pending completions (at most {})",
+                    state.pending_size(), kMaxPending));
+  }
+  for (int i = 0; i < state.pending_size(); ++i) {
+    const saved::StorvspCompletion& pending = state.pending(i);
+    if (pending.channel() > state.subchannels() ||
+        !was_open(static_cast<uint16_t>(pending.channel()))) {
+      return absl::InvalidArgumentError(
+          fmt::format("storvsp: saved state: pending[{}] is for channel {}, which was not open", i,
+                      pending.channel()));
+    }
+    if (pending.payload().size() > kMaxPacketBytes) {
+      return absl::InvalidArgumentError(fmt::format(
+          "storvsp: saved state: pending[{}] has {} bytes (a completion has at most {})", i,
+          pending.payload().size(), kMaxPacketBytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StorvspDevice::StartRestored(const saved::Storvsp& state,
+                                          const std::function<bool(uint16_t index)>& was_open) {
+  if (absl::Status status = CheckSavedState(state, was_open); !status.ok()) return status;
+  for (uint16_t index = 0; index <= state.subchannels(); ++index) {
+    absl::StatusOr<std::shared_ptr<ControllerChannel>> added = AddOffer(index);
+    if (!added.ok()) return added.status();
+    std::shared_ptr<ControllerChannel> slot = *std::move(added);
+    std::shared_ptr<OpenChannelState> channel;
+    std::optional<OpenResult> open_result;
+    if (was_open(index)) {
+      channel = NewOpenState(index);
+      if (channel == nullptr) return stats_.last_error;
+      for (const saved::StorvspCompletion& pending : state.pending()) {
+        if (pending.channel() != index) continue;
+        channel->outbox.push_back(
+            {pending.transaction_id(),
+             std::vector<uint8_t>(pending.payload().begin(), pending.payload().end())});
+      }
+      if (index == 0) {
+        // Checked above. Set now: a subchannel may come back before the primary, and its SRBs
+        // need the primary's state.
+        (void)channel->negotiation.Restore(
+            static_cast<VstorNegotiation::State>(state.negotiation_state()),
+            static_cast<uint16_t>(state.version()), state.subchannels_created());
+        stats_.version = channel->negotiation.version();
+        primary_open_ = channel;
+      }
+      open_result = OpenResult{Interrupt(channel->wake)};
+    }
+    std::shared_ptr<bool> alive = alive_;
+    absl::Status asked = AskServerToRestore(
+        loop_, *slot->to_server, std::move(open_result), &slot->gpadls, &stats_.gpadls, alive,
+        {.reopen =
+             [this, slot, channel](const OpenRequest& request) {
+               ++stats_.restores;
+               if (absl::Status status = AttachRings(*slot, channel, request); !status.ok()) {
+                 stats_.last_error = status;  // A restore that cannot bring the rings back.
+                 if (primary_open_ == channel) primary_open_.reset();
+               }
+             },
+         .failed =
+             [this, channel](const absl::Status& status) {
+               stats_.last_error = status;
+               if (channel != nullptr && primary_open_ == channel) primary_open_.reset();
+             }});
+    if (!asked.ok()) return asked;
+    ServeRequests(std::move(slot));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace cvmbus::paravisor::storvsp

@@ -14,7 +14,15 @@
 // primary closes, the subchannels are closed and revoked first (OpenVMM's order), and the
 // primary's close is answered once they are gone and no I/O of any channel moves data.
 //
-// Not yet: hot-plug (ENUMERATE_BUS), servicing.
+// Servicing: Pause() stops every channel taking packets (what the guest sends meanwhile waits
+// in its ring for the restored device); the I/O in flight goes on, and its completions are
+// written. Once Quiesced(), Save() takes what only the device knows (the VSTOR state, the
+// subchannels, completions that did not fit in their ring) and a new device, given that and
+// the server's saved state, takes up each channel where it stopped (StartRestored). A
+// servicing that fails before the device is dropped calls Resume(). Nothing is re-executed, so
+// no request is done twice and no late I/O lands in a buffer the guest got back.
+//
+// Not yet: hot-plug (ENUMERATE_BUS).
 //
 // Threads: everything runs on `loop`'s thread; Start() must be called there too. The backend
 // must outlive the device.
@@ -23,6 +31,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -38,6 +47,7 @@
 #include "paravisor/devices/storvsp/block_backend.h"
 #include "paravisor/devices/storvsp/scsi_disk.h"
 #include "paravisor/devices/storvsp/srb_executor.h"
+#include "paravisor/devices/storvsp/storvsp_saved_state.pb.h"
 #include "paravisor/devices/storvsp/vstor_negotiation.h"
 
 namespace cvmbus::paravisor::storvsp {
@@ -63,6 +73,8 @@ struct StorvspStats {
   uint64_t closes = 0;
   uint64_t subchannels_offered = 0;
   uint64_t subchannels_revoked = 0;
+  uint64_t gpadls = 0;      // GPADLs accepted (restored ones included).
+  uint64_t restores = 0;    // Channels the server restored after servicing.
   uint16_t version = 0;     // The VSTOR version negotiated on the last open.
   absl::Status last_error;  // The last malformed packet's or failed open's reason.
 };
@@ -79,6 +91,22 @@ class StorvspDevice {
   absl::Status Start();  // Offers the controller and serves its requests.
   const StorvspStats& stats() const { return stats_; }
 
+  // Servicing (see above; loop thread).
+  void Pause();
+  // Every serve task has stopped, no I/O is in flight and no close is still being answered.
+  bool Quiesced() const;
+  // kFailedPrecondition unless Quiesced().
+  absl::StatusOr<saved::Storvsp> Save() const;
+  void Resume();
+  // Instead of Start() after servicing: offers the primary and the saved subchannels again and
+  // asks the server to restore each (`was_open(i)`: the server's saved state has channel i
+  // open), with the saved VSTOR state and pending completions. kInvalidArgument, naming the
+  // field, for a state this device could not have saved (another instance, more subchannels
+  // than it offers, an impossible VSTOR state, a completion for a channel that was not open or
+  // larger than any completion); then nothing is offered.
+  absl::Status StartRestored(const saved::Storvsp& state,
+                             const std::function<bool(uint16_t index)>& was_open);
+
  private:
   struct OpenChannelState;
   struct ControllerChannel;
@@ -86,6 +114,14 @@ class StorvspDevice {
                 BlockBackend* backend);
   // Offers channel `index` (0: the primary) and serves its requests.
   absl::Status OfferChannel(uint16_t index);
+  absl::StatusOr<std::shared_ptr<ControllerChannel>> AddOffer(uint16_t index);
+  // A new open of channel `index` (its wake-up eventfd made); null if that failed.
+  std::shared_ptr<OpenChannelState> NewOpenState(uint16_t index);
+  // Builds the open's rings, makes it the slot's open and starts serving it.
+  absl::Status AttachRings(ControllerChannel& slot, std::shared_ptr<OpenChannelState> channel,
+                           const OpenRequest& request);
+  absl::Status CheckSavedState(const saved::Storvsp& state,
+                               const std::function<bool(uint16_t index)>& was_open) const;
   hw::Task ServeRequests(std::shared_ptr<ControllerChannel> slot);
   hw::Task Serve(std::shared_ptr<OpenChannelState> channel);
   std::optional<OpenResult> Open(ControllerChannel& slot, const OpenRequest& request);
@@ -116,6 +152,9 @@ class StorvspDevice {
   std::vector<std::shared_ptr<ControllerChannel>> channels_;
   // The primary's open: its negotiation says whether subchannels may carry SRBs.
   std::shared_ptr<OpenChannelState> primary_open_;
+  // Closed opens whose close may still be in progress (Quiesced() waits for them).
+  std::vector<std::weak_ptr<OpenChannelState>> closing_;
+  bool paused_ = false;
   StorvspStats stats_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

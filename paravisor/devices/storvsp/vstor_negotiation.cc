@@ -1,5 +1,7 @@
 #include "paravisor/devices/storvsp/vstor_negotiation.h"
 
+#include <fmt/format.h>
+
 #include <cstring>
 
 namespace cvmbus::paravisor::storvsp {
@@ -19,6 +21,25 @@ void VstorNegotiation::Reset() {
   state_ = State::kAwaitingBegin;
   version_ = 0;
   subchannels_created_ = false;
+}
+
+absl::Status VstorNegotiation::Restore(State state, uint16_t version, bool subchannels_created) {
+  const bool versioned = state == State::kVersioned || state == State::kReady;
+  if (state != State::kAwaitingBegin && state != State::kAwaitingVersion && !versioned) {
+    return absl::InvalidArgumentError(
+        fmt::format("vstor: saved state {} is not a state", static_cast<int>(state)));
+  }
+  if (versioned != (version != 0) || (version != 0 && !Accepted(version))) {
+    return absl::InvalidArgumentError(fmt::format(
+        "vstor: saved version {:#x} does not fit state {}", version, static_cast<int>(state)));
+  }
+  if (subchannels_created && !versioned) {
+    return absl::InvalidArgumentError("vstor: saved subchannels before a version was accepted");
+  }
+  state_ = state;
+  version_ = version;
+  subchannels_created_ = subchannels_created;
+  return absl::OkStatus();
 }
 
 VstorNegotiation::Answer VstorNegotiation::Complete(uint32_t status, const VstorRequest& request,

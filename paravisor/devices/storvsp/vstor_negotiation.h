@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "paravisor/devices/storvsp/vstor_protocol.h"
 
 namespace cvmbus::paravisor::storvsp {
@@ -54,8 +55,13 @@ class VstorNegotiation {
   // Whether the negotiated version carries the Win8 vmscsi_request (0x34 bytes) or the older
   // 0x24-byte one.
   bool win8_srb() const { return version_ >= kVersionWin8; }
+  bool subchannels_created() const { return subchannels_created_; }
   // The channel closed (or the guest re-initializes, as on resume): start again.
   void Reset();
+  // Servicing: takes up a saved state again. kInvalidArgument, naming what is wrong, for a
+  // state that this machine could not have reached (an unknown state or version, a version
+  // before one was accepted or none after, subchannels before a version).
+  absl::Status Restore(State state, uint16_t version, bool subchannels_created);
 
  private:
   Answer Complete(uint32_t status, const VstorRequest& request,
