@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <thread>
 
 #include "base/format.h"
 #include "paravisor/daemon/ring_inspect.h"
@@ -100,7 +101,6 @@ Daemon::~Daemon() { Stop(); }
 
 absl::Status Daemon::StartDevices() {
   hw::EventLoop* loop = vm_->server_loop();
-  ParentBus* bus = &vm_->bus();
   if (absl::Status status = StartEchoDevices(nullptr); !status.ok()) return status;
   for (size_t i = 0; i < settings_.disks.size(); ++i) {
     const Settings::DiskSettings& config = settings_.disks[i];
@@ -108,38 +108,48 @@ absl::Status Daemon::StartDevices() {
     absl::StatusOr<std::unique_ptr<hw::FileBacking>> file = hw::FileBacking::Open(
         config.path, {.read_only = config.read_only, .direct = config.direct});
     if (!file.ok()) return Named(what, file.status());
-    const uint64_t bytes = (*file)->size_bytes();
-    if (bytes < 512) return Named(what, absl::InvalidArgumentError("smaller than one sector"));
+    if ((*file)->size_bytes() < 512) {
+      return Named(what, absl::InvalidArgumentError("smaller than one sector"));
+    }
     Disk disk{.path = config.path};
     disk.backend = std::make_unique<storvsp::FileBlockBackend>(loop, *std::move(file));
-    absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> device = storvsp::StorvspDevice::Create(
-        loop, bus,
-        {.instance_id = Guid{0xd15c0000u + static_cast<uint32_t>(i), 0, 0, {}},
-         .disk = {.sectors = bytes / 512,
-                  .read_only = config.read_only,
-                  .serial = fmt::format("cvmbusd-{}", i)},
-         .allow_confidential_external_memory = settings_.isolated(),
-         .max_subchannels = config.subchannels},
-        disk.backend.get());
+    absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> device = NewDiskDevice(i, disk);
     if (!device.ok()) return Named(what, device.status());
     disk.device = *std::move(device);
     if (absl::Status status = disk.device->Start(); !status.ok()) return Named(what, status);
     disks_.push_back(std::move(disk));
   }
   if (absl::Status status = StartIcs(nullptr); !status.ok()) return status;
-  if (!settings_.hvsocket_prefix.empty()) {
-    absl::StatusOr<std::unique_ptr<hvsocket::HvSocketRelay>> relay =
-        hvsocket::HvSocketRelay::Create(loop, bus,
-                                        {.host_socket_base = settings_.hvsocket_prefix,
-                                         .listener_path = settings_.hvsocket_prefix});
-    if (!relay.ok()) return Named("hvsocket relay", relay.status());
-    relay_ = *std::move(relay);
-  }
+  if (absl::Status status = StartRelay(); !status.ok()) return status;
   absl::StatusOr<std::unique_ptr<ControlServer>> control = ControlServer::Create(
       loop, settings_.control_socket,
       [this](const std::vector<std::string>& words) { return HandleRequest(words); });
   if (!control.ok()) return Named("control socket", control.status());
   control_ = *std::move(control);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> Daemon::NewDiskDevice(size_t index,
+                                                                              const Disk& disk) {
+  const Settings::DiskSettings& config = settings_.disks[index];
+  return storvsp::StorvspDevice::Create(
+      vm_->server_loop(), &vm_->bus(),
+      {.instance_id = Guid{0xd15c0000u + static_cast<uint32_t>(index), 0, 0, {}},
+       .disk = {.sectors = disk.backend->size_bytes() / 512,
+                .read_only = config.read_only,
+                .serial = fmt::format("cvmbusd-{}", index)},
+       .allow_confidential_external_memory = settings_.isolated(),
+       .max_subchannels = config.subchannels},
+      disk.backend.get());
+}
+
+absl::Status Daemon::StartRelay() {
+  if (settings_.hvsocket_prefix.empty()) return absl::OkStatus();
+  absl::StatusOr<std::unique_ptr<hvsocket::HvSocketRelay>> relay = hvsocket::HvSocketRelay::Create(
+      vm_->server_loop(), &vm_->bus(),
+      {.host_socket_base = settings_.hvsocket_prefix, .listener_path = settings_.hvsocket_prefix});
+  if (!relay.ok()) return Named("hvsocket relay", relay.status());
+  relay_ = *std::move(relay);
   return absl::OkStatus();
 }
 
@@ -219,46 +229,47 @@ std::vector<OfferParams> Daemon::EchoOffers() const {
   return DemoDeviceParams(static_cast<int>(settings_.echo_channels));
 }
 
-std::string Daemon::UnsavableDevices() const {
-  std::vector<std::string> names;
-  if (!disks_.empty()) names.push_back("storvsp disks");
-  if (relay_) names.push_back("the hvsocket relay");
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) {
-    out += i == 0 ? names[i] : (i + 1 == names.size() ? " and " : ", ") + names[i];
+absl::Status Daemon::PauseDisksAndDrain() {
+  vm_->OnServer([this] {
+    for (Disk& disk : disks_) disk.device->Pause();
+  });
+  const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+  while (true) {
+    std::string busy;
+    vm_->OnServer([&] {
+      for (size_t i = 0; i < disks_.size() && busy.empty(); ++i) {
+        if (!disks_[i].device->Quiesced()) busy = fmt::format("disk[{}] {}", i, disks_[i].path);
+      }
+    });
+    if (busy.empty()) return absl::OkStatus();
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return absl::DeadlineExceededError(fmt::format(
+          "servicing: {}: I/O still in flight after {} ms", busy,
+          std::chrono::duration_cast<std::chrono::milliseconds>(kDrainTimeout).count()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  return out;
 }
 
 absl::Status Daemon::Service() {
-  absl::Status result;
-  vm_->OnServer([&] {
-    if (std::string unsavable = UnsavableDevices(); !unsavable.empty()) {
-      result = absl::FailedPreconditionError(
-          fmt::format("servicing: {} cannot save their state yet", unsavable));
-      return;
-    }
-    const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([this] {
-      echo_.clear();
-      heartbeat_.reset();
-      shutdown_.reset();
-      timesync_.reset();
-    });
-    if (!state.ok()) {
-      // If the restore failed after the devices were dropped, the new server is empty: the
-      // devices offer afresh (the guest sees new offers, as after a reset).
-      if (echo_.empty() && !heartbeat_ && !shutdown_ && !timesync_) {
-        (void)StartSavableDevices(nullptr);
-      }
-      result = Named("servicing", state.status());
-      return;
-    }
-    result = StartSavableDevices(&*state);
-    servicing_.last_microseconds =
-        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-    servicing_.last_state_bytes = state->ByteSizeLong();
+  const auto start = std::chrono::steady_clock::now();
+  // A host socket cannot be saved: the relay's connections end here (the host end sees EOF,
+  // the guest a rescind), before the save, so the saved state holds them as revoked. The
+  // relay and its listener come back after the restore.
+  vm_->OnServer([this] {
+    if (relay_) servicing_.connections_reset += relay_->Connections().size();
+    relay_.reset();
   });
+  vm_->OnServer([] {});  // Lets the server take the relay's revokes before the save.
+  absl::Status result = PauseDisksAndDrain();
+  if (!result.ok()) {
+    vm_->OnServer([this] {
+      for (Disk& disk : disks_) disk.device->Resume();
+      (void)StartRelay();
+    });
+  } else {
+    vm_->OnServer([&] { result = ServiceOnLoop(start); });
+  }
   if (result.ok()) {
     ++servicing_.done;
     servicing_.last_error.clear();
@@ -267,6 +278,44 @@ absl::Status Daemon::Service() {
     servicing_.last_error = result.ToString();
   }
   return result;
+}
+
+absl::Status Daemon::ServiceOnLoop(std::chrono::steady_clock::time_point start) {
+  std::vector<saved::Storvsp> disk_states;
+  for (size_t i = 0; i < disks_.size(); ++i) {
+    absl::StatusOr<saved::Storvsp> state = disks_[i].device->Save();
+    if (!state.ok()) {
+      for (Disk& disk : disks_) disk.device->Resume();
+      (void)StartRelay();
+      return Named(fmt::format("servicing: disk[{}]", i), state.status());
+    }
+    disk_states.push_back(*std::move(state));
+  }
+  absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([this] {
+    echo_.clear();
+    heartbeat_.reset();
+    shutdown_.reset();
+    timesync_.reset();
+    for (Disk& disk : disks_) disk.device.reset();  // The backends stay: no file is reopened.
+  });
+  if (!state.ok()) {
+    if (echo_.empty() && !heartbeat_ && !shutdown_ && !timesync_) {
+      // The restore failed after the devices were dropped: the new server is empty and every
+      // device offers afresh (the guest sees new offers, as after a reset).
+      (void)StartSavableDevices(nullptr, {});
+    } else {
+      for (Disk& disk : disks_) disk.device->Resume();  // The save failed: nothing changed.
+    }
+    (void)StartRelay();
+    return Named("servicing", state.status());
+  }
+  absl::Status restored = StartSavableDevices(&*state, disk_states);
+  absl::Status relay = StartRelay();
+  servicing_.last_microseconds =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+  servicing_.last_state_bytes = state->ByteSizeLong();
+  for (const saved::Storvsp& disk : disk_states) servicing_.last_state_bytes += disk.ByteSizeLong();
+  return restored.ok() ? relay : restored;
 }
 
 namespace {
@@ -282,11 +331,36 @@ absl::Status StartOrRestore(Device& device, const saved::Server* state, const Gu
 
 }  // namespace
 
-absl::Status Daemon::StartSavableDevices(const saved::Server* state) {
+absl::Status Daemon::StartSavableDevices(const saved::Server* state,
+                                         const std::vector<saved::Storvsp>& disk_states) {
   absl::Status echo = StartEchoDevices(state);
+  absl::Status disks = RestartDisks(state, disk_states);
   absl::Status ics = StartIcs(state);
-  absl::Status first = echo.ok() ? ics : echo;
+  absl::Status first = !echo.ok() ? echo : !disks.ok() ? disks : ics;
   if (state != nullptr && !first.ok()) first = Named("servicing", first);
+  return first;
+}
+
+absl::Status Daemon::RestartDisks(const saved::Server* state,
+                                  const std::vector<saved::Storvsp>& disk_states) {
+  absl::Status first;
+  for (size_t i = 0; i < disks_.size(); ++i) {
+    const std::string what = fmt::format("disk[{}] {}", i, disks_[i].path);
+    absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> device = NewDiskDevice(i, disks_[i]);
+    absl::Status status = device.status();
+    if (device.ok()) {
+      disks_[i].device = *std::move(device);
+      if (state == nullptr || i >= disk_states.size()) {
+        status = disks_[i].device->Start();
+      } else {
+        const Guid instance_id{0xd15c0000u + static_cast<uint32_t>(i), 0, 0, {}};
+        status = disks_[i].device->StartRestored(disk_states[i], [&](uint16_t index) {
+          return SavedChannelOpen(*state, storvsp::kScsiInterfaceId, instance_id, index);
+        });
+      }
+    }
+    if (first.ok() && !status.ok()) first = Named(what, status);
+  }
   return first;
 }
 
@@ -367,10 +441,6 @@ absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>
   }
   if (command == "service") {
     if (words.size() != 1) return absl::InvalidArgumentError("usage: service");
-    if (std::string unsavable = UnsavableDevices(); !unsavable.empty()) {
-      return absl::FailedPreconditionError(
-          fmt::format("servicing: {} cannot save their state yet", unsavable));
-    }
     if (!callbacks_.on_service) return absl::UnimplementedError("servicing is not wired here");
     callbacks_.on_service();
     return std::string("servicing requested (see inspect daemon/servicing)\n");
@@ -399,6 +469,7 @@ Tree Daemon::BuildTree() const {
   servicing["failed"] = servicing_.failed;
   servicing["last_microseconds"] = servicing_.last_microseconds;
   servicing["last_state_bytes"] = servicing_.last_state_bytes;
+  servicing["hvsocket_connections_reset"] = servicing_.connections_reset;
   if (!servicing_.last_error.empty()) servicing["last_error"] = servicing_.last_error;
   Tree& machine = root["vm"];
   machine["memory_bytes"] = settings_.memory_bytes;
@@ -449,6 +520,7 @@ Tree Daemon::BuildTree() const {
                                                                        : "untrusted";
   }
   for (size_t i = 0; i < disks_.size(); ++i) {
+    if (disks_[i].device == nullptr) continue;  // Its restore failed (daemon/servicing says).
     const storvsp::StorvspStats& stats = disks_[i].device->stats();
     Tree& disk = devices["disks"][std::to_string(i)];
     disk["path"] = disks_[i].path;
@@ -462,6 +534,7 @@ Tree Daemon::BuildTree() const {
     disk["closes"] = stats.closes;
     disk["subchannels_offered"] = stats.subchannels_offered;
     disk["subchannels_revoked"] = stats.subchannels_revoked;
+    disk["channels_restored"] = stats.restores;
     if (!stats.last_error.ok()) disk["last_error"] = stats.last_error.ToString();
   }
   if (heartbeat_) {

@@ -11,11 +11,14 @@
 // that the server revokes them, subchannels before their primary, and the guest is sent the
 // rescinds; then the control socket closes and the loop stops.
 //
-// Servicing (Service): the server's state is saved, every device dropped, and a new server and
-// new devices restored from the state's bytes on the loop thread in one step, while the guest
-// keeps running: its channels stay open, nothing it sent or was sent is lost or repeated. The
-// echo device and the ICs can be restored (an IC negotiates again); with a storvsp disk or the
-// hvsocket relay configured Service refuses.
+// Servicing (Service), while the guest keeps running: the hvsocket relay's connections end (a
+// host socket cannot be saved: the host end sees EOF, the guest a rescind); the disks pause and
+// their I/O drains (at most kDrainTimeout, else the servicing is called off and they resume);
+// then on the loop thread in one step the server and every device are saved, dropped, and
+// restored from the state's bytes, and the relay listens again. The guest's channels stay
+// open and nothing it sent or was sent is lost or repeated: echo channels and disks take up
+// their rings where they stopped (a disk also its VSTOR state, subchannels and completions that
+// did not fit in a ring), an IC negotiates again. Device counters start again from zero.
 //
 // Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
 // PATH), "ring RELID" (both rings of an open channel as ringtool dumps them), "unstick RELID"
@@ -47,6 +50,7 @@
 #include "paravisor/devices/ic/timesync_ic.h"
 #include "paravisor/devices/storvsp/file_block_backend.h"
 #include "paravisor/devices/storvsp/storvsp_device.h"
+#include "paravisor/server/saved_state.pb.h"
 #include "paravisor/vm/virtual_machine.h"
 
 namespace cvmbus::paravisor::daemon {
@@ -69,8 +73,9 @@ class Daemon {
   Tree Inspect();
   // The ordered stop (see above). Idempotent.
   void Stop();
-  // Servicing (see above). kFailedPrecondition, naming the device, if one cannot save.
+  // Servicing (see above). Errors name the device that could not drain or be restored.
   absl::Status Service();
+  static constexpr std::chrono::milliseconds kDrainTimeout{5000};
   // Asks the guest, through the shutdown IC, to power off, reboot or hibernate; `done` gets the
   // guest's status on the loop thread. kFailedPrecondition without a shutdown IC.
   absl::Status RequestGuestShutdown(const ic::ShutdownRequest& request, ic::ShutdownIc::Done done);
@@ -94,13 +99,21 @@ class Daemon {
   std::vector<OfferParams> EchoOffers() const;
   // The echo channels and the ICs: offered afresh (`state` null) or restored from `state` after
   // servicing. Returns the first failure, naming the device (loop thread).
-  absl::Status StartSavableDevices(const saved::Server* state);
+  absl::Status StartSavableDevices(const saved::Server* state,
+                                   const std::vector<saved::Storvsp>& disk_states);
   absl::Status StartEchoDevices(const saved::Server* state);
+  // New devices over the disks' backends, offered afresh or restored.
+  absl::Status RestartDisks(const saved::Server* state,
+                            const std::vector<saved::Storvsp>& disk_states);
+  absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> NewDiskDevice(size_t index,
+                                                                        const Disk& disk);
+  absl::Status StartRelay();  // If configured (loop thread).
+  // Servicing's steps: from the controlling thread, then on the loop.
+  absl::Status PauseDisksAndDrain();
+  absl::Status ServiceOnLoop(std::chrono::steady_clock::time_point start);
   absl::Status StartIcs(const saved::Server* state);
   // "save FILE" (loop thread).
   absl::StatusOr<std::string> SaveTo(const std::string& path);
-  // The devices that cannot save their state, by name; empty if all can.
-  std::string UnsavableDevices() const;
 
   const Settings settings_;
   Callbacks callbacks_;
@@ -119,6 +132,7 @@ class Daemon {
     std::string last_error;
     double last_microseconds = 0;
     uint64_t last_state_bytes = 0;
+    uint64_t connections_reset = 0;  // hvsocket connections servicing ended.
   } servicing_;
   // The guest side (its own thread).
   std::unique_ptr<InProcessGuest> guest_;

@@ -230,18 +230,25 @@ TEST(CvmbusdProcessTest, CvmbusctlServiceRestoresTheDaemonInPlace) {
   EXPECT_EQ(daemon.Wait(20s), 0) << daemon.err();
   EXPECT_NE(daemon.err().find("I cvmbusd: serviced"), std::string::npos) << daemon.err();
 
-  // A disk cannot be restored yet: refused, naming it.
+  // With a disk: it pauses, drains and is restored too.
   const std::string disk = Dir() + "/disk.img";
   WriteFile(disk, std::string(1 << 20, '\0'));
   const std::string with_disk = Dir() + "/with_disk.conf";
   WriteFile(with_disk, "disk { path: \"" + disk + "\" }\ncontrol_socket: \"" + socket + "\"\n");
-  Process refusing = Spawn(kDaemon, {"--config=" + with_disk}, "daemon");
-  ASSERT_TRUE(WaitForFile(socket, 10s)) << refusing.err();
-  Process refused = Ctl(socket, {"service"});
-  EXPECT_EQ(refused.Wait(10s), 1);
-  EXPECT_EQ(refused.err(), "cvmbusctl: servicing: storvsp disks cannot save their state yet\n");
-  ASSERT_EQ(kill(refusing.pid, SIGTERM), 0);
-  EXPECT_EQ(refusing.Wait(20s), 0) << refusing.err();
+  Process with = Spawn(kDaemon, {"--config=" + with_disk}, "daemon");
+  ASSERT_TRUE(WaitForFile(socket, 10s)) << with.err();
+  Process service = Ctl(socket, {"service"});
+  EXPECT_EQ(service.Wait(10s), 0) << service.err();
+  done.clear();
+  for (int i = 0; i < 500 && done != "daemon/servicing/done = 1\n"; ++i) {
+    std::this_thread::sleep_for(10ms);
+    Process ask = Ctl(socket, {"inspect", "daemon/servicing/done"});
+    EXPECT_EQ(ask.Wait(10s), 0) << ask.err();
+    done = ask.out();
+  }
+  EXPECT_EQ(done, "daemon/servicing/done = 1\n");
+  ASSERT_EQ(kill(with.pid, SIGTERM), 0);
+  EXPECT_EQ(with.Wait(20s), 0) << with.err();
 }
 
 TEST(CvmbusdProcessTest, ABadConfigurationOrFlagEndsTheDaemonNamingTheField) {
