@@ -12,11 +12,13 @@
 //   5. what the host sees: the private ring pages read as ciphertext, and its writes fault;
 //   6. storage: the guest's storvsc initializes the disk as Linux does, with a subchannel,
 //      writes through one channel, reads back through the other, and checks the file;
-//   7. integration components: the guest's hv_utils negotiates heartbeat, shutdown and time
+//   7. servicing: the paravisor saves and restores itself in place with echoes and disk writes
+//      in flight, and none is lost or repeated;
+//   8. integration components: the guest's hv_utils negotiates heartbeat, shutdown and time
 //      sync as Linux does, answers heartbeats, takes the SYNC and accepts a reboot request;
-//   8. hvsocket: a guest vsock stream to port 5000 relayed to a host Unix socket and back;
-//   9. a per-channel summary from the daemon's inspect tree (state, ring view, free space);
-//  10. close, teardown, unload; the daemon's ordered stop.
+//   9. hvsocket: a guest vsock stream to port 5000 relayed to a host Unix socket and back;
+//  10. a per-channel summary from the daemon's inspect tree (state, ring view, free space);
+//  11. close, teardown, unload; the daemon's ordered stop.
 //
 //   bazel run -c opt //paravisor/demo:cvmbus_demo -- [--packets=N] [--channels=N]
 #include <fmt/format.h>
@@ -39,6 +41,7 @@
 #include "paravisor/daemon/daemon.h"
 #include "paravisor/demo/hvsocket_demo.h"
 #include "paravisor/demo/ic_demo.h"
+#include "paravisor/demo/servicing_demo.h"
 #include "paravisor/demo/storage_demo.h"
 #include "paravisor/devices/demo_devices.h"
 #include "paravisor/testing/guest_channel.h"
@@ -297,6 +300,10 @@ int Run(const Flags& flags) {
 
   if (absl::Status status = storage.Run(disk_relid); !status.ok()) {
     return Fail("storage", status);
+  }
+  if (absl::Status status = RunServicingDemo(paravisor, *channels[0], disk_relid, *disk);
+      !status.ok()) {
+    return Fail("servicing", status);
   }
   fmt::print(
       "== integration components: the guest's hv_utils on three more confidential channels\n");

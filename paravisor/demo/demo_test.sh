@@ -13,6 +13,8 @@ for expected in \
   "== host write to it: snp 'vm': RMP #PF" \
   "the same bytes; the file's bytes at 0x100000 match" \
   "sense key 0x5 asc 0x21 (ILLEGAL REQUEST, LBA OUT OF RANGE)" \
+  "every one back once and in order" \
+  "8 answered once each, all in the file; the guest saw no new offer" \
   "heartbeat health: healthy" \
   "guest answered status 0x0" \
   "read \"host got: HELLO FROM THE CONFIDENTIAL GUEST\" and the host's FIN" \

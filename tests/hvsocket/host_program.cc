@@ -37,6 +37,33 @@ bool WaitForPath(const std::string& path, std::chrono::milliseconds timeout) {
   return true;
 }
 
+namespace {
+
+bool Listening(const std::string& path) {
+  std::ifstream table("/proc/net/unix");
+  std::string line;
+  std::getline(table, line);  // The header.
+  while (std::getline(table, line)) {
+    // "Num RefCount Protocol Flags Type St Inode Path": flags 00010000 is __SO_ACCEPTCON.
+    std::istringstream fields(line);
+    std::string num, refcount, protocol, flags, type, state, inode, socket_path;
+    fields >> num >> refcount >> protocol >> flags >> type >> state >> inode >> socket_path;
+    if (socket_path == path && flags == "00010000") return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool WaitForListener(const std::string& path, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!Listening(path)) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   std::stringstream contents;

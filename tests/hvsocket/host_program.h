@@ -20,6 +20,11 @@ std::optional<std::string> FindOnPath(const std::string& name);
 // Waits until `path` exists (a socket a program is about to listen on).
 bool WaitForPath(const std::string& path, std::chrono::milliseconds timeout);
 
+// Waits until a Unix socket at `path` is listening (in /proc/net/unix with __SO_ACCEPTCON):
+// socat creates the file at bind(2), before listen(2), and a connect between the two is
+// refused.
+bool WaitForListener(const std::string& path, std::chrono::milliseconds timeout);
+
 // Reads a whole file (empty if it does not exist).
 std::string ReadFile(const std::string& path);
 

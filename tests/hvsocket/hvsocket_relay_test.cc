@@ -104,7 +104,7 @@ class HvSocketRelayTest : public ::testing::Test {
     ASSERT_TRUE(program.ok()) << program.status();
     programs_.push_back(std::make_unique<HostProgram>(*std::move(program)));
     if (!listens_at.empty()) {
-      ASSERT_TRUE(testing::WaitForPath(listens_at, 5s)) << listens_at;
+      ASSERT_TRUE(testing::WaitForListener(listens_at, 5s)) << listens_at;
     }
   }
   // socat listening on the host socket for `port`: the guest's connect target.
