@@ -37,7 +37,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
                                      .siefp = top - 3 * 4096,
                                      .hypercall = top - 2 * 4096,
                                      .input = top - 4096};
-  if (private_synic) {
+  if (private_synic && !options.kvm_guest) {
     if (absl::Status status = vm->MakePrivate(top - 4 * 4096, 4 * 4096); !status.ok()) {
       return status;
     }
@@ -45,12 +45,26 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
   const guestmem::GuestMemory synic_view = private_synic
                                                ? guestmem::GuestMemory::Private(vm->backing_)
                                                : guestmem::GuestMemory::Untrusted(vm->backing_);
-  absl::StatusOr<std::shared_ptr<synic::Synic>> synic =
-      synic::Synic::Create({.name = options.trusted_port ? "paravisor" : "host",
-                            .memory = synic_view,
-                            .trusted = options.trusted_port});
-  if (!synic.ok()) return synic.status();
-  vm->synic_ = *std::move(synic);
+  const synic::SynicOptions synic_options{.name = options.trusted_port ? "paravisor" : "host",
+                                          .memory = synic_view,
+                                          .trusted = options.trusted_port};
+  if (options.kvm_guest) {
+    if (!options.trusted_port) {
+      return absl::InvalidArgumentError("vm: a KVM guest needs the paravisor's (trusted) SynIC");
+    }
+    absl::StatusOr<std::unique_ptr<hw::kvm::KvmVm>> kvm = hw::kvm::KvmVm::Create(vm->backing_);
+    if (!kvm.ok()) return kvm.status();
+    vm->kvm_ = *std::move(kvm);
+    absl::StatusOr<std::shared_ptr<KvmSynic>> kvm_synic =
+        KvmSynic::Create(vm->kvm_.get(), synic_options);
+    if (!kvm_synic.ok()) return kvm_synic.status();
+    vm->kvm_synic_ = *std::move(kvm_synic);
+    vm->synic_ = vm->kvm_synic_->synic();
+  } else {
+    absl::StatusOr<std::shared_ptr<synic::Synic>> synic = synic::Synic::Create(synic_options);
+    if (!synic.ok()) return synic.status();
+    vm->synic_ = *std::move(synic);
+  }
   if (options.isolated && options.trusted_port) {
     absl::StatusOr<std::shared_ptr<synic::Synic>> host =
         synic::Synic::Create({.name = "host",
@@ -111,6 +125,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
     vm->thread_.join();
     return status;
   }
+  if (options.kvm_guest) return vm;
   absl::StatusOr<std::unique_ptr<GuestClient>> guest =
       GuestClient::Create({.synic = vm->synic_, .memory = synic_view, .pages = vm->synic_pages_});
   if (!guest.ok()) return guest.status();
@@ -119,6 +134,7 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
 }
 
 VirtualMachine::~VirtualMachine() {
+  if (kvm_) (void)kvm_->Stop();  // The vCPU first: it calls into the SynIC and the server.
   guest_.reset();
   if (loop_) loop_->Stop();
   if (thread_.joinable()) thread_.join();

@@ -1,7 +1,7 @@
 // An emulated SEV-SNP guest memory, a VMBus server and its devices on
 // one EventLoop thread, and a GuestClient, which reaches the server only through the
 // paravisor's SynIC (its SIMP, SIEFP and hypercall pages are the last four pages of guest
-// memory, private on an isolated VM).
+// memory, private on an isolated VM); or, with kvm_guest, a KVM VM whose vCPU is the guest.
 //
 // On an isolated VM there is also the host's SynIC (untrusted view, not trusted): nothing is
 // attached to it, so whatever reaches it is a leak a test can see.
@@ -21,8 +21,10 @@
 #include "guestmem/memory_backing.h"
 #include "hw/isolation/snp_model.h"
 #include "hw/isolation/tdx_model.h"
+#include "hw/kvm/kvm_vm.h"
 #include "hw/uring/event_loop.h"
 #include "paravisor/client/guest_client.h"
+#include "paravisor/kvm/kvm_synic.h"
 #include "paravisor/server/server.h"
 #include "paravisor/synic/synic.h"
 
@@ -53,6 +55,10 @@ struct VmOptions {
   // spin before sleeping (EventLoop::Options::busy_poll).
   std::optional<int> server_cpu;
   std::chrono::nanoseconds server_busy_poll{0};
+  // The guest is a KVM vCPU (hw/kvm) over the same memory, bound to the paravisor's SynIC
+  // (KvmSynic), instead of the in-process GuestClient: guest() must not be used, kvm() runs
+  // it. kUnavailable where there is no /dev/kvm. Needs trusted_port.
+  bool kvm_guest = false;
 };
 
 class VirtualMachine {
@@ -80,7 +86,8 @@ class VirtualMachine {
   hw::EventLoop* server_loop() { return loop_.get(); }
   VmbusServer& server() { return *server_; }
   ParentBus& bus() { return *bus_; }
-  GuestClient& guest() { return *guest_; }
+  GuestClient& guest() { return *guest_; }  // Not with kvm_guest.
+  hw::kvm::KvmVm* kvm() { return kvm_.get(); }  // Null unless kvm_guest.
   synic::Synic& synic() { return *synic_; }
   synic::Synic* host_synic() { return host_synic_.get(); }  // Null unless isolated.
   // The guest pages the client gave its SynIC.
@@ -97,6 +104,8 @@ class VirtualMachine {
   std::shared_ptr<guestmem::MemoryBacking> backing_;
   std::unique_ptr<hw::isolation::SnpModel> snp_;
   std::unique_ptr<hw::isolation::TdxModel> tdx_;
+  std::unique_ptr<hw::kvm::KvmVm> kvm_;
+  std::shared_ptr<KvmSynic> kvm_synic_;
   std::shared_ptr<synic::Synic> synic_;
   std::shared_ptr<synic::Synic> host_synic_;
   GuestSynicPages synic_pages_;

@@ -7,18 +7,14 @@
 #include <future>
 
 #include "base/format.h"
-#include "hw/kvm/hyperv.h"
-#include "paravisor/synic/hv_abi.h"
-#include "tests/kvm_vmbus/vmbus_guest.h"
 
 namespace cvmbus::tests {
 namespace {
 
-namespace guest = ::cvmbus::tests::vmbus_guest;
 constexpr uint64_t kMemoryBytes = 64ull << 20;
 // What a confidential guest's launch validates: the VMM's tables at 0x1000 up to its rings.
-constexpr uint64_t kLaunchFirst = 0x1000;
-constexpr uint64_t kLaunchEnd = VMBUS_GUEST_RINGS + VMBUS_GUEST_RINGS_BYTES;
+constexpr uint64_t kLaunchFirst = paravisor::KvmEchoGuest::kLaunchFirst;
+constexpr uint64_t kLaunchEnd = paravisor::KvmEchoGuest::kLaunchEnd;
 
 }  // namespace
 
@@ -104,26 +100,17 @@ absl::StatusOr<std::unique_ptr<KvmVmbusMachine>> KvmVmbusMachine::Create(KvmVmbu
   }
 
   // The guest program and its config block, as its loader would write them.
-  if (absl::Status status = guest_view.Write(guest::kLoadGpa, guest::Image()); !status.ok()) {
-    return status;
-  }
-  vmbus_guest_config config{};
-  config.magic = VMBUS_GUEST_CONFIG_MAGIC;
-  config.version = options.confidential ? 0x60000 : 0x50003;
-  config.features = options.confidential ? 0x10 : 0;
-  config.require_confidential = options.confidential ? 1 : 0;
-  config.warmup = options.warmup;
-  config.iterations = options.iterations;
-  config.payload_bytes = options.payload_bytes;
-  const paravisor::Guid interface_id = EchoInterfaceId();
-  static_assert(sizeof(config.interface_id) == sizeof(interface_id));
-  std::memcpy(config.interface_id, &interface_id, sizeof(interface_id));
-  if (absl::Status status = guest_view.Write(
-          VMBUS_GUEST_CONFIG,
-          absl::MakeConstSpan(reinterpret_cast<const uint8_t*>(&config), sizeof(config)));
-      !status.ok()) {
-    return status;
-  }
+  absl::StatusOr<std::unique_ptr<paravisor::KvmEchoGuest>> guest =
+      paravisor::KvmEchoGuest::Load(machine->vm_.get(), guest_view,
+                                    {.version = options.confidential ? 0x60000u : 0x50003u,
+                                     .features = options.confidential ? 0x10u : 0u,
+                                     .require_confidential = options.confidential,
+                                     .warmup = options.warmup,
+                                     .iterations = options.iterations,
+                                     .payload_bytes = options.payload_bytes,
+                                     .interface_id = EchoInterfaceId()});
+  if (!guest.ok()) return guest.status();
+  machine->guest_ = *std::move(guest);
   return machine;
 }
 
@@ -137,13 +124,7 @@ KvmVmbusMachine::~KvmVmbusMachine() {
 }
 
 absl::StatusOr<KvmVmbusRun> KvmVmbusMachine::Run(absl::Duration timeout) {
-  hw::kvm::LongModeEntry entry;
-  entry.rip = guest::kEntryGpa;
-  entry.rsp = VMBUS_GUEST_STACK_TOP;
-  hw::kvm::HypervCpuidFeatures features;
-  features.recommendations = paravisor::synic::kRecommendExplicitEoi;
-  entry.cpuid = hw::kvm::HypervCpuidLeaves(features);
-  if (absl::Status status = vm_->StartVcpu(entry); !status.ok()) return status;
+  if (absl::Status status = guest_->Start(); !status.ok()) return status;
   absl::StatusOr<hw::kvm::VcpuExit> exit = vm_->WaitForExit(timeout);
   KvmVmbusRun run;
   run.debug_output = vm_->debug_output();
@@ -160,15 +141,9 @@ absl::StatusOr<KvmVmbusRun> KvmVmbusMachine::Run(absl::Duration timeout) {
   run.exit_code = exit->value;
   run.exits = vm_->exit_counts();
   run.marks = kvm_synic_->marks();
-  const guestmem::GuestMemory guest_view = options_.confidential
-                                               ? guestmem::GuestMemory::Private(backing_)
-                                               : guestmem::GuestMemory::Untrusted(backing_);
-  if (absl::Status status = guest_view.Read(
-          VMBUS_GUEST_RESULT,
-          absl::MakeSpan(reinterpret_cast<uint8_t*>(&run.result), sizeof(run.result)));
-      !status.ok()) {
-    return status;
-  }
+  absl::StatusOr<vmbus_guest_result> result = guest_->Result();
+  if (!result.ok()) return result.status();
+  run.result = *result;
   std::promise<uint64_t> echoed;
   loop_->Post([&] { echoed.set_value(device_->stats().packets_echoed); });
   run.echoed = echoed.get_future().get();

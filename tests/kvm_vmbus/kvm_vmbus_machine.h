@@ -23,9 +23,10 @@
 #include "hw/kvm/kvm_vm.h"
 #include "hw/uring/event_loop.h"
 #include "paravisor/devices/echo_device.h"
+#include "paravisor/kvm/kvm_echo_guest.h"
 #include "paravisor/kvm/kvm_synic.h"
+#include "paravisor/kvm/vmbus_guest_abi.h"
 #include "paravisor/server/server.h"
-#include "tests/kvm_vmbus/vmbus_guest_abi.h"
 
 namespace cvmbus::tests {
 
@@ -63,6 +64,7 @@ class KvmVmbusMachine {
   std::unique_ptr<hw::isolation::SnpModel> snp_;
   std::unique_ptr<hw::kvm::KvmVm> vm_;
   std::shared_ptr<paravisor::KvmSynic> kvm_synic_;
+  std::unique_ptr<paravisor::KvmEchoGuest> guest_;
   std::unique_ptr<hw::EventLoop> loop_;
   std::thread loop_thread_;
   std::unique_ptr<paravisor::VmbusServer> server_;  // Lives and dies on loop_'s thread.

@@ -10,7 +10,7 @@
  * checks: every length is bounded before use.
  */
 #include "hw/kvm/guest/runtime/guest.h"
-#include "tests/kvm_vmbus/vmbus_guest_abi.h"
+#include "paravisor/kvm/vmbus_guest_abi.h"
 
 /* --- SynIC ----------------------------------------------------------------------------------*/
 #define HV_MSR_SCONTROL 0x40000080

@@ -1,12 +1,12 @@
 /* The contract between the VMBus guest program (vmbus_guest.c, freestanding C in a KVM vCPU)
- * and its host test or benchmark: the guest's memory map and the config/result blocks.
+ * and its host (the daemon's KVM guest side, the test and the benchmark): the guest's memory map and the config/result blocks.
  *
  * Plain C so that both the guest and the C++ host include it. Every GPA is identity-mapped in
  * the guest. The host fills the config block before the vCPU starts; the guest fills the
  * result block and ends with an exit code (kVmbusGuestOk or a kVmbusGuestFail* step).
  */
-#ifndef CVMBUS_TESTS_KVM_VMBUS_VMBUS_GUEST_ABI_H_
-#define CVMBUS_TESTS_KVM_VMBUS_VMBUS_GUEST_ABI_H_
+#ifndef CVMBUS_PARAVISOR_KVM_VMBUS_GUEST_ABI_H_
+#define CVMBUS_PARAVISOR_KVM_VMBUS_GUEST_ABI_H_
 
 #include <stdint.h>
 
@@ -80,4 +80,4 @@ struct vmbus_guest_result {
 #define VMBUS_GUEST_FAIL_TEARDOWN 12
 #define VMBUS_GUEST_FAIL_UNLOAD 13
 
-#endif /* CVMBUS_TESTS_KVM_VMBUS_VMBUS_GUEST_ABI_H_ */
+#endif /* CVMBUS_PARAVISOR_KVM_VMBUS_GUEST_ABI_H_ */
