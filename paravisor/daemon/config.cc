@@ -135,6 +135,9 @@ absl::StatusOr<Settings> Resolve(const Config& config) {
     case GUEST_CLIENT:
       out.guest = GUEST_CLIENT;
       break;
+    case GUEST_KVM:
+      out.guest = GUEST_KVM;
+      break;
     default:
       return Bad("guest.side", fmt::format("{} is not a known guest side",
                                            static_cast<int>(config.guest().side())));
@@ -148,6 +151,17 @@ absl::StatusOr<Settings> Resolve(const Config& config) {
   if (out.echo_packets_per_second > 0 && out.guest != GUEST_CLIENT) {
     return Bad("guest.echo_packets_per_second", "needs guest.side GUEST_CLIENT");
   }
+  const Guest& guest = config.guest();
+  if ((guest.kvm_round_trips() != 0 || guest.kvm_payload_bytes() != 0) && out.guest != GUEST_KVM) {
+    return Bad(guest.kvm_round_trips() != 0 ? "guest.kvm_round_trips" : "guest.kvm_payload_bytes",
+               "needs guest.side GUEST_KVM");
+  }
+  if (guest.kvm_payload_bytes() > 1024) {
+    return Bad("guest.kvm_payload_bytes",
+               fmt::format("{} is more than 1024", guest.kvm_payload_bytes()));
+  }
+  out.kvm_round_trips = guest.kvm_round_trips();
+  if (guest.kvm_payload_bytes() != 0) out.kvm_payload_bytes = guest.kvm_payload_bytes();
   absl::StatusOr<uint32_t> version = ParseVersion(config.vmbus().max_version());
   if (!version.ok()) return version.status();
   out.max_version = *version;
@@ -161,6 +175,9 @@ absl::StatusOr<Settings> Resolve(const Config& config) {
   if (out.echo_channels > kMaxEchoChannels) {
     return Bad("echo.channels",
                fmt::format("{} is more than {}", out.echo_channels, kMaxEchoChannels));
+  }
+  if (out.guest == GUEST_KVM && out.echo_channels == 0) {
+    return Bad("echo.channels", "0, but guest.side GUEST_KVM opens an echo channel");
   }
   if (static_cast<size_t>(config.disk_size()) > kMaxDisks) {
     return Bad("disk", fmt::format("{} disks, more than {}", config.disk_size(), kMaxDisks));

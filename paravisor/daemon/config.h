@@ -41,6 +41,8 @@ struct Settings {
   bool isolated() const { return isolation != IsolationKind::kNone; }
   GuestSide guest = GUEST_NONE;
   uint32_t echo_packets_per_second = 0;
+  uint32_t kvm_round_trips = 0;  // GUEST_KVM: 0 until stopped.
+  uint32_t kvm_payload_bytes = 64;
   uint32_t max_version = 0;  // protocol::kVersion...
   std::optional<std::chrono::milliseconds> resignal_after_open;
   uint32_t echo_channels = 0;

@@ -26,7 +26,7 @@ ABSL_FLAG(std::string, config, "", "Configuration file (protobuf text format, co
 ABSL_FLAG(std::string, control_socket, "", "Overrides control_socket.");
 ABSL_FLAG(std::string, hvsocket_prefix, "", "Overrides hvsocket.host_socket_prefix.");
 ABSL_FLAG(std::optional<uint32_t>, echo_channels, std::nullopt, "Overrides echo.channels.");
-ABSL_FLAG(std::string, guest, "", "Overrides guest.side: none or client.");
+ABSL_FLAG(std::string, guest, "", "Overrides guest.side: none, client or kvm.");
 ABSL_FLAG(std::optional<uint32_t>, echo_packets_per_second, std::nullopt,
           "Overrides guest.echo_packets_per_second.");
 ABSL_FLAG(std::string, isolation, "", "Overrides isolation: none, snp or tdx.");
@@ -53,9 +53,11 @@ absl::Status ApplyFlags(Config* config) {
       config->mutable_guest()->set_side(GUEST_NONE);
     } else if (guest == "client") {
       config->mutable_guest()->set_side(GUEST_CLIENT);
+    } else if (guest == "kvm") {
+      config->mutable_guest()->set_side(GUEST_KVM);
     } else {
       return absl::InvalidArgumentError(
-          fmt::format("--guest: '{}' is not one of none, client", guest));
+          fmt::format("--guest: '{}' is not one of none, client, kvm", guest));
     }
   }
   if (const std::string isolation = absl::GetFlag(FLAGS_isolation); !isolation.empty()) {

@@ -77,7 +77,8 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
        .max_version = settings.max_version,
        .capture_log = false,
        .server_cpu = settings.loop_cpu,
-       .server_busy_poll = settings.loop_busy_poll});
+       .server_busy_poll = settings.loop_busy_poll,
+       .kvm_guest = settings.guest == GUEST_KVM});
   if (!vm.ok()) return Named("the VM", vm.status());
   daemon->vm_ = *std::move(vm);
   absl::Status started;
@@ -93,6 +94,22 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const Settings& settings,
                               .packets_per_second = settings.echo_packets_per_second,
                               .max_version = settings.max_version});
     daemon->guest_->Start();
+  }
+  if (settings.guest == GUEST_KVM) {
+    absl::StatusOr<std::unique_ptr<KvmGuestSide>> kvm = KvmGuestSide::Start(
+        daemon->vm_.get(),
+        {.confidential = settings.isolated(),
+         .version = settings.max_version != 0
+                        ? std::min<uint32_t>(settings.max_version, protocol::kVersionWin10V6_0)
+                        : protocol::kVersionWin10V6_0,
+         .round_trips = settings.kvm_round_trips,
+         .payload_bytes = settings.kvm_payload_bytes,
+         .paravisor_page = kServerMonitorPage});
+    if (!kvm.ok()) {
+      daemon->Stop();
+      return Named("the KVM guest", kvm.status());
+    }
+    daemon->kvm_guest_ = *std::move(kvm);
   }
   return daemon;
 }
@@ -167,6 +184,7 @@ void Daemon::Stop() {
   if (stopped_ || vm_ == nullptr) return;
   stopped_ = true;
   if (guest_) guest_->Stop();
+  if (kvm_guest_) kvm_guest_->Stop();
   vm_->OnServer([this] { StopDevices(); });
   // The server revokes from tasks that resume once the devices' channels closed: one more
   // round trip through the loop lets them run before it stops.
@@ -585,7 +603,26 @@ Tree Daemon::BuildTree() const {
     }
   }
   Tree& guest = root["guest"];
-  guest["side"] = settings_.guest == GUEST_CLIENT ? "client" : "none";
+  guest["side"] = settings_.guest == GUEST_CLIENT ? "client"
+                  : settings_.guest == GUEST_KVM  ? "kvm"
+                                                  : "none";
+  if (kvm_guest_) {
+    const KvmGuestSideStats stats = kvm_guest_->stats();
+    guest["state"] = stats.state;
+    guest["version"] = stats.result.version == 0 ? "none" : VersionName(stats.result.version);
+    guest["features"] = stats.result.features;
+    guest["relid"] = stats.result.relid;
+    guest["offers"] = stats.result.offers;
+    guest["round_trips"] = stats.result.round_trips;
+    guest["signals"] = stats.result.signals;
+    guest["signals_refused"] = stats.result.signals_refused;
+    Tree& exits = guest["vcpu_exits"];
+    exits["msr"] = stats.exits.msr;
+    exits["hypercall"] = stats.exits.hypercall;
+    exits["signal_fallback"] = stats.exits.signal_fallback;
+    exits["other"] = stats.exits.other;
+    if (!stats.last_error.empty()) guest["last_error"] = stats.last_error;
+  }
   if (guest_) {
     const InProcessGuestStats stats = guest_->stats();
     guest["state"] = stats.state;

@@ -43,6 +43,7 @@
 #include "paravisor/daemon/control_server.h"
 #include "paravisor/daemon/in_process_guest.h"
 #include "paravisor/daemon/inspect_tree.h"
+#include "paravisor/daemon/kvm_guest_side.h"
 #include "paravisor/devices/echo_device.h"
 #include "paravisor/devices/hvsocket/hvsocket_relay.h"
 #include "paravisor/devices/ic/heartbeat_ic.h"
@@ -134,8 +135,9 @@ class Daemon {
     uint64_t last_state_bytes = 0;
     uint64_t connections_reset = 0;  // hvsocket connections servicing ended.
   } servicing_;
-  // The guest side (its own thread).
+  // The guest side (its own thread, or the vCPU's).
   std::unique_ptr<InProcessGuest> guest_;
+  std::unique_ptr<KvmGuestSide> kvm_guest_;
   bool stopped_ = false;
   // Last, so destroyed first: its loop thread, which reads the members above (the relay for
   // a guest's connect), has stopped before they go.

@@ -62,6 +62,7 @@ struct vmbus_guest_result {
   uint64_t doorbell_to_interrupt_count;
   uint32_t failed_step;  /* Which step failed, 0 if none. */
   uint32_t failed_value; /* What it saw. */
+  uint64_t signals_refused; /* HvSignalEvent calls that did not return success (ignored). */
 };
 
 /* Exit codes. */
@@ -76,7 +77,7 @@ struct vmbus_guest_result {
 #define VMBUS_GUEST_FAIL_OPEN 8
 #define VMBUS_GUEST_FAIL_RING 9
 #define VMBUS_GUEST_FAIL_ECHO 10
-#define VMBUS_GUEST_FAIL_SIGNAL 11
+#define VMBUS_GUEST_FAIL_SIGNAL 11 /* Unused: a refused signal is counted, as Linux ignores it. */
 #define VMBUS_GUEST_FAIL_TEARDOWN 12
 #define VMBUS_GUEST_FAIL_UNLOAD 13
 

@@ -17,6 +17,7 @@ void ExpectCleanRun(const KvmVmbusRun& run, uint32_t iterations, uint32_t warmup
       << run.debug_output;
   EXPECT_EQ(run.result.round_trips, iterations + warmup);
   EXPECT_EQ(run.echoed, iterations + warmup);
+  EXPECT_EQ(run.result.signals_refused, 0u);  // Every doorbell named an open channel.
   EXPECT_NE(run.debug_output.find("round trips checked"), std::string::npos) << run.debug_output;
   EXPECT_NE(run.debug_output.find("closed, torn down, unloaded"), std::string::npos)
       << run.debug_output;
