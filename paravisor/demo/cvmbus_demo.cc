@@ -20,7 +20,8 @@
 //  10. a per-channel summary from the daemon's inspect tree (state, ring view, free space);
 //  11. close, teardown, unload; the daemon's ordered stop.
 //
-//   bazel run -c opt //paravisor/demo:cvmbus_demo -- [--packets=N] [--channels=N]
+//   bazel run -c opt //paravisor/demo:cvmbus_demo -- [--packets=N] [--channels=N] [--kvm]
+// With --kvm the guest is a KVM vCPU instead (kvm_demo.h).
 #include <fmt/format.h>
 
 #include <cerrno>
@@ -41,6 +42,7 @@
 #include "paravisor/daemon/daemon.h"
 #include "paravisor/demo/hvsocket_demo.h"
 #include "paravisor/demo/ic_demo.h"
+#include "paravisor/demo/kvm_demo.h"
 #include "paravisor/demo/servicing_demo.h"
 #include "paravisor/demo/storage_demo.h"
 #include "paravisor/devices/demo_devices.h"
@@ -51,6 +53,9 @@ ABSL_FLAG(int64_t, packets, 200000,
           "Packets in the pipelined burst on one channel (1 to 100000000); a tenth as many "
           "request/answer round trips go first.");
 ABSL_FLAG(int64_t, channels, 4, "Echo channels (1 to 64), the last one monitored if two or more.");
+ABSL_FLAG(bool, kvm, false,
+          "The guest is a real KVM vCPU (needs /dev/kvm) running --packets / 10 checked round "
+          "trips, with two servicings under it.");
 
 namespace cvmbus::paravisor {
 namespace {
@@ -345,15 +350,19 @@ int main(int argc, char** argv) {
   // The demo prints what it shows; the daemon's own lines only when something is wrong.
   cvmbus::log::SetMinLevel(cvmbus::log::Level::kWarning);
   absl::SetProgramUsageMessage(
-      "cvmbus_demo [--packets=N] [--channels=N]: an emulated SEV-SNP confidential VM whose "
-      "guest talks VMBus to the paravisor's server over confidential channels");
+      "cvmbus_demo [--packets=N] [--channels=N] [--kvm]: an emulated SEV-SNP confidential VM "
+      "whose guest talks VMBus to the paravisor's server over confidential channels");
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
-    fmt::print(stderr, "cvmbus_demo: unexpected argument '{}' (flags: --packets=N --channels=N)\n",
+    fmt::print(stderr,
+               "cvmbus_demo: unexpected argument '{}' (flags: --packets=N --channels=N --kvm)\n",
                rest[1]);
     return 2;
   }
   cvmbus::paravisor::Flags flags;
   if (!cvmbus::paravisor::GetFlags(&flags)) return 2;
+  if (absl::GetFlag(FLAGS_kvm)) {
+    return cvmbus::paravisor::RunKvmDemo(static_cast<uint32_t>(std::max(1L, flags.packets / 10)));
+  }
   return cvmbus::paravisor::Run(flags);
 }

@@ -25,4 +25,16 @@ for expected in \
 done
 # Nothing at warning level or above from the daemon's log.
 if grep -E '^[0-9T:.-]+Z [WE] ' "$out"; then echo "FAIL: the daemon logged a problem"; exit 1; fi
+# --kvm: the guest is a KVM vCPU, serviced under twice.
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+  "$demo" --kvm --packets=3000 >"$out" 2>&1 || { cat "$out"; echo "FAIL: --kvm exit $?"; exit 1; }
+  for expected in \
+    "== KVM guest: exited; VMBus 6.0 with features 0x10" \
+    "310 round trips checked byte for byte" \
+    "== 2 servicings under the running vCPU; 0 guest errors; the guest unloaded: yes"; do
+    grep -qF -- "$expected" "$out" || { cat "$out"; echo "FAIL: --kvm: no '$expected'"; exit 1; }
+  done
+else
+  echo "SKIP: --kvm: no usable /dev/kvm here"
+fi
 echo PASS
