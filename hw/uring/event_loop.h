@@ -28,6 +28,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,22 @@ class EventLoop {
   FileIoAwaiter WriteV(int fd, uint64_t offset_bytes, absl::Span<const iovec> iovecs) {
     return FileIoAwaiter{this, FileIoAwaiter::Op::kWriteV, fd, offset_bytes, iovecs};
   }
+  // Fixed buffers: memory registered once with the kernel (IORING_REGISTER_BUFFERS, pinned for
+  // as long as the loop lives), so a ReadV or WriteV of a single iovec inside it runs as
+  // READ_FIXED / WRITE_FIXED, with no page pinning per request (get_user_pages is a visible
+  // share of a small O_DIRECT request's cost). Requests of several iovecs, or outside every
+  // registered range, go as readv/writev. Up to kMaxFixedBuffers ranges; registered memory is
+  // charged to RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK. Loop thread only. Errors:
+  // kResourceExhausted when the table is full or the kernel refuses (ENOMEM past the limit),
+  // with the errno named.
+  static constexpr unsigned kMaxFixedBuffers = 8;
+  absl::Status RegisterFixedBuffer(void* base, size_t len);
+  struct FileIoStats {
+    uint64_t fixed = 0;   // Requests that went as READ_FIXED / WRITE_FIXED.
+    uint64_t vector = 0;  // Requests that went as readv / writev.
+  };
+  const FileIoStats& file_io_stats() const { return file_io_stats_; }
+
   // `co_await loop.Sync(fd, datasync)`: IORING_OP_FSYNC, with IORING_FSYNC_DATASYNC (only the
   // data and the metadata needed to read it back, like fdatasync(2)) when `datasync`. Errors:
   // "event loop: fdatasync fd 7: Bad file descriptor". Teardown as for FileIoAwaiter.
@@ -184,6 +201,9 @@ class EventLoop {
   void CallBeforeWaiting(IdleHook* hook);
   void CancelBeforeWaiting(IdleHook* hook);
 
+  // The registered buffer holding [base, base + len), if one does.
+  std::optional<uint16_t> FixedBufferOf(const void* base, size_t len) const;
+
   // Operations in flight (for tests of teardown and leaks).
   size_t operations_in_flight() const { return operations_.size(); }
 
@@ -217,6 +237,14 @@ class EventLoop {
   io_uring ring_{};
   bool ring_ready_ = false;
   std::string setup_description_;
+  // Registered fixed buffers, by table index (the table is made sparse on first use).
+  struct FixedBuffer {
+    uintptr_t base;
+    size_t len;
+  };
+  std::vector<FixedBuffer> fixed_buffers_;
+  bool fixed_table_ = false;
+  FileIoStats file_io_stats_;
   Id next_id_ = 1;
   absl::flat_hash_map<Id, std::unique_ptr<Operation>> operations_;
   std::function<void(uint64_t)> on_message_;

@@ -288,5 +288,50 @@ TEST(FileIoTest, TeardownCancelsReadsInFlightAndDestroysTheirTasks) {
   close(pipe_fds[1]);
 }
 
+// A single iovec inside registered memory goes as READ_FIXED / WRITE_FIXED, anything else as
+// readv / writev; the bytes are the same either way.
+TEST(FileIoTest, OneIovecInsideAFixedBufferGoesAsAFixedOp) {
+  auto loop = *EventLoop::Create();
+  TempFile file;
+  ASSERT_GE(file.fd, 0);
+  std::string registered(8192, '\0');
+  ASSERT_OK(loop->RegisterFixedBuffer(registered.data(), registered.size()));
+  for (size_t i = 0; i < 4096; ++i) registered[i] = static_cast<char>('a' + i % 26);
+  IoResult write;
+  WriteFrom(loop.get(), file.fd, 512, {iovec{registered.data(), 4096}}, &write);
+  ASSERT_TRUE(RunUntil(loop.get(), [&] { return write.done; }));
+  ASSERT_OK(write.bytes.status());
+  EXPECT_EQ(loop->file_io_stats().fixed, 1u);
+  std::string back(4096, '\0');
+  ASSERT_EQ(pread(file.fd, back.data(), back.size(), 512), 4096);
+  EXPECT_EQ(back, registered.substr(0, 4096));
+
+  // Into the buffer's second half (fixed), then into memory outside it (vectored).
+  IoResult fixed_read, vector_read;
+  ReadInto(loop.get(), file.fd, 512, {iovec{registered.data() + 4096, 4096}}, &fixed_read);
+  std::string outside(4096, '\0');
+  ReadInto(loop.get(), file.fd, 512, {Vec(outside)}, &vector_read);
+  ASSERT_TRUE(RunUntil(loop.get(), [&] { return fixed_read.done && vector_read.done; }));
+  ASSERT_OK(fixed_read.bytes.status());
+  ASSERT_OK(vector_read.bytes.status());
+  EXPECT_EQ(registered.substr(4096), back);
+  EXPECT_EQ(outside, back);
+  EXPECT_EQ(loop->file_io_stats().fixed, 2u);
+  EXPECT_EQ(loop->file_io_stats().vector, 1u);
+  // Straddling the buffer's end: not inside it, so vectored.
+  EXPECT_FALSE(loop->FixedBufferOf(registered.data() + 8000, 4096).has_value());
+  EXPECT_TRUE(loop->FixedBufferOf(registered.data(), 8192).has_value());
+}
+
+TEST(FileIoTest, TheFixedBufferTableHasRoomForEightRanges) {
+  auto loop = *EventLoop::Create();
+  std::vector<std::string> buffers(EventLoop::kMaxFixedBuffers + 1, std::string(4096, 'x'));
+  for (unsigned i = 0; i < EventLoop::kMaxFixedBuffers; ++i) {
+    ASSERT_OK(loop->RegisterFixedBuffer(buffers[i].data(), buffers[i].size()));
+  }
+  const absl::Status full = loop->RegisterFixedBuffer(buffers.back().data(), 4096);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+}
+
 }  // namespace
 }  // namespace cvmbus::hw

@@ -502,6 +502,12 @@ Tree Daemon::BuildTree() const {
   Tree& loop = root["loop"];
   loop["cpu"] = settings_.loop_cpu.has_value() ? Tree(*settings_.loop_cpu) : Tree("any");
   loop["busy_poll_us"] = settings_.loop_busy_poll.count();
+  const hw::EventLoop::FileIoStats& file_io = vm_->server_loop()->file_io_stats();
+  loop["file_io_fixed"] = file_io.fixed;
+  loop["file_io_vector"] = file_io.vector;
+  if (!vm_->fixed_buffer_error().empty()) {
+    loop["fixed_buffers_refused"] = vm_->fixed_buffer_error();
+  }
   const ServerSnapshot server = vm_->server().Snapshot();
   AddServer(server, root);
   for (const ChannelSnapshot& channel : server.channels) {

@@ -99,6 +99,17 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
       return;
     }
     raw->loop_ = *std::move(loop);
+    // Guest memory as the loop's fixed buffers: a device's single-piece disk I/O into guest
+    // pages then needs no per-request pinning. Best effort: without CAP_IPC_LOCK the memlock
+    // limit may refuse it, and the I/O goes as readv/writev.
+    for (const guestmem::RegionMapping& region : raw->backing_->regions()) {
+      if (absl::Status registered =
+              raw->loop_->RegisterFixedBuffer(region.host_address, region.size_bytes);
+          !registered.ok()) {
+        raw->fixed_buffer_error_ = std::string(registered.message());
+        break;
+      }
+    }
     ServerOptions server_options;
     server_options.untrusted_memory = guestmem::GuestMemory::Untrusted(raw->backing_);
     if (isolated) server_options.private_memory = guestmem::GuestMemory::Private(raw->backing_);

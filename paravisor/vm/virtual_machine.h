@@ -86,7 +86,7 @@ class VirtualMachine {
   hw::EventLoop* server_loop() { return loop_.get(); }
   VmbusServer& server() { return *server_; }
   ParentBus& bus() { return *bus_; }
-  GuestClient& guest() { return *guest_; }  // Not with kvm_guest.
+  GuestClient& guest() { return *guest_; }      // Not with kvm_guest.
   hw::kvm::KvmVm* kvm() { return kvm_.get(); }  // Null unless kvm_guest.
   synic::Synic& synic() { return *synic_; }
   synic::Synic* host_synic() { return host_synic_.get(); }  // Null unless isolated.
@@ -96,6 +96,8 @@ class VirtualMachine {
   hw::isolation::SnpModel* snp() { return snp_.get(); }  // Null unless isolated under SNP.
   hw::isolation::TdxModel* tdx() { return tdx_.get(); }  // Null unless isolated under TDX.
   std::vector<std::string> TakeLog();
+  // Why guest memory is not the loop's fixed buffers (empty: it is).
+  const std::string& fixed_buffer_error() const { return fixed_buffer_error_; }
 
  private:
   VirtualMachine() = default;
@@ -116,7 +118,8 @@ class VirtualMachine {
   std::thread thread_;
   Mutex log_mu_;
   std::vector<std::string> log_ ABSL_GUARDED_BY(log_mu_);
-  ServerOptions server_options_;  // Kept for restarts.
+  ServerOptions server_options_;    // Kept for restarts.
+  std::string fixed_buffer_error_;  // Set on the loop thread before Create returns.
 };
 
 }  // namespace cvmbus::paravisor::vm

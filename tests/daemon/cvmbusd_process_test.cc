@@ -267,7 +267,7 @@ TEST(CvmbusdProcessTest, ABadConfigurationOrFlagEndsTheDaemonNamingTheField) {
 
   Process bad_flag = Spawn(kDaemon, {"--control_socket=/tmp/x.sock", "--guest=vm"}, "bad");
   EXPECT_EQ(bad_flag.Wait(10s), 2);
-  EXPECT_EQ(bad_flag.err(), "cvmbusd: --guest: 'vm' is not one of none, client\n");
+  EXPECT_EQ(bad_flag.err(), "cvmbusd: --guest: 'vm' is not one of none, client, kvm\n");
 
   Process no_socket = Spawn(kDaemon, {}, "bad");
   EXPECT_EQ(no_socket.Wait(10s), 2);

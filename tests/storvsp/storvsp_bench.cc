@@ -130,6 +130,16 @@ class Bench {
     return absl::OkStatus();
   }
 
+  // How the device's reads went to the kernel, and why not as fixed buffers if they did not.
+  std::string FileIoSummary() {
+    hw::EventLoop::FileIoStats stats;
+    vm_->OnServer([&] { stats = vm_->server_loop()->file_io_stats(); });
+    std::string out = fmt::format("{} as READ_FIXED into registered guest memory, {} as readv",
+                                  stats.fixed, stats.vector);
+    if (!vm_->fixed_buffer_error().empty()) out += " (" + vm_->fixed_buffer_error() + ")";
+    return out;
+  }
+
   // The device loop's spin-then-sleep budget (EventLoop::Options::busy_poll).
   void SetDevicePolling(std::chrono::nanoseconds budget) {
     vm_->OnServer([&] { vm_->server_loop()->SetBusyPoll(budget); });
@@ -291,6 +301,7 @@ int Main() {
       std::fflush(stdout);
     }
   }
+  std::printf("device reads: %s\n", bench.FileIoSummary().c_str());
   return status;
 }
 
