@@ -68,17 +68,18 @@ absl::StatusOr<std::unique_ptr<FileBacking>> FileBacking::Open(const std::string
   }
   guard.release();
   return std::unique_ptr<FileBacking>(
-      new FileBacking(path, fd, options, direct, size_bytes, block_bytes));
+      new FileBacking(path, fd, options, direct, size_bytes, block_bytes, S_ISREG(st.st_mode)));
 }
 
 FileBacking::FileBacking(std::string path, int fd, const Options& options, bool direct,
-                         uint64_t size_bytes, uint32_t logical_block_bytes)
+                         uint64_t size_bytes, uint32_t logical_block_bytes, bool regular_file)
     : path_(std::move(path)),
       fd_(fd),
       read_only_(options.read_only),
       direct_(direct),
       size_bytes_(size_bytes),
-      logical_block_bytes_(logical_block_bytes) {}
+      logical_block_bytes_(logical_block_bytes),
+      regular_file_(regular_file) {}
 
 FileBacking::~FileBacking() { close(fd_); }
 
@@ -136,6 +137,23 @@ absl::StatusOr<size_t> FileBacking::IoAwaiter::await_resume() const {
 
 FileBacking::FlushAwaiter FileBacking::Flush(EventLoop* loop) const {
   return FlushAwaiter(this, loop->Sync(fd_, /*datasync=*/true));
+}
+
+FileBacking::DiscardAwaiter FileBacking::Discard(EventLoop* loop, uint64_t offset_bytes,
+                                                 uint64_t len) {
+  absl::Status refused = can_discard()
+                             ? absl::OkStatus()
+                             : absl::FailedPreconditionError(fmt::format(
+                                   "file backing '{}': discard at offset {}: {}", path_,
+                                   offset_bytes, read_only_ ? "read-only" : "not a regular file"));
+  return DiscardAwaiter(
+      this, std::move(refused),
+      loop->Fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset_bytes, len));
+}
+
+absl::Status FileBacking::DiscardAwaiter::await_resume() const {
+  if (!refused_.ok()) return refused_;
+  return backing_->Annotate(io_.await_resume());
 }
 
 absl::Status FileBacking::FlushAwaiter::await_resume() const {

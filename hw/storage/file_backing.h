@@ -100,9 +100,31 @@ class FileBacking {
   };
   [[nodiscard]] FlushAwaiter Flush(EventLoop* loop) const;
 
+  // Whether Discard works: a regular file opened read-write (its filesystem punches holes;
+  // one that cannot fails the discard with kUnimplemented-like errno codes, named). Block
+  // devices: not yet (fallocate there zeroes or discards depending on the device).
+  bool can_discard() const { return regular_file_ && !read_only_; }
+  // Deallocates [offset, offset + len) (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): it then
+  // reads as zeros and holds no blocks. kFailedPrecondition unless can_discard().
+  class DiscardAwaiter {
+   public:
+    bool await_ready() const noexcept { return !refused_.ok(); }
+    void await_suspend(std::coroutine_handle<> handle) { io_.await_suspend(handle); }
+    absl::Status await_resume() const;
+
+   private:
+    friend class FileBacking;
+    DiscardAwaiter(const FileBacking* backing, absl::Status refused, EventLoop::FallocateAwaiter io)
+        : backing_(backing), refused_(std::move(refused)), io_(io) {}
+    const FileBacking* backing_;
+    absl::Status refused_;
+    EventLoop::FallocateAwaiter io_;
+  };
+  [[nodiscard]] DiscardAwaiter Discard(EventLoop* loop, uint64_t offset_bytes, uint64_t len);
+
  private:
   FileBacking(std::string path, int fd, const Options& options, bool direct, uint64_t size_bytes,
-              uint32_t logical_block_bytes);
+              uint32_t logical_block_bytes, bool regular_file);
   // OK, or why an O_DIRECT request is misaligned; `what` is "read" or "write".
   absl::Status CheckAligned(const char* what, uint64_t offset_bytes,
                             absl::Span<const iovec> iovecs) const;
@@ -114,6 +136,7 @@ class FileBacking {
   const bool direct_;
   const uint64_t size_bytes_;
   const uint32_t logical_block_bytes_;
+  const bool regular_file_;
 };
 
 }  // namespace cvmbus::hw

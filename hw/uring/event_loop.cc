@@ -287,6 +287,34 @@ void EventLoop::SyncAwaiter::await_suspend(std::coroutine_handle<> handle) {
   }
 }
 
+void EventLoop::FallocateAwaiter::await_suspend(std::coroutine_handle<> handle) {
+  Operation operation{.kind = Kind::kFileIo, .fd = fd, .waiter = handle, .cqe_result = &result};
+  const int io_fd = fd, io_mode = mode;
+  const uint64_t offset = offset_bytes, bytes = len;
+  if (offset > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+      bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    failed = absl::InvalidArgumentError(fmt::format(
+        "event loop: fallocate fd {} at {} (+{}): beyond INT64_MAX", fd, offset, bytes));
+    loop->Post([handle] { handle.resume(); });
+    return;
+  }
+  if (loop->Submit(std::move(operation), [=](io_uring_sqe* sqe, Operation&) {
+        io_uring_prep_fallocate(sqe, io_fd, io_mode, offset, bytes);
+      }) == 0) {
+    failed = absl::ResourceExhaustedError("event loop: submission queue full");
+    loop->Post([handle] { handle.resume(); });
+  }
+}
+
+absl::Status EventLoop::FallocateAwaiter::await_resume() const {
+  if (!failed.ok()) return failed;
+  if (result < 0) {
+    return absl::ErrnoToStatus(
+        -result, fmt::format("event loop: fallocate fd {} at {} (+{})", fd, offset_bytes, len));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status EventLoop::SyncAwaiter::await_resume() const {
   if (!failed.ok()) return failed;
   if (result < 0) {

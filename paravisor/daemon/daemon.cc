@@ -154,7 +154,8 @@ absl::StatusOr<std::unique_ptr<storvsp::StorvspDevice>> Daemon::NewDiskDevice(si
       {.instance_id = Guid{0xd15c0000u + static_cast<uint32_t>(index), 0, 0, {}},
        .disk = {.sectors = disk.backend->size_bytes() / 512,
                 .read_only = config.read_only,
-                .serial = fmt::format("cvmbusd-{}", index)},
+                .serial = fmt::format("cvmbusd-{}", index),
+                .unmap = disk.backend->can_discard()},
        .allow_confidential_external_memory = settings_.isolated(),
        .max_subchannels = config.subchannels},
       disk.backend.get());

@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -48,12 +49,13 @@ class StorvscGuestTest : public ::testing::Test {
     ASSERT_TRUE(file.ok()) << file.status();
     backend_ = std::make_unique<FileBlockBackend>(vm_->server_loop(), *std::move(file));
     vm_->OnServer([&] {
-      auto device = StorvspDevice::Create(vm_->server_loop(), &vm_->bus(),
-                                          {.instance_id = Guid{0x5c5c, 3, 4, {}},
-                                           .disk = {.sectors = kDiskBytes / 512},
-                                           .allow_confidential_external_memory = true,
-                                           .max_subchannels = kMaxSubchannels},
-                                          backend_.get());
+      auto device = StorvspDevice::Create(
+          vm_->server_loop(), &vm_->bus(),
+          {.instance_id = Guid{0x5c5c, 3, 4, {}},
+           .disk = {.sectors = kDiskBytes / 512, .unmap = backend_->can_discard()},
+           .allow_confidential_external_memory = true,
+           .max_subchannels = kMaxSubchannels},
+          backend_.get());
       ASSERT_TRUE(device.ok()) << device.status();
       device_ = *std::move(device);
       ASSERT_TRUE(device_->Start().ok());
@@ -272,6 +274,61 @@ TEST_F(StorvscGuestTest, DestroyingTheDeviceRescindsSubchannelsThenThePrimary) {
   }
   ASSERT_EQ(rescinded.size(), 3u);
   EXPECT_EQ(rescinded.back(), relid_) << "the primary goes last";
+}
+
+// Linux's discard: sd sees LBPME in READ CAPACITY(16) and LBPU in VPD 0xB2, so it sends UNMAP
+// with one block descriptor; the range then reads as zeros, holds no blocks in the file, and
+// the data around it is untouched.
+TEST_F(StorvscGuestTest, UnmapPunchesAHoleInTheFileAndTheRestStays) {
+  ASSERT_TRUE(backend_->can_discard()) << "a regular file opened read-write";
+  ASSERT_TRUE(Attach(/*cpus=*/1).ok());
+  const GuestBuffer buffer = BufferOf(0);
+  auto capacity =
+      guest_->Execute(0, {0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, true, 32, buffer);
+  ASSERT_TRUE(capacity.ok()) << capacity.status();
+  std::vector<uint8_t> bytes(32);
+  ASSERT_TRUE(Private().Read(buffer.gpns[0] * 4096, absl::MakeSpan(bytes)).ok());
+  EXPECT_EQ(bytes[14] & 0x80, 0x80) << "LBPME";
+
+  // 64 KiB of data from LBA 1024, then UNMAP the middle 32 KiB of it.
+  std::vector<uint8_t> data(65536);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 3 + 1);
+  PutFileBytes(1024 * 512, data);
+  {
+    const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);  // Blocks allocated now.
+    ASSERT_EQ(fsync(fd), 0);
+    close(fd);
+  }
+  struct stat before {};
+  ASSERT_EQ(stat(path_.c_str(), &before), 0);
+  std::vector<uint8_t> list(24, 0);
+  list[1] = 22;  // UNMAP data length.
+  list[3] = 16;  // One block descriptor.
+  const uint64_t lba = 1024 + 32;
+  for (int i = 0; i < 8; ++i) list[8 + i] = static_cast<uint8_t>(lba >> (56 - 8 * i));
+  list[8 + 11] = 64;  // 64 blocks.
+  ASSERT_TRUE(Private().Write(buffer.gpns[0] * 4096, list).ok());
+  auto unmapped =
+      guest_->Execute(0, {0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0}, /*data_in=*/false, 24, buffer);
+  ASSERT_TRUE(unmapped.ok()) << unmapped.status();
+  EXPECT_EQ(unmapped->srb_status, kSrbSuccess);
+  EXPECT_EQ(unmapped->scsi_status, kScsiGood);
+
+  std::vector<uint8_t> expected = data;
+  std::fill(expected.begin() + 32 * 512, expected.begin() + 96 * 512, 0);
+  EXPECT_EQ(FileBytes(1024 * 512, data.size()), expected);
+  struct stat after {};
+  ASSERT_EQ(stat(path_.c_str(), &after), 0);
+  EXPECT_LT(after.st_blocks, before.st_blocks) << "no blocks were deallocated";
+  // Past the end: LOGICAL BLOCK ADDRESS OUT OF RANGE, and nothing changes.
+  const uint64_t last = kDiskBytes / 512 - 8;
+  for (int i = 0; i < 8; ++i) list[8 + i] = static_cast<uint8_t>(last >> (56 - 8 * i));
+  ASSERT_TRUE(Private().Write(buffer.gpns[0] * 4096, list).ok());
+  auto past = guest_->Execute(0, {0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0}, false, 24, buffer);
+  ASSERT_TRUE(past.ok()) << past.status();
+  EXPECT_EQ(past->scsi_status, kScsiCheckCondition);
+  ASSERT_GE(past->sense.size(), 13u);
+  EXPECT_EQ(past->sense[12], 0x21);
 }
 
 }  // namespace

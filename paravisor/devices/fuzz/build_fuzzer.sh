@@ -17,6 +17,7 @@ sources=(
   paravisor/devices/hvsocket/hvsocket_protocol.cc
   paravisor/devices/hvsocket/hybrid_vsock.cc
   paravisor/devices/storvsp/vstor_protocol.cc
+  paravisor/devices/storvsp/scsi_disk.cc
   paravisor/devices/storvsp/srb.cc
   paravisor/devices/storvsp/srb_buffer.cc
   paravisor/bus/guid.cc

@@ -2,7 +2,8 @@
 // ParseNegotiateResponse), the hvsocket pipe framing (ParsePipePacket), the relay's CONNECT line
 // from a host program (FindConnectLine, ParseConnectLine), and storvsp's VSTOR packets with the
 // SCSI request and GPA-direct buffer of an EXECUTE_SRB (ParseVstorPacket, ParseScsiRequest,
-// SrbBufferOf). The first input byte picks the parser, the rest is its untrusted input.
+// SrbBufferOf), and UNMAP's parameter list (ScsiDisk::ParseUnmap). The first input byte picks
+// the parser, the rest is its untrusted input.
 //
 // Besides ASan/UBSan findings, each accepted parse is checked against the rule it promises
 // (the data within the payload, a port in range, a buffer no longer than its pages), and a
@@ -14,12 +15,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "paravisor/devices/hvsocket/hvsocket_protocol.h"
 #include "paravisor/devices/hvsocket/hybrid_vsock.h"
 #include "paravisor/devices/ic/ic_message.h"
 #include "paravisor/devices/ic/ic_negotiation.h"
+#include "paravisor/devices/storvsp/scsi_disk.h"
 #include "paravisor/devices/storvsp/srb.h"
 #include "paravisor/devices/storvsp/srb_buffer.h"
 #include "paravisor/devices/storvsp/vstor_protocol.h"
@@ -103,13 +106,34 @@ void FuzzVstor(absl::Span<const uint8_t> input) {
   }
 }
 
+// An UNMAP parameter list (the guest's data-out buffer) against a disk whose size the first
+// four bytes pick: every accepted range lies inside the disk and within the limits.
+void FuzzUnmap(absl::Span<const uint8_t> input) {
+  if (input.size() < 4) return;
+  uint32_t sectors = 0;
+  std::memcpy(&sectors, input.data(), 4);
+  absl::StatusOr<storvsp::ScsiDisk> disk =
+      storvsp::ScsiDisk::Create({.sectors = uint64_t{sectors} + 1, .unmap = true});
+  Check(disk.ok());
+  auto parsed = disk->ParseUnmap(input.subspan(4));
+  if (const auto* ranges = std::get_if<std::vector<storvsp::ScsiDisk::ByteRange>>(&parsed)) {
+    Check(ranges->size() <= storvsp::ScsiDisk::kMaxUnmapDescriptors);
+    const uint64_t disk_bytes = (uint64_t{sectors} + 1) * storvsp::ScsiDisk::kSectorBytes;
+    for (const storvsp::ScsiDisk::ByteRange& range : *ranges) {
+      Check(range.bytes > 0 && range.offset <= disk_bytes &&
+            range.bytes <= disk_bytes - range.offset);
+      Check(range.bytes <= uint64_t{storvsp::ScsiDisk::kMaxUnmapBlocks} * 512);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cvmbus::paravisor
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const absl::Span<const uint8_t> input(data + 1, size - 1);
-  switch (data[0] % 4) {
+  switch (data[0] % 5) {
     case 0:
       cvmbus::paravisor::FuzzIc(input);
       break;
@@ -119,8 +143,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 2:
       cvmbus::paravisor::FuzzConnectLine(input);
       break;
-    default:
+    case 3:
       cvmbus::paravisor::FuzzVstor(input);
+      break;
+    default:
+      cvmbus::paravisor::FuzzUnmap(input);
       break;
   }
   return 0;

@@ -40,4 +40,14 @@ void MemoryBackend::Flush(FlushDone done) {
   done(absl::OkStatus());
 }
 
+void MemoryBackend::Discard(uint64_t offset, uint64_t bytes, FlushDone done) {
+  if (read_only_) return done(absl::FailedPreconditionError("memory backend: read-only"));
+  if (absl::Status failure = TakeFailure(); !failure.ok()) return done(failure);
+  if (offset > bytes_.size() || bytes > bytes_.size() - offset) {
+    return done(absl::OutOfRangeError("memory backend: discard past the end"));
+  }
+  std::memset(bytes_.data() + offset, 0, bytes);
+  done(absl::OkStatus());
+}
+
 }  // namespace cvmbus::paravisor::storvsp

@@ -33,6 +33,14 @@ class BlockBackend {
   virtual void Write(uint64_t offset, absl::Span<const iovec> iovecs, IoDone done) = 0;
   // Makes every completed write durable.
   virtual void Flush(FlushDone done) = 0;
+  // Whether Discard works (the disk then offers UNMAP).
+  virtual bool can_discard() const { return false; }
+  // Deallocates [offset, offset + bytes): it reads as zeros afterwards. `done` runs once.
+  virtual void Discard(uint64_t offset, uint64_t bytes, FlushDone done) {
+    (void)offset;
+    (void)bytes;
+    done(absl::UnimplementedError("this backend cannot discard"));
+  }
 };
 
 // Blocks in a vector, completing at once (inline). `fail_next` makes the next operation fail
@@ -47,6 +55,8 @@ class MemoryBackend : public BlockBackend {
   void Read(uint64_t offset, absl::Span<const iovec> iovecs, IoDone done) override;
   void Write(uint64_t offset, absl::Span<const iovec> iovecs, IoDone done) override;
   void Flush(FlushDone done) override;
+  bool can_discard() const override { return !read_only_; }
+  void Discard(uint64_t offset, uint64_t bytes, FlushDone done) override;  // Zeroes them.
 
   std::vector<uint8_t>& bytes() { return bytes_; }
   void fail_next(absl::Status status) { fail_next_ = std::move(status); }

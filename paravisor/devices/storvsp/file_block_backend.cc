@@ -25,4 +25,13 @@ hw::Task FileBlockBackend::RunFlush(FlushDone done) {
   done(std::move(synced));
 }
 
+void FileBlockBackend::Discard(uint64_t offset, uint64_t bytes, FlushDone done) {
+  RunDiscard(offset, bytes, std::move(done));
+}
+
+hw::Task FileBlockBackend::RunDiscard(uint64_t offset, uint64_t bytes, FlushDone done) {
+  absl::Status discarded = co_await file_->Discard(loop_, offset, bytes);
+  done(std::move(discarded));
+}
+
 }  // namespace cvmbus::paravisor::storvsp

@@ -26,12 +26,15 @@ class FileBlockBackend : public BlockBackend {
   void Read(uint64_t offset, absl::Span<const iovec> iovecs, IoDone done) override;
   void Write(uint64_t offset, absl::Span<const iovec> iovecs, IoDone done) override;
   void Flush(FlushDone done) override;
+  bool can_discard() const override { return file_->can_discard(); }
+  void Discard(uint64_t offset, uint64_t bytes, FlushDone done) override;
 
   const hw::FileBacking& file() const { return *file_; }
 
  private:
   hw::Task RunIo(bool write, uint64_t offset, absl::Span<const iovec> iovecs, IoDone done);
   hw::Task RunFlush(FlushDone done);
+  hw::Task RunDiscard(uint64_t offset, uint64_t bytes, FlushDone done);
 
   hw::EventLoop* const loop_;
   std::unique_ptr<hw::FileBacking> file_;

@@ -21,6 +21,7 @@ constexpr uint8_t kReadCapacity10 = 0x25;
 constexpr uint8_t kRead10 = 0x28;
 constexpr uint8_t kWrite10 = 0x2a;
 constexpr uint8_t kVerify10 = 0x2f;
+constexpr uint8_t kUnmap = 0x42;
 constexpr uint8_t kSynchronizeCache10 = 0x35;
 constexpr uint8_t kModeSense10 = 0x5a;
 constexpr uint8_t kRead16 = 0x88;
@@ -38,6 +39,8 @@ constexpr uint8_t kLbaOutOfRange = 0x21;
 constexpr uint8_t kInvalidFieldInCdb = 0x24;
 constexpr uint8_t kWriteProtected = 0x27;
 constexpr uint8_t kSavingNotSupported = 0x39;
+constexpr uint8_t kParameterListLengthError = 0x1a;
+constexpr uint8_t kInvalidFieldInParameterList = 0x26;
 
 uint32_t Be16(const uint8_t* at) { return uint32_t{at[0]} << 8 | at[1]; }
 uint32_t Be32(const uint8_t* at) { return Be16(at) << 16 | Be16(at + 2); }
@@ -67,8 +70,8 @@ void Append(std::vector<uint8_t>& data, const void* bytes, size_t n) {
   if (n != 0) std::memcpy(data.data() + at, bytes, n);
 }
 
-// VPD pages we have, in the order VPD 0x00 lists them.
-constexpr uint8_t kVpdPages[] = {0x00, 0x80, 0x83, 0xb0, 0xb1};
+// VPD pages we have, in the order VPD 0x00 lists them (0xb2 only with unmap).
+constexpr uint8_t kVpdPages[] = {0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2};
 
 }  // namespace
 
@@ -137,6 +140,7 @@ ScsiDisk::Outcome ScsiDisk::Execute(const ScsiRequest& request) const {
       std::vector<uint8_t> data(32, 0);  // No protection, 1 logical block per physical.
       PutBe64(data.data(), options_.sectors - 1);
       PutBe32(data.data() + 8, kSectorBytes);
+      if (options_.unmap) data[14] = 0x80 | 0x40;  // LBPME, LBPRZ.
       return Data(request, std::move(data), Be32(cdb + 10));
     }
     case kReportLuns: {
@@ -165,6 +169,21 @@ ScsiDisk::Outcome ScsiDisk::Execute(const ScsiRequest& request) const {
     case kSynchronizeCache10:
     case kSynchronizeCache16:
       return Flush{};
+    case kUnmap: {
+      if (!options_.unmap) return Immediate{CheckCondition(kIllegalRequest, kInvalidOpcode, 0), {}};
+      if (options_.read_only)
+        return Immediate{CheckCondition(kDataProtect, kWriteProtected, 0), {}};
+      const uint32_t length = Be16(cdb + 7);
+      if (length == 0) return Immediate{Done(0), {}};  // SBC-3: not an error.
+      if (length < 8) {
+        return Immediate{CheckCondition(kIllegalRequest, kParameterListLengthError, 0), {}};
+      }
+      if (length > request.data_transfer_length || request.direction != DataDirection::kToDevice ||
+          (cdb[1] & 0x01) != 0 /* ANCHOR: no anchored state here */) {
+        return Immediate{CheckCondition(kIllegalRequest, kInvalidFieldInCdb, 0), {}};
+      }
+      return Unmap{.parameter_bytes = length};
+    }
     default:
       return Immediate{CheckCondition(kIllegalRequest, kInvalidOpcode, 0), {}};
   }
@@ -192,7 +211,7 @@ ScsiDisk::Outcome ScsiDisk::Inquiry(const ScsiRequest& request) const {
   data[1] = page;
   switch (page) {
     case 0x00:
-      Append(data, kVpdPages, sizeof(kVpdPages));
+      Append(data, kVpdPages, sizeof(kVpdPages) - (options_.unmap ? 0 : 1));
       break;
     case 0x80:  // Unit serial number.
       Append(data, options_.serial.data(), options_.serial.size());
@@ -205,13 +224,26 @@ ScsiDisk::Outcome ScsiDisk::Inquiry(const ScsiRequest& request) const {
       Append(data, naa, sizeof(naa));
       break;
     }
-    case 0xb0: {  // Block limits: transfers up to max_transfer_bytes; no UNMAP.
+    case 0xb0: {  // Block limits: transfers up to max_transfer_bytes; UNMAP's limits.
       data.resize(4 + 0x3c, 0);
       const uint32_t blocks = options_.max_transfer_bytes / kSectorBytes;
       PutBe32(&data[8], blocks);   // Maximum transfer length.
       PutBe32(&data[12], blocks);  // Optimal transfer length.
+      if (options_.unmap) {
+        PutBe32(&data[20], kMaxUnmapBlocks);       // Maximum unmap LBA count.
+        PutBe32(&data[24], kMaxUnmapDescriptors);  // Maximum unmap block descriptor count.
+        PutBe32(&data[28], 4096 / kSectorBytes);   // Optimal unmap granularity: a page.
+      }
       break;
     }
+    case 0xb2:  // Logical block provisioning: UNMAP (LBPU), unmapped blocks read as zeros.
+      if (!options_.unmap) {
+        return Immediate{CheckCondition(kIllegalRequest, kInvalidFieldInCdb, 0), {}};
+      }
+      data.resize(8, 0);
+      data[5] = 0x80 | 0x04;  // LBPU, LBPRZ (provisioning group descriptor: none).
+      data[6] = 0x02;         // Thin provisioned.
+      break;
     case 0xb1:  // Block device characteristics: non-rotating medium.
       data.resize(4 + 0x3c, 0);
       PutBe16(&data[4], 1);
@@ -249,6 +281,34 @@ ScsiDisk::Outcome ScsiDisk::ModeSense(const ScsiRequest& request, bool ten_byte)
     data[2] = device_specific;
   }
   return Data(request, std::move(data), allocation);
+}
+
+std::variant<std::vector<ScsiDisk::ByteRange>, SrbResult> ScsiDisk::ParseUnmap(
+    absl::Span<const uint8_t> parameters) const {
+  if (parameters.size() < 8) return CheckCondition(kIllegalRequest, kParameterListLengthError, 0);
+  // Descriptors the header announces, cut to what the list holds (SBC-3: a partial one is
+  // ignored).
+  const size_t announced = Be16(parameters.data() + 2) / 16;
+  const size_t count = std::min(announced, (parameters.size() - 8) / 16);
+  if (count > kMaxUnmapDescriptors) {
+    return CheckCondition(kIllegalRequest, kInvalidFieldInParameterList, 0);
+  }
+  std::vector<ByteRange> ranges;
+  for (size_t i = 0; i < count; ++i) {
+    const uint8_t* descriptor = parameters.data() + 8 + 16 * i;
+    const uint64_t lba = Be64(descriptor);
+    const uint32_t blocks = Be32(descriptor + 8);
+    if (blocks > kMaxUnmapBlocks) {
+      return CheckCondition(kIllegalRequest, kInvalidFieldInParameterList, 0);
+    }
+    if (lba > options_.sectors || blocks > options_.sectors - lba) {
+      return CheckCondition(kIllegalRequest, kLbaOutOfRange, 0);
+    }
+    if (blocks != 0) {
+      ranges.push_back({.offset = lba * kSectorBytes, .bytes = uint64_t{blocks} * kSectorBytes});
+    }
+  }
+  return ranges;
 }
 
 ScsiDisk::Outcome ScsiDisk::ReadWrite(const ScsiRequest& request, uint64_t lba, uint32_t blocks,

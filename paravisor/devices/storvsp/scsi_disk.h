@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "paravisor/devices/storvsp/srb.h"
 
 namespace cvmbus::paravisor::storvsp {
@@ -31,6 +32,10 @@ struct DiskOptions {
   // issues requests up to this size (max_sectors = bytes / 512). OpenVMM's 256 KiB by default;
   // at most kMaxTransferLimit, which bounds the pages one request pins.
   uint32_t max_transfer_bytes = 256 * 1024;
+  // The backing can deallocate blocks (BlockBackend::can_discard): the disk reports logical
+  // block provisioning (READ CAPACITY 16 LBPME and LBPRZ, VPD 0xB2 with LBPU, UNMAP limits in
+  // VPD 0xB0), so Linux's sd picks its "unmap" discard mode, and takes UNMAP.
+  bool unmap = false;
 };
 
 class ScsiDisk {
@@ -54,7 +59,20 @@ class ScsiDisk {
     bool force_unit_access = false;
   };
   struct Flush {};  // SYNCHRONIZE CACHE: make every completed write durable.
-  using Outcome = std::variant<Immediate, Transfer, Flush>;
+  // UNMAP: read `parameter_bytes` of its parameter list from the guest's buffer and hand them
+  // to ParseUnmap.
+  struct Unmap {
+    uint32_t parameter_bytes = 0;
+  };
+  using Outcome = std::variant<Immediate, Transfer, Flush, Unmap>;
+  // Byte ranges of the disk to deallocate.
+  struct ByteRange {
+    uint64_t offset = 0;
+    uint64_t bytes = 0;
+  };
+  // UNMAP's limits (VPD 0xB0): block descriptors per command, blocks per descriptor.
+  static constexpr uint32_t kMaxUnmapDescriptors = 16;
+  static constexpr uint32_t kMaxUnmapBlocks = 1u << 23;  // 4 GiB.
 
   // Errors (kInvalidArgument, naming the field): no sectors, a max_transfer_bytes that is
   // not a non-zero multiple of 4 KiB, a serial longer than 255 bytes.
@@ -63,6 +81,12 @@ class ScsiDisk {
   // Executes `request`'s CDB. A request whose buffer is too small for its transfer, or that
   // moves data in the wrong direction, is refused (INVALID FIELD IN CDB).
   Outcome Execute(const ScsiRequest& request) const;
+
+  // An UNMAP parameter list (SBC-3 5.28.2) as copied from the guest: the ranges, or the
+  // CHECK CONDITION that refuses it (a list shorter than its header, more descriptors than
+  // the limit, a descriptor past the end of the disk or over the block limit).
+  std::variant<std::vector<ByteRange>, SrbResult> ParseUnmap(
+      absl::Span<const uint8_t> parameters) const;
 
   // What a successful Transfer or Flush completes with.
   static SrbResult Done(uint32_t transferred);

@@ -43,6 +43,11 @@ void SrbExecutor::Execute(const ScsiRequest& request, const std::optional<SrbBuf
     });
     return;
   }
+  if (const auto* unmap = std::get_if<ScsiDisk::Unmap>(&outcome)) {
+    if (!buffer.has_value()) return done(Unreachable());
+    Unmap(*unmap, *buffer, memory, std::move(done));
+    return;
+  }
   const auto& transfer = std::get<ScsiDisk::Transfer>(outcome);
   if (!buffer.has_value()) return done(Unreachable());  // ScsiDisk checked the length.
   Transfer(transfer, *buffer, memory, std::move(done));
@@ -80,6 +85,31 @@ void SrbExecutor::Transfer(const ScsiDisk::Transfer& transfer, const SrbBuffer& 
                       done(status.ok() ? ScsiDisk::Done(bytes) : MediumError(/*write=*/true));
                     });
                   });
+}
+
+void SrbExecutor::Unmap(const ScsiDisk::Unmap& unmap, const SrbBuffer& buffer,
+                        const guestmem::GuestMemory& memory, Done done) {
+  // The parameter list is the guest's: copied once, then parsed from the copy.
+  absl::StatusOr<guestmem::PinnedPages> pinned = memory.Pin(buffer.gpns, guestmem::Access::kRead);
+  if (!pinned.ok()) return done(Unreachable());
+  std::vector<uint8_t> parameters(unmap.parameter_bytes);
+  if (!pinned->Read(buffer.offset, absl::MakeSpan(parameters)).ok()) return done(Unreachable());
+  auto parsed = disk_->ParseUnmap(parameters);
+  if (auto* refused = std::get_if<SrbResult>(&parsed)) return done(std::move(*refused));
+  auto ranges = std::make_shared<std::vector<ScsiDisk::ByteRange>>(
+      std::get<std::vector<ScsiDisk::ByteRange>>(std::move(parsed)));
+  DiscardNext(std::move(ranges), 0, std::move(done));
+}
+
+void SrbExecutor::DiscardNext(std::shared_ptr<std::vector<ScsiDisk::ByteRange>> ranges, size_t next,
+                              Done done) {
+  if (next == ranges->size()) return done(ScsiDisk::Done(0));
+  const ScsiDisk::ByteRange range = (*ranges)[next];
+  backend_->Discard(range.offset, range.bytes,
+                    [this, ranges, next, done = std::move(done)](absl::Status status) mutable {
+                      if (!status.ok()) return done(MediumError(/*write=*/true));
+                      DiscardNext(std::move(ranges), next + 1, std::move(done));
+                    });
 }
 
 }  // namespace cvmbus::paravisor::storvsp

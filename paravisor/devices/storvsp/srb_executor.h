@@ -13,7 +13,9 @@
 #define CVMBUS_PARAVISOR_DEVICES_STORVSP_SRB_EXECUTOR_H_
 
 #include <functional>
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "guestmem/guest_memory.h"
 #include "paravisor/devices/storvsp/block_backend.h"
@@ -38,6 +40,11 @@ class SrbExecutor {
  private:
   void Transfer(const ScsiDisk::Transfer& transfer, const SrbBuffer& buffer,
                 const guestmem::GuestMemory& memory, Done done);
+  // UNMAP: the parameter list copied from the guest, parsed, each range discarded in turn.
+  void Unmap(const ScsiDisk::Unmap& unmap, const SrbBuffer& buffer,
+             const guestmem::GuestMemory& memory, Done done);
+  void DiscardNext(std::shared_ptr<std::vector<ScsiDisk::ByteRange>> ranges, size_t next,
+                   Done done);
 
   const ScsiDisk* const disk_;
   BlockBackend* const backend_;

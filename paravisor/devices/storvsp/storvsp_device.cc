@@ -61,6 +61,10 @@ absl::StatusOr<std::unique_ptr<StorvspDevice>> StorvspDevice::Create(hw::EventLo
   if (options.disk.read_only != backend->read_only()) {
     return absl::InvalidArgumentError("storvsp: the disk and its backend disagree on read-only");
   }
+  if (options.disk.unmap && !backend->can_discard()) {
+    return absl::InvalidArgumentError(
+        "storvsp: the disk offers UNMAP but its backend cannot discard");
+  }
   absl::StatusOr<ScsiDisk> disk = ScsiDisk::Create(options.disk);
   if (!disk.ok()) return disk.status();
   return std::unique_ptr<StorvspDevice>(
