@@ -8,6 +8,22 @@
 
 namespace cvmbus::paravisor {
 
+namespace {
+
+// Forwards interrupts to a KvmSynic while it lives.
+class WeakSink : public synic::InterruptSink {
+ public:
+  explicit WeakSink(std::weak_ptr<KvmSynic> target) : target_(std::move(target)) {}
+  void Assert(uint32_t vp, uint8_t vector) override {
+    if (std::shared_ptr<KvmSynic> target = target_.lock()) target->Assert(vp, vector);
+  }
+
+ private:
+  std::weak_ptr<KvmSynic> target_;
+};
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<KvmSynic>> KvmSynic::Create(hw::kvm::KvmVm* vm,
                                                            synic::SynicOptions options) {
   if (vm == nullptr) return absl::InvalidArgumentError("kvm synic: no VM");
@@ -25,7 +41,9 @@ absl::StatusOr<std::shared_ptr<KvmSynic>> KvmSynic::Create(hw::kvm::KvmVm* vm,
   absl::StatusOr<std::shared_ptr<synic::Synic>> synic = synic::Synic::Create(std::move(options));
   if (!synic.ok()) return synic.status();
   binding->synic_ = *std::move(synic);
-  binding->synic_->SetInterruptSink(binding);
+  // The SynIC keeps its sink alive; a sink that owned the binding would make a cycle
+  // (binding -> SynIC -> binding) that nothing frees.
+  binding->synic_->SetInterruptSink(std::make_shared<WeakSink>(weak));
   if (absl::Status status = vm->SetHypervExitHandler(binding.get()); !status.ok()) {
     return status;
   }
