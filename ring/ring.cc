@@ -150,6 +150,7 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
       // A writer may spin on a full ring: this status is built once, not formatted per call.
       static const absl::Status* const kFullStatus = new absl::Status(
           MakeRingError(RingError::kFull, "outgoing ring: full (FreeBytes() tells how full)"));
+      ++full_;
       return *kFullStatus;
     }
   }
@@ -169,6 +170,8 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
     return status;
   }
   next_ = Advance(next_, total, memory_.data_size());
+  ++packets_;
+  bytes_ += total;
   return absl::OkStatus();
 }
 
@@ -373,6 +376,8 @@ absl::StatusOr<bool> IncomingRing::Read(PacketBuffer* buffer) {
     if (!parsed.ok()) return Poison(AtPosition(next_, parsed));
   }
   next_ = Advance(next_, *length + kTrailerBytes, size);
+  ++packets_;
+  bytes_ += *length + kTrailerBytes;
   return true;
 }
 

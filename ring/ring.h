@@ -96,6 +96,13 @@ class OutgoingRing {
   // Bytes appended but not yet committed.
   uint32_t uncommitted_bytes() const { return Distance(committed_, next_); }
 
+  // Traffic so far: packets appended and their bytes (descriptor, payload, trailer), appends
+  // refused for a full ring, and the corruption that stopped the ring (OK while it runs).
+  uint64_t packets() const { return packets_; }
+  uint64_t bytes() const { return bytes_; }
+  uint64_t full_refusals() const { return full_; }
+  const absl::Status& error() const { return poisoned_; }
+
  private:
   explicit OutgoingRing(guestmem::RingMemory memory) : memory_(std::move(memory)) {}
   uint32_t Distance(uint32_t from, uint32_t to) const {
@@ -119,6 +126,9 @@ class OutgoingRing {
   uint32_t burst_commits_ = 0;    // Commits in the current burst.
   absl::Status poisoned_;         // Set once the reader corrupted the ring.
   std::vector<uint64_t> header_;  // Scratch for EncodeHeader.
+  uint64_t packets_ = 0;
+  uint64_t bytes_ = 0;
+  uint64_t full_ = 0;
 };
 
 class IncomingRing {
@@ -162,6 +172,12 @@ class IncomingRing {
 
   uint32_t data_size() const { return memory_.data_size(); }
 
+  // Traffic so far: packets read and their bytes (descriptor, payload, trailer), and the
+  // corruption that stopped the ring (OK while it runs).
+  uint64_t packets() const { return packets_; }
+  uint64_t bytes() const { return bytes_; }
+  const absl::Status& error() const { return poisoned_; }
+
  private:
   IncomingRing(guestmem::RingMemory memory, uint32_t max_packet_bytes)
       : memory_(std::move(memory)), max_packet_bytes_(max_packet_bytes) {}
@@ -200,6 +216,8 @@ class IncomingRing {
   };
   std::optional<AnsweredRequest> answered_request_;
   absl::Status poisoned_;
+  uint64_t packets_ = 0;
+  uint64_t bytes_ = 0;
 };
 
 }  // namespace cvmbus::ring

@@ -61,7 +61,7 @@ if [[ $# -eq 0 ]]; then
   # Everything a guest drives in the server (end to end, its rules, the SynIC, the replay
   # scripts, the guest personalities) and the storvsp parsers again under ASan + UBSan (errors
   # are fatal).
-  run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/... //paravisor/devices/storvsp/... //tests/storvsp/... //paravisor/devices/hvsocket/... //tests/hvsocket/... //paravisor/devices/ic/... //tests/ic/... //paravisor/daemon/... //tests/daemon/...))" --config=asan --config=ubsan
+  run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/... //paravisor/devices/storvsp/... //tests/storvsp/... //paravisor/devices/hvsocket/... //tests/hvsocket/... //paravisor/devices/ic/... //tests/ic/... //paravisor/daemon/... //tests/daemon/... //paravisor/kvm/... //tests/kvm_vmbus/... //paravisor/vm/...))" --config=asan --config=ubsan
   # The fuzzers (clang, libFuzzer + ASan + UBSan): the ring reader, and the device parsers a
   # guest or host program feeds; each its corpus plus 20000 runs, one case each.
   echo "== fuzz smoke"

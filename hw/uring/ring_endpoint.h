@@ -69,6 +69,7 @@ class RingReader : private EventLoop::IdleHook {
   RingReader& operator=(const RingReader&) = delete;
 
   ring::IncomingRing& ring() { return ring_; }
+  const ring::IncomingRing& ring() const { return ring_; }
   const EndpointStats& stats() const { return stats_; }
 
   // Publishes what was read at once, signalling now if a waiting writer's request is visibly
@@ -114,6 +115,7 @@ class RingWriter : private EventLoop::IdleHook {
   RingWriter& operator=(const RingWriter&) = delete;
 
   ring::OutgoingRing& ring() { return ring_; }
+  const ring::OutgoingRing& ring() const { return ring_; }
   const EndpointStats& stats() const { return stats_; }
 
   // Publishes appended packets (ring().Append) at once, signalling now if the reader is

@@ -475,6 +475,22 @@ absl::StatusOr<std::string> Daemon::HandleRequest(const std::vector<std::string>
                   command));
 }
 
+std::vector<ChannelTraffic> Daemon::DeviceTraffic() const {
+  std::vector<ChannelTraffic> out;
+  const auto add = [&out](std::optional<ChannelTraffic> traffic) {
+    if (traffic.has_value()) out.push_back(*std::move(traffic));
+  };
+  for (const std::unique_ptr<EchoDevice>& echo : echo_) add(echo->traffic());
+  for (const Disk& disk : disks_) {
+    if (disk.device == nullptr) continue;
+    for (ChannelTraffic& t : disk.device->traffic()) out.push_back(std::move(t));
+  }
+  if (heartbeat_) add(heartbeat_->traffic());
+  if (shutdown_) add(shutdown_->traffic());
+  if (timesync_) add(timesync_->traffic());
+  return out;
+}
+
 Tree Daemon::BuildTree() const {
   Tree root;
   Tree& daemon = root["daemon"];
@@ -511,6 +527,7 @@ Tree Daemon::BuildTree() const {
   }
   const ServerSnapshot server = vm_->server().Snapshot();
   AddServer(server, root);
+  const std::vector<ChannelTraffic> traffic = DeviceTraffic();
   for (const ChannelSnapshot& channel : server.channels) {
     Tree& node = root["channels"][std::to_string(channel.relid)];
     if (channel.open.has_value()) {
@@ -518,6 +535,17 @@ Tree Daemon::BuildTree() const {
     }
     absl::StatusOr<RingPages> rings = vm_->server().RingPagesOf(channel.relid);
     if (rings.ok()) node["rings"] = RingSummary(*rings);
+    for (const ChannelTraffic& t : traffic) {
+      if (t.instance_id != channel.instance_id || t.subchannel_index != channel.subchannel_index) {
+        continue;
+      }
+      Tree& packets = node["traffic"];
+      packets["guest_to_host"] = {{"packets", t.packets_from_guest}, {"bytes", t.bytes_from_guest}};
+      packets["host_to_guest"] = {{"packets", t.packets_to_guest},
+                                  {"bytes", t.bytes_to_guest},
+                                  {"full_refusals", t.full_refusals}};
+      packets["error"] = t.error.empty() ? "none" : t.error;
+    }
   }
   const synic::SynicStats synic = vm_->synic().stats();
   Tree& port = root["synic"];

@@ -95,6 +95,8 @@ class Daemon {
   absl::Status StartDevices();
   void StopDevices();
   Tree BuildTree() const;
+  // Every device's open channels' ring traffic (loop thread).
+  std::vector<ChannelTraffic> DeviceTraffic() const;
   absl::StatusOr<std::string> HandleRequest(const std::vector<std::string>& words);
   // The echo channels' offers (the demo set of demo_devices.h), none for 0 channels.
   std::vector<OfferParams> EchoOffers() const;

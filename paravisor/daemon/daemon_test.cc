@@ -99,6 +99,15 @@ TEST(DaemonTest, AConfidentialGuestRunsTrafficThatTheInspectTreeShows) {
   EXPECT_GT(At(tree, "channels/1/signals_from_guest"), 0);
   EXPECT_GT(At(tree, "channels/1/interrupts_to_guest"), 0);
   EXPECT_FALSE(At(tree, "channels/4").contains("signals_from_guest"));
+  // Packets each way, as the echo device's rings counted them: every request answered once.
+  const uint64_t from_guest = At(tree, "channels/1/traffic/guest_to_host/packets").get<uint64_t>();
+  const uint64_t to_guest = At(tree, "channels/1/traffic/host_to_guest/packets").get<uint64_t>();
+  EXPECT_GT(from_guest, 0u);
+  EXPECT_LE(to_guest, from_guest);
+  EXPECT_GE(to_guest + 1, from_guest);  // At most the one in flight when the tree was built.
+  EXPECT_GT(At(tree, "channels/1/traffic/guest_to_host/bytes"), from_guest * 16);
+  EXPECT_EQ(At(tree, "channels/1/traffic/error"), "none");
+  EXPECT_FALSE(At(tree, "channels/4").contains("traffic"));
   EXPECT_GT(At(tree, "synic/signals"), 0);
   EXPECT_GT(At(tree, "synic/messages_delivered"), 0);
   // The guest's rings are GPADLs the tree lists.

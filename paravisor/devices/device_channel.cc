@@ -24,6 +24,27 @@ const std::vector<guestmem::PagedRange>* DeviceGpadls::Find(GpadlId id) const {
   return found == gpadls_.end() ? nullptr : &found->second;
 }
 
+ChannelTraffic TrafficOf(const ChannelRings& rings, const Guid& instance_id,
+                         uint16_t subchannel_index) {
+  ChannelTraffic traffic{.instance_id = instance_id, .subchannel_index = subchannel_index};
+  if (rings.reader != nullptr) {
+    const ring::IncomingRing& in = rings.reader->ring();
+    traffic.packets_from_guest = in.packets();
+    traffic.bytes_from_guest = in.bytes();
+    if (!in.error().ok()) traffic.error = "guest -> host: " + std::string(in.error().message());
+  }
+  if (rings.writer != nullptr) {
+    const ring::OutgoingRing& out = rings.writer->ring();
+    traffic.packets_to_guest = out.packets();
+    traffic.bytes_to_guest = out.bytes();
+    traffic.full_refusals = out.full_refusals();
+    if (!out.error().ok() && traffic.error.empty()) {
+      traffic.error = "host -> guest: " + std::string(out.error().message());
+    }
+  }
+  return traffic;
+}
+
 absl::StatusOr<ChannelRings> OpenChannelRings(std::string_view device, hw::EventLoop* loop,
                                               const OfferResources& resources,
                                               const DeviceGpadls& gpadls,

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -48,6 +49,22 @@ struct ChannelRings {
   std::unique_ptr<hw::RingReader> reader;  // guest -> host
   std::unique_ptr<hw::RingWriter> writer;  // host -> guest
 };
+
+// One open channel's traffic as its rings counted it (for the inspect tree): guest -> host
+// packets read, host -> guest packets written (bytes include descriptors and trailers), writes
+// refused for a full ring, and the corruption that stopped either ring.
+struct ChannelTraffic {
+  Guid instance_id;
+  uint16_t subchannel_index = 0;
+  uint64_t packets_from_guest = 0;
+  uint64_t bytes_from_guest = 0;
+  uint64_t packets_to_guest = 0;
+  uint64_t bytes_to_guest = 0;
+  uint64_t full_refusals = 0;
+  std::string error;  // Empty while both rings run.
+};
+ChannelTraffic TrafficOf(const ChannelRings& rings, const Guid& instance_id,
+                         uint16_t subchannel_index);
 
 // Builds the rings of `request`'s open on `loop`. `wake_fd` is the device's eventfd: the
 // guest's doorbell and the endpoints' wake-up. Errors name `device` and what was wrong (no

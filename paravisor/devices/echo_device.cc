@@ -28,6 +28,11 @@ EchoDevice::~EchoDevice() {
   }
 }
 
+std::optional<ChannelTraffic> EchoDevice::traffic() const {
+  if (!open_) return std::nullopt;
+  return TrafficOf(open_->rings, params_.instance_id, params_.subchannel_index);
+}
+
 absl::Status EchoDevice::Offer() {
   auto [request_send, request_recv] = MakeChannel<ChannelRequest>();
   auto [server_send, server_recv] = MakeChannel<ChannelServerRequest>();

@@ -50,6 +50,8 @@ class EchoDevice {
   absl::Status Revoke();
 
   const EchoStats& stats() const { return stats_; }
+  // The open channel's ring traffic; none while closed.
+  std::optional<ChannelTraffic> traffic() const;
 
  private:
   struct OpenChannelState;

@@ -50,6 +50,11 @@ struct IcDevice::OpenChannelState {
   std::optional<Rpc<Unit, Unit>> close_rpc;  // Replied once the serve task has stopped.
 };
 
+std::optional<ChannelTraffic> IcDevice::traffic() const {
+  if (!open_) return std::nullopt;
+  return TrafficOf(open_->rings, options_.instance_id, 0);
+}
+
 IcDevice::IcDevice(hw::EventLoop* loop, ParentBus* bus, IcDeviceOptions options)
     : loop_(loop), bus_(bus), options_(std::move(options)) {}
 

@@ -101,6 +101,8 @@ class IcDevice {
 
   IcChannelState state() const { return ic_stats_.state; }
   const IcDeviceStats& ic_stats() const { return ic_stats_; }
+  // The open channel's ring traffic; none while closed.
+  std::optional<ChannelTraffic> traffic() const;
 
  protected:
   IcDevice(hw::EventLoop* loop, ParentBus* bus, IcDeviceOptions options);

@@ -430,6 +430,16 @@ void StorvspDevice::FlushCompletions(OpenChannelState& channel) {
   }
 }
 
+std::vector<ChannelTraffic> StorvspDevice::traffic() const {
+  std::vector<ChannelTraffic> out;
+  for (const std::shared_ptr<ControllerChannel>& slot : channels_) {
+    if (slot != nullptr && slot->open) {
+      out.push_back(TrafficOf(slot->open->rings, options_.instance_id, slot->index));
+    }
+  }
+  return out;
+}
+
 void StorvspDevice::Pause() {
   paused_ = true;
   for (const std::shared_ptr<ControllerChannel>& slot : channels_) {

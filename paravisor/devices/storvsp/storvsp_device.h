@@ -90,6 +90,8 @@ class StorvspDevice {
 
   absl::Status Start();  // Offers the controller and serves its requests.
   const StorvspStats& stats() const { return stats_; }
+  // Each open channel's ring traffic (the primary and its subchannels).
+  std::vector<ChannelTraffic> traffic() const;
 
   // Servicing (see above; loop thread).
   void Pause();
