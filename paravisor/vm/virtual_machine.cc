@@ -1,5 +1,7 @@
 #include "paravisor/vm/virtual_machine.h"
 
+#include <fmt/format.h>
+
 #include <atomic>
 
 #include "hw/uring/thread_placement.h"
@@ -100,9 +102,16 @@ absl::StatusOr<std::unique_ptr<VirtualMachine>> VirtualMachine::Create(VmOptions
     }
     raw->loop_ = *std::move(loop);
     // Guest memory as the loop's fixed buffers: a device's single-piece disk I/O into guest
-    // pages then needs no per-request pinning. Best effort: without CAP_IPC_LOCK the memlock
-    // limit may refuse it, and the I/O goes as readv/writev.
+    // pages then needs no per-request pinning. Registering pins (and so allocates) the whole
+    // region, so only regions up to kMaxPinnedRegionBytes are; and without CAP_IPC_LOCK the
+    // memlock limit may refuse it. Either way the I/O goes as readv/writev instead.
     for (const guestmem::RegionMapping& region : raw->backing_->regions()) {
+      if (region.size_bytes > kMaxPinnedRegionBytes) {
+        raw->fixed_buffer_error_ =
+            fmt::format("a {} MiB guest memory region is over the {} MiB the loop pins",
+                        region.size_bytes >> 20, kMaxPinnedRegionBytes >> 20);
+        break;
+      }
       if (absl::Status registered =
               raw->loop_->RegisterFixedBuffer(region.host_address, region.size_bytes);
           !registered.ok()) {

@@ -96,6 +96,9 @@ class VirtualMachine {
   hw::isolation::SnpModel* snp() { return snp_.get(); }  // Null unless isolated under SNP.
   hw::isolation::TdxModel* tdx() { return tdx_.get(); }  // Null unless isolated under TDX.
   std::vector<std::string> TakeLog();
+  // Guest memory regions up to this size are registered as the loop's io_uring fixed buffers
+  // (which pins and allocates them whole).
+  static constexpr uint64_t kMaxPinnedRegionBytes = 512ull << 20;
   // Why guest memory is not the loop's fixed buffers (empty: it is).
   const std::string& fixed_buffer_error() const { return fixed_buffer_error_; }
 
