@@ -1,5 +1,6 @@
 /* The contract between the VMBus guest program (vmbus_guest.c, freestanding C in a KVM vCPU)
- * and its host (the daemon's KVM guest side, the test and the benchmark): the guest's memory map and the config/result blocks.
+ * and its host (the daemon's KVM guest side, the test and the benchmark): the guest's memory map
+ * and the config/result blocks.
  *
  * Plain C so that both the guest and the C++ host include it. Every GPA is identity-mapped in
  * the guest. The host fills the config block before the vCPU starts; the guest fills the
@@ -60,8 +61,8 @@ struct vmbus_guest_result {
    * doorbell, SynIC, server, device, ring, interrupt), and how many there were. */
   uint64_t doorbell_to_interrupt_tsc;
   uint64_t doorbell_to_interrupt_count;
-  uint32_t failed_step;  /* Which step failed, 0 if none. */
-  uint32_t failed_value; /* What it saw. */
+  uint32_t failed_step;     /* Which step failed, 0 if none. */
+  uint32_t failed_value;    /* What it saw. */
   uint64_t signals_refused; /* HvSignalEvent calls that did not return success (ignored). */
 };
 

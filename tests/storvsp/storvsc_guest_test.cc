@@ -23,6 +23,7 @@
 #include "paravisor/protocol/channel_messages.h"
 #include "paravisor/protocol/header.h"
 #include "paravisor/vm/virtual_machine.h"
+#include "tests/storvsp/disk_file.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
@@ -38,12 +39,8 @@ constexpr uint16_t kMaxSubchannels = 3;
 class StorvscGuestTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const char* dir = std::getenv("TEST_TMPDIR");
-    path_ = std::string(dir != nullptr ? dir : "/tmp") + "/storvsc_guest_disk.img";
-    const int fd = open(path_.c_str(), O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(ftruncate(fd, kDiskBytes), 0);
-    close(fd);
+    path_ = MakeTestDiskFile("storvsc_guest_disk.img", kDiskBytes);
+    ASSERT_FALSE(path_.empty());
     vm_ = *VirtualMachine::Create();
     auto file = hw::FileBacking::Open(path_, {});
     ASSERT_TRUE(file.ok()) << file.status();
@@ -101,16 +98,10 @@ class StorvscGuestTest : public ::testing::Test {
   guestmem::GuestMemory Private() const { return guestmem::GuestMemory::Private(vm_->memory()); }
 
   std::vector<uint8_t> FileBytes(uint64_t offset, size_t length) const {
-    std::vector<uint8_t> bytes(length);
-    const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    EXPECT_EQ(pread(fd, bytes.data(), length, offset), static_cast<ssize_t>(length));
-    close(fd);
-    return bytes;
+    return ReadFileBytes(path_, offset, length);
   }
   void PutFileBytes(uint64_t offset, const std::vector<uint8_t>& bytes) const {
-    const int fd = open(path_.c_str(), O_WRONLY | O_CLOEXEC);
-    EXPECT_EQ(pwrite(fd, bytes.data(), bytes.size(), offset), static_cast<ssize_t>(bytes.size()));
-    close(fd);
+    WriteFileBytes(path_, offset, bytes);
   }
 
   std::string path_;

@@ -23,6 +23,7 @@
 #include "paravisor/server/saved_queries.h"
 #include "paravisor/testing/storvsc_guest.h"
 #include "paravisor/vm/virtual_machine.h"
+#include "tests/storvsp/disk_file.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
@@ -39,12 +40,8 @@ const Guid kInstance{0x5e41ce, 1, 2, {}};
 class StorvspServicingTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const char* dir = std::getenv("TEST_TMPDIR");
-    path_ = std::string(dir != nullptr ? dir : "/tmp") + "/storvsp_servicing_disk.img";
-    const int fd = open(path_.c_str(), O_CREAT | O_TRUNC | O_RDWR | O_CLOEXEC, 0600);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(ftruncate(fd, kDiskBytes), 0);
-    close(fd);
+    path_ = MakeTestDiskFile("storvsp_servicing_disk.img", kDiskBytes);
+    ASSERT_FALSE(path_.empty());
     vm_ = *VirtualMachine::Create();
     auto file = hw::FileBacking::Open(path_, {});
     ASSERT_TRUE(file.ok()) << file.status();
@@ -134,11 +131,7 @@ class StorvspServicingTest : public ::testing::Test {
     return data;
   }
   std::vector<uint8_t> FileBytes(uint64_t offset, size_t length) const {
-    std::vector<uint8_t> bytes(length);
-    const int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    EXPECT_EQ(pread(fd, bytes.data(), length, offset), static_cast<ssize_t>(length));
-    close(fd);
-    return bytes;
+    return ReadFileBytes(path_, offset, length);
   }
   StorvspStats Stats() {
     StorvspStats stats;

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "paravisor/devices/storvsp/scsi_request_for_test.h"
+
 namespace cvmbus::paravisor::storvsp {
 namespace {
 
@@ -20,12 +22,7 @@ ScsiDisk Disk(bool read_only = false) {
 
 ScsiRequest Request(std::initializer_list<uint8_t> cdb, uint32_t length,
                     DataDirection direction = DataDirection::kFromDevice) {
-  ScsiRequest request;
-  std::copy(cdb.begin(), cdb.end(), request.cdb.begin());
-  request.cdb_length = static_cast<uint8_t>(cdb.size());
-  request.data_transfer_length = length;
-  request.direction = length == 0 ? DataDirection::kNone : direction;
-  return request;
+  return RequestForTest(cdb, length, direction);
 }
 
 ScsiDisk::Immediate Answer(const ScsiDisk& disk, const ScsiRequest& request) {

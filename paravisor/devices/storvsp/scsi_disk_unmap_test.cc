@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "paravisor/devices/storvsp/scsi_disk.h"
+#include "paravisor/devices/storvsp/scsi_request_for_test.h"
 
 namespace cvmbus::paravisor::storvsp {
 namespace {
@@ -22,12 +23,7 @@ ScsiDisk Disk(bool unmap, bool read_only = false) {
 }
 
 ScsiRequest Request(std::initializer_list<uint8_t> cdb, uint32_t length, DataDirection direction) {
-  ScsiRequest request;
-  std::copy(cdb.begin(), cdb.end(), request.cdb.begin());
-  request.cdb_length = static_cast<uint8_t>(cdb.size());
-  request.data_transfer_length = length;
-  request.direction = length == 0 ? DataDirection::kNone : direction;
-  return request;
+  return RequestForTest(cdb, length, direction);
 }
 
 std::vector<uint8_t> Data(const ScsiDisk& disk, std::initializer_list<uint8_t> cdb,
