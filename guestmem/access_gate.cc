@@ -1,12 +1,17 @@
 #include "guestmem/access_gate.h"
 
+#include <fmt/format.h>
 #include <linux/membarrier.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string_view>
 #include <vector>
@@ -56,6 +61,34 @@ SlotRegistry& Registry() {
 
 [[maybe_unused]] long Membarrier(int command) { return syscall(__NR_membarrier, command, 0, 0); }
 
+// The process-wide barrier's parts, replaceable by tests (SetBarrierHooksForTest).
+long (*expedited_barrier)() = [] { return Membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED); };
+std::atomic<uint64_t> membarrier_failures{0};
+std::atomic<uint64_t> fallback_barriers{0};
+
+// The fallback when membarrier fails: taking write access away from a page this thread just
+// wrote makes the kernel shoot down that page's TLB entries with an IPI to every CPU running
+// a thread of this process, and an IPI serialises the CPU it interrupts (the scheme .NET's
+// FlushProcessWriteBuffers falls back on). CPUs not running our threads pass a full barrier
+// when they next switch to one. Returns 0 or the errno of the mprotect that failed.
+int MprotectBarrier() {
+  static Mutex mu;
+  static void* page = nullptr;
+  MutexLock lock(&mu);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (page == nullptr) {
+    void* mapped =
+        mmap(nullptr, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) return errno;
+    page = mapped;
+  }
+  if (mprotect(page, page_size, PROT_READ | PROT_WRITE) != 0) return errno;
+  // A locked RMW: the page is present and writable in this CPU's TLB before the downgrade.
+  std::atomic_ref<uint64_t>(*static_cast<uint64_t*>(page)).fetch_add(1, std::memory_order_seq_cst);
+  if (mprotect(page, page_size, PROT_READ) != 0) return errno;
+  return 0;
+}
+
 void ChooseBarrierOnce() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -92,16 +125,47 @@ AccessSlot* internal::RegisterThisThreadForAccess() {
   return &thread_slot.slot;
 }
 
-void WaitForAccessesInFlight() {
+absl::Status WaitForAccessesInFlight() {
   ChooseBarrierOnce();
   if (internal::access_gate_uses_membarrier) {
     // Every thread runs a full barrier: an accessor's slot store is now visible to us, or its
-    // page-state load comes after our state stores.
-    Membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+    // page-state load comes after our state stores. Accessors rely on it (they fence only the
+    // compiler), so a failed membarrier must be made up for, never ignored.
+    if (expedited_barrier() != 0) {
+      const int membarrier_errno = errno;
+      membarrier_failures.fetch_add(1, std::memory_order_relaxed);
+      if (expedited_barrier() != 0) {
+        fallback_barriers.fetch_add(1, std::memory_order_relaxed);
+        if (const int mprotect_errno = MprotectBarrier(); mprotect_errno != 0) {
+          return absl::InternalError(fmt::format(
+              "access gate: no process-wide barrier: membarrier failed ({}) and the mprotect "
+              "fallback failed ({}); accesses in flight may use the old page states",
+              std::strerror(membarrier_errno), std::strerror(mprotect_errno)));
+        }
+      }
+    }
   }
   // Without membarrier, accessors enter with a seq_cst RMW; our seq_cst state stores and slot
   // loads complete the handshake with no fence here.
   Registry().WaitForOddSlots();
+  return absl::OkStatus();
+}
+
+AccessGateStats access_gate_stats() {
+  return AccessGateStats{
+      .uses_membarrier =
+          [] {
+            ChooseBarrierOnce();
+            return internal::access_gate_uses_membarrier;
+          }(),
+      .membarrier_failures = membarrier_failures.load(std::memory_order_relaxed),
+      .fallback_barriers = fallback_barriers.load(std::memory_order_relaxed),
+  };
+}
+
+void internal::SetExpeditedBarrierForTest(long (*barrier)()) {
+  expedited_barrier =
+      barrier != nullptr ? barrier : [] { return Membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED); };
 }
 
 }  // namespace cvmbus::guestmem

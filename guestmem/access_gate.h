@@ -13,7 +13,10 @@
 // compiler, and the converter issues membarrier(PRIVATE_EXPEDITED), which runs a full barrier
 // on every thread of the process (the asymmetric-fence scheme of liburcu and folly). Where
 // membarrier is unavailable, and under ThreadSanitizer (which cannot see membarrier), the
-// accessor uses a sequentially consistent RMW instead.
+// accessor uses a sequentially consistent RMW instead. Should membarrier fail after it was
+// chosen (the kernel may refuse with ENOMEM), the converter retries it once, then forces the
+// barrier on every CPU running a thread of ours with a TLB shootdown (an mprotect downgrade of
+// a page it just wrote); only if that fails too does the wait return an error.
 //
 // Each thread owns one slot (a cache line nobody else writes), registered on first use.
 // Thread safety: all functions may be called from any thread; AccessScope is not reentrant.
@@ -23,6 +26,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "absl/status/status.h"
 #include "guestmem/racy_copy.h"  // CVMBUS_TSAN
 
 namespace cvmbus::guestmem {
@@ -38,11 +42,22 @@ namespace internal {
 extern constinit thread_local AccessSlot* this_thread_access_slot;
 AccessSlot* RegisterThisThreadForAccess();
 extern bool access_gate_uses_membarrier;  // Set once, before any thread's first access.
+// Replaces membarrier(PRIVATE_EXPEDITED) (returns 0 or -1 with errno); null restores it.
+void SetExpeditedBarrierForTest(long (*barrier)());
 }  // namespace internal
 
 // Blocks until every thread that was inside an access when this was called has left it.
 // Accesses that start afterwards are not waited for: they see the new page states.
-void WaitForAccessesInFlight();
+// kInternal only if no process-wide barrier could be had (see above): the caller's state
+// change is then not safe against accesses in flight, and must be reported as failed.
+[[nodiscard]] absl::Status WaitForAccessesInFlight();
+
+struct AccessGateStats {
+  bool uses_membarrier = false;      // The asymmetric scheme (else the RMW one).
+  uint64_t membarrier_failures = 0;  // membarrier calls that failed (then retried once).
+  uint64_t fallback_barriers = 0;    // Barriers made by the mprotect fallback.
+};
+AccessGateStats access_gate_stats();
 
 // Marks the calling thread as inside an access for the scope's lifetime.
 class AccessScope {

@@ -2,8 +2,12 @@
 #include "guestmem/access_gate.h"
 
 #include <gtest/gtest.h>
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -17,7 +21,7 @@ namespace {
 constexpr uint8_t kSecret = 0x5e;  // Written only through the private view.
 constexpr uint64_t kPages = 8;
 
-TEST(AccessGateTest, ConversionsNeverLeakPrivateBytesToTheUntrustedView) {
+void ExpectConversionsNeverLeak() {
   MemoryOptions options;
   options.regions = {{0, kPages * kPageSize}};
   auto created = MemoryBacking::Create(options);
@@ -76,8 +80,28 @@ TEST(AccessGateTest, ConversionsNeverLeakPrivateBytesToTheUntrustedView) {
   EXPECT_GE(untrusted_reads.load(), 50u);
 }
 
+TEST(AccessGateTest, ConversionsNeverLeakPrivateBytesToTheUntrustedView) {
+  ExpectConversionsNeverLeak();
+}
+
+// The same race with every membarrier failing: the mprotect fallback must order it as well.
+TEST(AccessGateTest, ConversionsNeverLeakWithTheFallbackBarrier) {
+  if (!access_gate_stats().uses_membarrier) {
+    GTEST_SKIP() << "the RMW scheme is in use here (no membarrier, or ThreadSanitizer)";
+  }
+  internal::SetExpeditedBarrierForTest([]() -> long {
+    errno = ENOMEM;
+    return -1;
+  });
+  const uint64_t fallbacks_before = access_gate_stats().fallback_barriers;
+  ExpectConversionsNeverLeak();
+  internal::SetExpeditedBarrierForTest(nullptr);
+  EXPECT_GE(access_gate_stats().fallback_barriers - fallbacks_before, 2000u);
+}
+
 TEST(AccessGateTest, WaitReturnsWithNoAccessInFlight) {
-  WaitForAccessesInFlight();  // Nothing registered or nothing inside: must not block.
+  ASSERT_TRUE(
+      WaitForAccessesInFlight().ok());  // Nothing registered or nothing inside: must not block.
   std::atomic<bool> inside{false}, release{false};
   std::thread holder([&] {
     AccessScope scope;
@@ -87,7 +111,7 @@ TEST(AccessGateTest, WaitReturnsWithNoAccessInFlight) {
   while (!inside) std::this_thread::yield();
   std::atomic<bool> waited{false};
   std::thread waiter([&] {
-    WaitForAccessesInFlight();
+    EXPECT_TRUE(WaitForAccessesInFlight().ok());
     waited = true;
   });
   for (int i = 0; i < 1000; ++i) std::this_thread::yield();
@@ -96,6 +120,65 @@ TEST(AccessGateTest, WaitReturnsWithNoAccessInFlight) {
   holder.join();
   waiter.join();
   EXPECT_TRUE(waited.load());
+}
+
+// membarrier failing after it was chosen: the converter still gets its process-wide barrier
+// (the mprotect fallback) and still waits for the access in flight, and says so in the stats.
+TEST(AccessGateTest, AFailingMembarrierFallsBackAndStillWaits) {
+  if (!access_gate_stats().uses_membarrier) {
+    GTEST_SKIP() << "the RMW scheme is in use here (no membarrier, or ThreadSanitizer)";
+  }
+  internal::SetExpeditedBarrierForTest([]() -> long {
+    errno = ENOMEM;
+    return -1;
+  });
+  const AccessGateStats before = access_gate_stats();
+  std::atomic<bool> inside{false}, release{false};
+  std::thread holder([&] {
+    AccessScope scope;
+    inside = true;
+    while (!release) std::this_thread::yield();
+  });
+  while (!inside) std::this_thread::yield();
+  std::atomic<bool> waited{false};
+  absl::Status status;
+  std::thread waiter([&] {
+    status = WaitForAccessesInFlight();
+    waited = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(waited.load());
+  release = true;
+  holder.join();
+  waiter.join();
+  internal::SetExpeditedBarrierForTest(nullptr);
+  EXPECT_TRUE(status.ok()) << status;
+  const AccessGateStats after = access_gate_stats();
+  EXPECT_EQ(after.membarrier_failures - before.membarrier_failures, 1u);
+  EXPECT_EQ(after.fallback_barriers - before.fallback_barriers, 1u);
+}
+
+// A failure the retry gets past needs no fallback.
+TEST(AccessGateTest, AMembarrierThatFailsOnceIsRetried) {
+  if (!access_gate_stats().uses_membarrier) {
+    GTEST_SKIP() << "the RMW scheme is in use here (no membarrier, or ThreadSanitizer)";
+  }
+  static std::atomic<int> calls{0};
+  calls = 0;
+  internal::SetExpeditedBarrierForTest([]() -> long {
+    if (calls.fetch_add(1) == 0) {
+      errno = ENOMEM;
+      return -1;
+    }
+    return syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  });
+  const AccessGateStats before = access_gate_stats();
+  const absl::Status status = WaitForAccessesInFlight();
+  internal::SetExpeditedBarrierForTest(nullptr);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(access_gate_stats().membarrier_failures - before.membarrier_failures, 1u);
+  EXPECT_EQ(access_gate_stats().fallback_barriers, before.fallback_barriers);
 }
 
 }  // namespace

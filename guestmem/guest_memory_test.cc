@@ -1,11 +1,13 @@
 #include "guestmem/guest_memory.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -383,6 +385,47 @@ TEST(RewriteUnviewedTest, OnlyPagesNoViewCanSee) {
   ASSERT_TRUE(backing->SetAccess(0x1000, 0x1000, Access::kNone, Access::kReadWrite).ok());
   EXPECT_EQ(*GuestMemory::Untrusted(backing).ReadPlain<uint64_t>(0x1800), 0u);
   ExpectKind(backing->RewriteUnviewed(kMiB, 1, scrub), ErrorKind::kOutOfRange);
+}
+
+// A conversion that starts while an isolation model rewrites a page waits for the rewrite:
+// the page cannot become viewed (and be read) half rewritten.
+TEST(RewriteUnviewedTest, StateChangesWaitForTheRewrite) {
+  auto backing = MakeSparse();
+  ASSERT_TRUE(backing->SetAccess(0x1000, 0x1000, Access::kNone, Access::kNone).ok());
+  std::atomic<bool> converted{false};
+  std::thread converter;
+  ASSERT_TRUE(
+      backing
+          ->RewriteUnviewed(
+              0x1000, 0x1000,
+              [&](absl::Span<uint8_t> bytes) {
+                std::fill(bytes.begin(), bytes.begin() + 2048, 0xaa);
+                converter = std::thread([&] {
+                  EXPECT_TRUE(
+                      backing->SetAccess(0x1000, 0x1000, Access::kNone, Access::kReadWrite).ok());
+                  converted = true;
+                });
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                EXPECT_FALSE(converted.load());  // Still rewriting.
+                std::fill(bytes.begin() + 2048, bytes.end(), 0xaa);
+              })
+          .ok());
+  converter.join();
+  EXPECT_TRUE(converted.load());
+  EXPECT_EQ(*GuestMemory::Untrusted(backing).ReadPlain<uint8_t>(0x1fff), 0xaa);
+}
+
+TEST(MemfdTest, TheFdCannotBeShrunkOrGrownUnderTheMappings) {
+  auto backing = MakeSparse(BackingType::kMemfd);
+  ASSERT_GE(backing->fd(), 0);
+  const int seals = fcntl(backing->fd(), F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+            F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  EXPECT_NE(ftruncate(backing->fd(), 0), 0);
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_NE(ftruncate(backing->fd(), 64 * kMiB), 0);
+  EXPECT_NE(fcntl(backing->fd(), F_ADD_SEALS, F_SEAL_FUTURE_WRITE), 0);  // Sealed for seals.
+  EXPECT_TRUE(GuestMemory::Private(backing).WritePlain<uint32_t>(2 * kMiB + 8, 1).ok());
 }
 
 TEST(MemfdTest, AnotherMappingOfTheFdSeesTheSamePages) {

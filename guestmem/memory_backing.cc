@@ -78,7 +78,7 @@ absl::Status MemoryBacking::Map(const MemoryOptions& options) {
   uint64_t total_bytes = 0;
   for (const GuestRegion& region : options.regions) total_bytes += region.size_bytes;
   if (type_ == BackingType::kMemfd) {
-    fd_ = memfd_create(name_.c_str(), MFD_CLOEXEC);
+    fd_ = memfd_create(name_.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd_ < 0) return SystemError(name_, "memfd_create", errno);
   } else if (type_ == BackingType::kFile) {
     fd_ = open(options.file_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -91,6 +91,13 @@ absl::Status MemoryBacking::Map(const MemoryOptions& options) {
         ftruncate(fd_, static_cast<off_t>(total_bytes)) != 0) {
       return SystemError(name_, fmt::format("sizing the backing to {:#x} bytes", total_bytes),
                          errno);
+    }
+  }
+  if (type_ == BackingType::kMemfd) {
+    // Whoever holds the fd (a KVM VM, another process) cannot shrink it under our mappings,
+    // which would turn every access past the new end into SIGBUS, nor add seals that would.
+    if (fcntl(fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+      return SystemError(name_, "sealing the memfd's size", errno);
     }
   }
 
@@ -193,7 +200,9 @@ absl::Status MemoryBacking::SetStates(uint64_t gpa, uint64_t len,
     page_state_changes_.fetch_add(changed, std::memory_order_relaxed);
   }
   // Accesses that checked the old states may still be copying; let them finish.
-  WaitForAccessesInFlight();
+  if (absl::Status waited = WaitForAccessesInFlight(); !waited.ok()) {
+    return error(ErrorKind::kSystem, std::string(waited.message()));
+  }
   return absl::OkStatus();
 }
 
@@ -233,6 +242,9 @@ absl::Status MemoryBacking::RewriteUnviewed(uint64_t gpa, uint64_t len,
   if (gpa + len > limit_) return error(ErrorKind::kOutOfRange, "past the end of guest memory");
   if (len == 0) return absl::OkStatus();
   const uint8_t unviewed = page_state::Encode(Access::kNone, Access::kNone);
+  // Held across the check and `fn`: state changes take it too, so no page can become viewed
+  // (and accessed) between the check and the rewrite.
+  MutexLock lock(&control_mu_);
   for (uint64_t page = gpa >> kPageShift; page <= (gpa + len - 1) >> kPageShift; ++page) {
     const uint8_t state = LoadState(page);
     if ((state & page_state::kPresent) == 0) {

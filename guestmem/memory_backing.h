@@ -9,7 +9,11 @@
 //   kAnonymous  private anonymous memory; cheapest, visible to this process only.
 //   kMemfd      a memfd, MAP_SHARED: another process or a KVM guest can map the same pages
 //               (fd() and regions() say where); also what a ring's double mapping needs.
-//   kFile       a file on disk, MAP_SHARED, created or grown to fit the layout.
+//               Its size is sealed (F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_SEAL): a holder of
+//               the fd cannot truncate it under our mappings.
+//   kFile       a file on disk, MAP_SHARED, created or grown to fit the layout. A file cannot
+//               be sealed: whoever may write it can truncate it and make accesses fault, so
+//               it must be the operator's own (its permissions are the protection).
 //
 // Access state: each 4 KiB page has, per view, an Access (none / read / read-write). A new
 // backing grants read-write to both views (no isolation). Isolation models (hw/snp, hw/tdx)
@@ -103,7 +107,9 @@ class MemoryBacking {
 
   // Gives `fn` the bytes of [gpa, gpa + len) with no view in between, for an isolation model
   // that scrubs or scrambles pages it is converting. Both views must have no access to every
-  // page of the range (kInvalidArgument otherwise), which guarantees no accessor races `fn`.
+  // page of the range (kInvalidArgument otherwise), which guarantees no accessor races `fn`;
+  // state changes (SetAccess) wait until `fn` returns. `fn` must not call back into this
+  // backing's control operations (SetAccess, Pin, RewriteUnviewed).
   absl::Status RewriteUnviewed(uint64_t gpa, uint64_t len,
                                absl::FunctionRef<void(absl::Span<uint8_t>)> fn);
 
