@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
@@ -46,13 +47,16 @@ RingReader::~RingReader() {
 }
 
 absl::Status RingReader::Release() {
-  if (!deferred_error_.ok()) return std::exchange(deferred_error_, absl::OkStatus());
+  // Release whatever an earlier burst's signal did: the error is reported, the space is freed.
+  absl::Status status = std::exchange(deferred_error_, absl::OkStatus());
   const bool signal = ring_.CommitInBurst();
   if (ring_.in_burst()) loop_->CallBeforeWaiting(this);
-  if (!signal) return absl::OkStatus();
-  ++stats_.signals_sent;
-  woke_writer_ = true;
-  return peer_->Raise();
+  if (signal) {
+    ++stats_.signals_sent;
+    woke_writer_ = true;
+    status.Update(peer_->Raise());
+  }
+  return status;
 }
 
 absl::Status RingReader::EndBurst() {
@@ -133,19 +137,24 @@ RingWriter::~RingWriter() {
 }
 
 absl::Status RingWriter::Publish() {
-  if (!deferred_error_.ok()) return std::exchange(deferred_error_, absl::OkStatus());
+  // Publish whatever an earlier burst's signal did: the error is reported, the packets sent.
+  absl::Status status = std::exchange(deferred_error_, absl::OkStatus());
   const bool signal = ring_.CommitInBurst();
   if (ring_.in_burst()) loop_->CallBeforeWaiting(this);
-  if (!signal) return absl::OkStatus();
-  ++stats_.signals_sent;
-  return peer_->Raise();
+  if (signal) {
+    ++stats_.signals_sent;
+    status.Update(peer_->Raise());
+  }
+  return status;
 }
 
 absl::Status RingWriter::Flush() {
-  if (!deferred_error_.ok()) return std::exchange(deferred_error_, absl::OkStatus());
-  if (!ring_.Commit()) return absl::OkStatus();
-  ++stats_.signals_sent;
-  return peer_->Raise();
+  absl::Status status = std::exchange(deferred_error_, absl::OkStatus());
+  if (ring_.Commit()) {
+    ++stats_.signals_sent;
+    status.Update(peer_->Raise());
+  }
+  return status;
 }
 
 absl::Status RingWriter::EndBurst() {
@@ -190,9 +199,22 @@ bool RingWriter::WritableAwaiter::await_ready() {
   for (uint32_t i = 0; i < writer->spin_.polls_before_sleep; ++i) {
     if (poll_once()) return true;
   }
-  if (writer->spin_.busy_reader_wait.count() > 0 &&
-      PollFor(writer->spin_.busy_reader_wait, poll_once, [&] { return ring.ReaderDraining(); })) {
-    return true;
+  // interrupt_mask is the guest's to set: spin only while spinning has lately found space.
+  if (writer->spin_.busy_reader_wait.count() > 0 && ring.ReaderDraining()) {
+    if (writer->busy_waits_to_skip_ > 0) {
+      --writer->busy_waits_to_skip_;
+      ++writer->stats_.busy_waits_skipped;
+    } else {
+      ++writer->stats_.busy_waits;
+      if (PollFor(writer->spin_.busy_reader_wait, poll_once,
+                  [&] { return ring.ReaderDraining(); })) {
+        writer->busy_wait_misses_ = 0;
+        return true;
+      }
+      writer->busy_wait_misses_ =
+          std::min(writer->busy_wait_misses_ + 1, SpinPolicy::kMaxBusyWaitBackoff);
+      writer->busy_waits_to_skip_ = (uint32_t{1} << writer->busy_wait_misses_) - 1;
+    }
   }
   // Ask the reader to signal when the packet fits, then re-check (no lost wake-up).
   absl::StatusOr<bool> fits = ring.RequestSpace(packet_bytes);

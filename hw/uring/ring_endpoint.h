@@ -45,7 +45,14 @@ struct SpinPolicy {
   // polls for space up to this long before sleeping: a draining reader frees space within
   // microseconds, while a sleep costs a wake-up on each side (25-45 us here, limits.md) and
   // usually lets the reader run dry meanwhile, so that it sleeps too. 0: never.
+  // interrupt_mask is the guest's to set, and the spin runs on the loop's thread, which serves
+  // every channel on it: so a writer backs off from a reader whose spins do not pay. After k
+  // spins in a row that ended without space (k <= kMaxBusyWaitBackoff), it skips the spin on
+  // its next 2^k - 1 waits, sleeping at once: a reader that keeps interrupt_mask set and never
+  // drains costs at most one spin in 2^kMaxBusyWaitBackoff waits. A spin that finds space
+  // resets k. Counted in EndpointStats::busy_waits and busy_waits_skipped.
   std::chrono::nanoseconds busy_reader_wait = std::chrono::microseconds(20);
+  static constexpr uint32_t kMaxBusyWaitBackoff = 6;
   // A reader that finds the ring empty after signalling a writer that waited for space (which
   // is waking up and will write at once) polls up to this long before sleeping, instead of
   // sleeping through the writer's wake-up and costing it a signal. 0: never.
@@ -56,6 +63,11 @@ struct EndpointStats {
   uint64_t signals_sent = 0;  // Signals raised to the peer.
   uint64_t sleeps = 0;        // Times we waited on the wake fd.
   uint64_t spin_hits = 0;     // Times spinning found work and avoided a sleep.
+  // Writer: busy-reader spins run (SpinPolicy::busy_reader_wait; those that found space are
+  // among spin_hits), and spins skipped, the ring full and the reader masked, because the
+  // last ones found no space.
+  uint64_t busy_waits = 0;
+  uint64_t busy_waits_skipped = 0;
 };
 
 class RingReader : private EventLoop::IdleHook {
@@ -75,7 +87,8 @@ class RingReader : private EventLoop::IdleHook {
   // Publishes what was read at once, signalling now if a waiting writer's request is visibly
   // met; the pending_send_sz rule's full check follows at the end of the burst (when the loop
   // goes idle, before Readable() sleeps, or every IncomingRing::kBurstCheckInterval releases).
-  // Also returns the error of a signal raised at the end of an earlier burst.
+  // Releases in any case, then returns the error of a signal raised at the end of an earlier
+  // burst, if one failed, else that of its own signal.
   absl::Status Release();
 
   struct ReadableAwaiter {
@@ -119,11 +132,12 @@ class RingWriter : private EventLoop::IdleHook {
   const EndpointStats& stats() const { return stats_; }
 
   // Publishes appended packets (ring().Append) at once, signalling now if the reader is
-  // visibly idle; the full signal check follows when the burst ends (see above). Also returns
-  // the error of a signal raised at the end of an earlier burst.
+  // visibly idle; the full signal check follows when the burst ends (see above). Publishes in
+  // any case, then returns the error of a signal raised at the end of an earlier burst, if one
+  // failed, else that of its own signal.
   absl::Status Publish();
   // Publishes appended packets with the full check now (ending any burst); signals if the
-  // rules say so.
+  // rules say so. Errors as Publish's.
   absl::Status Flush();
 
   struct WritableAwaiter {
@@ -135,7 +149,8 @@ class RingWriter : private EventLoop::IdleHook {
     void await_suspend(std::coroutine_handle<> handle);
     absl::Status await_resume();
   };
-  // Completes when a packet of `packet_bytes` (length + trailer) fits.
+  // Completes when a packet of `packet_bytes` (length + trailer) fits. Before sleeping it may
+  // spin for a draining reader (SpinPolicy::busy_reader_wait, with its backoff).
   WritableAwaiter Writable(uint32_t packet_bytes) {
     return WritableAwaiter{this, packet_bytes, absl::OkStatus()};
   }
@@ -153,6 +168,10 @@ class RingWriter : private EventLoop::IdleHook {
   SpinPolicy spin_;
   EndpointStats stats_;
   absl::Status deferred_error_;  // A signal that failed at the end of a burst.
+  // The busy-reader spin's backoff: spins in a row that found no space (capped at
+  // SpinPolicy::kMaxBusyWaitBackoff), and waits left that skip the spin.
+  uint32_t busy_wait_misses_ = 0;
+  uint32_t busy_waits_to_skip_ = 0;
 };
 
 // Reads and discards an eventfd's counter (EFD_NONBLOCK); returns the count (0 if none).

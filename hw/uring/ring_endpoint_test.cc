@@ -245,5 +245,181 @@ TEST(RingEndpointTest, ReadableReportsACorruptRing) {
   EXPECT_TRUE(ring::IsRingError(seen, ring::RingError::kIndexUnaligned)) << seen;
 }
 
+// A peer Signal whose Raise fails while `fail` is set (a closed irqfd, a dead peer loop).
+class FailingSignal : public Signal {
+ public:
+  absl::Status Raise() override {
+    ++raised;
+    return fail ? absl::UnavailableError("test signal: raise failed") : absl::OkStatus();
+  }
+  bool fail = false;
+  int raised = 0;
+};
+
+// Packets of 8 payload bytes: 32 bytes in the ring with descriptor and trailer.
+constexpr uint32_t kPacketBytes = 32;
+ring::OutgoingPacket SmallPacket(uint64_t transaction_id) {
+  static constexpr uint8_t kPayload[8] = {};
+  return {.transaction_id = transaction_id, .payload = kPayload};
+}
+
+// A writer whose end-of-burst signal failed: a burst began while the reader was draining
+// (interrupt_mask set), the reader went to sleep without reading, and the signal owed to it,
+// raised by the loop before it waited, failed. The error is deferred to the next call.
+class DeferredWriterErrorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ring_.SetControl(ring::control::kInterruptMask, 1);
+    ASSERT_TRUE(writer_.ring().Append(SmallPacket(0)).ok());
+    ASSERT_TRUE(writer_.Publish().ok());
+    ring_.SetControl(ring::control::kInterruptMask, 0);
+    peer_.fail = true;
+    ASSERT_TRUE(loop_->RunOnce(0ns).ok());  // Runs BeforeWaiting.
+    ASSERT_EQ(peer_.raised, 1);
+    ASSERT_TRUE(writer_.ring().Append(SmallPacket(1)).ok());
+  }
+
+  TestRing ring_{1};
+  EventFd wake_;
+  std::unique_ptr<EventLoop> loop_ = *EventLoop::Create();
+  FailingSignal peer_;
+  RingWriter writer_{loop_.get(), *ring::OutgoingRing::Create(ring_.Memory()), wake_.fd, &peer_};
+};
+
+TEST_F(DeferredWriterErrorTest, PublishPublishesThenReportsIt) {
+  EXPECT_EQ(writer_.Publish(), absl::UnavailableError("test signal: raise failed"));
+  EXPECT_EQ(ring_.Control(ring::control::kWriteIndex), 2 * kPacketBytes);
+  EXPECT_TRUE(writer_.Publish().ok());  // Reported once.
+}
+
+TEST_F(DeferredWriterErrorTest, FlushPublishesThenReportsIt) {
+  EXPECT_EQ(writer_.Flush(), absl::UnavailableError("test signal: raise failed"));
+  EXPECT_EQ(ring_.Control(ring::control::kWriteIndex), 2 * kPacketBytes);
+  EXPECT_TRUE(writer_.Flush().ok());
+}
+
+// The reader's side: a burst of releases, then a writer's space request (pending_send_sz)
+// that the burst answers; the signal owed at the burst's end fails.
+TEST(RingEndpointTest, ReleaseReleasesThenReportsADeferredSignalError) {
+  TestRing ring(1);
+  EventFd wake;
+  auto loop = *EventLoop::Create();
+  FailingSignal peer;
+  ring::OutgoingRing writer = *ring::OutgoingRing::Create(ring.Memory());
+  for (uint64_t i = 0; i < 3; ++i) ASSERT_TRUE(writer.Write(SmallPacket(i)).ok());
+  RingReader reader(loop.get(), *ring::IncomingRing::Create(ring.Memory()), wake.fd, &peer);
+  ring::PacketBuffer buffer;
+  ASSERT_TRUE(*reader.ring().Read(&buffer));
+  ASSERT_TRUE(reader.Release().ok());
+  ring.SetControl(ring::control::kPendingSendSize, kPacketBytes);
+  peer.fail = true;
+  ASSERT_TRUE(loop->RunOnce(0ns).ok());  // Runs BeforeWaiting.
+  ASSERT_EQ(peer.raised, 1);
+  ASSERT_TRUE(*reader.ring().Read(&buffer));
+  EXPECT_EQ(reader.Release(), absl::UnavailableError("test signal: raise failed"));
+  EXPECT_EQ(ring.Control(ring::control::kReadIndex), 2 * kPacketBytes);
+  ASSERT_TRUE(*reader.ring().Read(&buffer));
+  EXPECT_TRUE(reader.Release().ok());  // Reported once.
+}
+
+// Appends packets until the ring is full, then publishes them.
+absl::Status Fill(RingWriter* writer) {
+  absl::Status appended;
+  while ((appended = writer->ring().Append(SmallPacket(0))).ok()) {
+  }
+  if (!ring::IsRingError(appended, ring::RingError::kFull)) return appended;
+  return writer->Flush();
+}
+
+// Waits once for room for a packet; sets `*done` when the wait completes.
+Task WaitForSpace(RingWriter* writer, absl::Status* status, bool* done) {
+  *status = co_await writer->Writable(kPacketBytes);
+  *done = true;
+}
+
+// Runs `loop` until `*done` (or for a few seconds).
+void RunUntil(EventLoop* loop, const bool* done) {
+  for (int i = 0; i < 5 && !*done; ++i) (void)loop->RunOnce(1s);
+}
+
+// A reader that keeps interrupt_mask set and reads only once the writer has gone to sleep (a
+// guest that stalls, or means harm): no busy-reader spin finds space, so the writer backs off,
+// spinning on waits 1, 3, 7, 15, 31, 63, then once in 64 (127, 191, 255), and sleeping at once
+// on the others; every wait still completes when the reader frees space.
+TEST(RingEndpointTest, WriterBacksOffSpinningOnAMaskedReaderThatDoesNotDrain) {
+  TestRing ring(1);
+  EventFd wake;
+  auto loop = *EventLoop::Create();
+  CallbackSignal to_reader;
+  RingWriter writer(loop.get(), *ring::OutgoingRing::Create(ring.Memory()), wake.fd, &to_reader);
+  ring::IncomingRing reader = *ring::IncomingRing::Create(ring.Memory());
+  reader.Mask();
+  ring::PacketBuffer buffer;
+  for (int wait = 1; wait <= 256; ++wait) {
+    ASSERT_TRUE(Fill(&writer).ok());
+    absl::Status status = absl::UnknownError("not run");
+    bool done = false;
+    WaitForSpace(&writer, &status, &done);
+    ASSERT_FALSE(done) << wait;  // Asleep: nobody frees space.
+    // The reader frees a packet's room and, by the pending_send_sz rule, wakes the writer.
+    ASSERT_TRUE(*reader.Read(&buffer));
+    ASSERT_TRUE(reader.Commit());
+    ASSERT_TRUE(EventFdSignal(wake.fd).Raise().ok());
+    RunUntil(loop.get(), &done);
+    ASSERT_TRUE(done) << wait;
+    ASSERT_TRUE(status.ok()) << status;
+    if (wait == 16) {
+      EXPECT_EQ(writer.stats().busy_waits, 4u);
+      EXPECT_EQ(writer.stats().busy_waits_skipped, 12u);
+    }
+  }
+  EXPECT_EQ(writer.stats().busy_waits, 9u);
+  EXPECT_EQ(writer.stats().busy_waits_skipped, 256u - 9u);
+  EXPECT_EQ(writer.stats().spin_hits, 0u);
+  EXPECT_EQ(writer.stats().sleeps, 256u);
+}
+
+// A reader that drains (interrupt_mask set, a packet read every 100 us): each busy-reader spin
+// finds space, so the writer spins on every wait and never sleeps. (A wait the reader beats,
+// finding space at once, spins not at all and counts nowhere.)
+TEST(RingEndpointTest, WriterKeepsSpinningOnADrainingReader) {
+  TestRing ring(1);
+  EventFd wake;
+  auto loop = *EventLoop::Create();
+  CallbackSignal to_reader;
+  // A budget far above the reader's pace: a spin misses only if the reader stalls for 1 s.
+  RingWriter writer(loop.get(), *ring::OutgoingRing::Create(ring.Memory()), wake.fd, &to_reader,
+                    SpinPolicy{.busy_reader_wait = 1s});
+  ring::IncomingRing reader = *ring::IncomingRing::Create(ring.Memory());
+  reader.Mask();
+  std::atomic<bool> stop{false};
+  std::thread drainer([&] {
+    ring::PacketBuffer buffer;
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::this_thread::sleep_for(100us);
+      absl::StatusOr<bool> got = reader.Read(&buffer);
+      if (!got.ok()) return;
+      // Wakes a writer that slept (none should).
+      if (*got && reader.Commit()) (void)EventFdSignal(wake.fd).Raise();
+    }
+  });
+  constexpr uint64_t kSpins = 16;
+  absl::Status failed;
+  for (int wait = 0; wait < 1000 && writer.stats().spin_hits < kSpins && failed.ok(); ++wait) {
+    bool done = false;
+    if (failed = Fill(&writer); !failed.ok()) break;
+    WaitForSpace(&writer, &failed, &done);
+    RunUntil(loop.get(), &done);
+    if (!done) failed = absl::DeadlineExceededError("the wait for space never completed");
+  }
+  stop.store(true, std::memory_order_relaxed);
+  drainer.join();
+  ASSERT_TRUE(failed.ok()) << failed;
+  EXPECT_EQ(writer.stats().spin_hits, kSpins);
+  EXPECT_EQ(writer.stats().busy_waits, kSpins);
+  EXPECT_EQ(writer.stats().busy_waits_skipped, 0u);
+  EXPECT_EQ(writer.stats().sleeps, 0u);
+}
+
 }  // namespace
 }  // namespace cvmbus::hw
