@@ -67,13 +67,28 @@ absl::StatusOr<OutgoingRing> OutgoingRing::Create(guestmem::RingMemory memory) {
   return ring;
 }
 
-absl::Status OutgoingRing::LoadReadIndex() {
+absl::Status OutgoingRing::Poison(absl::Status status) {
+  poisoned_ = status;
+  return status;
+}
+
+absl::Status OutgoingRing::LoadReadIndex(std::memory_order order) {
   // acquire: the reader's copies out of the bytes it released happen-before our overwrite.
-  const uint32_t read = memory_.LoadControl(control::kReadIndex, memory_order_acquire);
+  // (seq_cst where the caller needs the store->load order of the space request: RequestSpace.)
+  const uint32_t read = memory_.LoadControl(control::kReadIndex, order);
   if (absl::Status status = CheckIndex("outgoing ring: read index", read, memory_.data_size());
       !status.ok()) {
-    poisoned_ = status;
-    return status;
+    return Poison(status);
+  }
+  // The reader may only release bytes, and only bytes we published: a read index behind its
+  // last position would hand it our unread packets to free, one past committed_ (into bytes
+  // appended but not committed, or beyond) would let us overwrite packets it has not read.
+  if (Distance(read_cache_, read) > Distance(read_cache_, committed_)) {
+    return Poison(MakeRingError(
+        RingError::kIndexOutOfRange,
+        fmt::format("outgoing ring: read index {:#x} is outside [{:#x}, {:#x}], from the reader's "
+                    "last read index to our committed write index",
+                    read, read_cache_, committed_)));
   }
   read_cache_ = read;
   return absl::OkStatus();
@@ -87,7 +102,7 @@ bool OutgoingRing::Fits(uint32_t total_bytes) const {
 
 absl::StatusOr<uint32_t> OutgoingRing::FreeBytes() {
   if (!poisoned_.ok()) return poisoned_;
-  if (absl::Status status = LoadReadIndex(); !status.ok()) return status;
+  if (absl::Status status = LoadReadIndex(memory_order_acquire); !status.ok()) return status;
   return memory_.data_size() - Distance(read_cache_, next_);
 }
 
@@ -112,8 +127,11 @@ absl::Status OutgoingRing::CopyIn(const OutgoingPacket& packet, uint32_t length,
   } else {
     uint8_t tail[16] = {};  // Padding (< 8 bytes) then the trailer.
     std::memcpy(tail + padding, &trailer, sizeof(trailer));
+    // An empty payload is a default span whose data() is null: no copy at all, as above
+    // (ring/fuzz/crashes/ubsan-null-payload-large-header is the input that took this path).
     copied = memory_.WriteData(start, header, header_bytes) &&
-             memory_.WriteData(at(header_bytes), packet.payload.data(), payload_bytes) &&
+             (payload_bytes == 0 ||
+              memory_.WriteData(at(header_bytes), packet.payload.data(), payload_bytes)) &&
              memory_.WriteData(at(header_bytes + payload_bytes), tail, padding + kTrailerBytes);
   }
   if (!copied) {  // Unreachable: every offset above is reduced modulo the data size.
@@ -145,7 +163,7 @@ absl::Status OutgoingRing::Append(const OutgoingPacket& packet) {
                                      total, memory_.data_size()));
   }
   if (!Fits(total)) {
-    if (absl::Status status = LoadReadIndex(); !status.ok()) return status;
+    if (absl::Status status = LoadReadIndex(memory_order_acquire); !status.ok()) return status;
     if (!Fits(total)) {
       // A writer may spin on a full ring: this status is built once, not formatted per call.
       static const absl::Status* const kFullStatus = new absl::Status(
@@ -231,8 +249,10 @@ bool OutgoingRing::EndBurst() {
   if (!in_burst_) return false;
   in_burst_ = false;
   // The full barrier of the signalling rule, once for the whole burst: our last index store
-  // is visible before the loads below.
-  memory_.FullBarrierOnControl(control::kWriteIndex);
+  // is visible before the loads below. It is a seq_cst store of committed_ again (xchg on x86),
+  // not a read-modify-write of the shared word: the peer can write that word, and our index
+  // comes only from our own state (a peer's overwrite is replaced, never read back or kept).
+  memory_.StoreControl(control::kWriteIndex, committed_, memory_order_seq_cst);
   if (memory_.LoadControl(control::kInterruptMask, memory_order_seq_cst) != 0) return false;
   // The reader may have gone to sleep at any index the burst published except the last (it
   // has everything at the last): signal iff it is in [burst_start_, committed_).
@@ -251,13 +271,7 @@ absl::StatusOr<bool> OutgoingRing::RequestSpace(uint32_t packet_bytes) {
   // read index, or we see the space it freed.
   memory_.StoreControl(control::kPendingSendSize, packet_bytes, memory_order_seq_cst);
   space_requested_ = true;
-  const uint32_t read = memory_.LoadControl(control::kReadIndex, memory_order_seq_cst);
-  if (absl::Status status = CheckIndex("outgoing ring: read index", read, memory_.data_size());
-      !status.ok()) {
-    poisoned_ = status;
-    return status;
-  }
-  read_cache_ = read;
+  if (absl::Status status = LoadReadIndex(memory_order_seq_cst); !status.ok()) return status;
   if (!Fits(packet_bytes)) return false;
   // It fits already: we will not sleep, so withdraw the request at once. Left set until our
   // next write, it would make a reader's end-of-burst check signal a writer that is not waiting.
@@ -449,8 +463,10 @@ bool IncomingRing::EndBurst() {
   // this very request already: same size, and the writer has not written since. (A writer we
   // woke finds the space, which only grows until it writes, and writes; one that asks again
   // without writing asks for more, a new request. A writer that saw the space itself is about
-  // to write: the signal is then one spare wake-up.)
-  memory_.FullBarrierOnControl(control::kReadIndex);
+  // to write: the signal is then one spare wake-up.) The barrier is a seq_cst store of
+  // committed_ again, as OutgoingRing::EndBurst's: never a read-modify-write of the shared
+  // word, which would read back (and keep) whatever the peer wrote over our index.
+  memory_.StoreControl(control::kReadIndex, committed_, memory_order_seq_cst);
   const std::optional<SpaceRequest> request = LoadSpaceRequest(memory_order_seq_cst);
   if (!request.has_value() || request->free_now <= request->pending) return false;
   const AnsweredRequest key{request->pending, request->write};

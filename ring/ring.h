@@ -12,9 +12,13 @@
 //     pending_send_sz feature bit and pending_send_sz (low 3 bits ignored) is nonzero, signal
 //     iff the free space went from <= pending_send_sz to > it. interrupt_mask does not gate it.
 //
-// Trust. The peer's index and control words are loaded once per use, validated (in range,
-// 8-aligned) and cached; our own index lives in private memory and is only ever published,
-// never read back. Packets are copied into a private PacketBuffer once and parsed there. A
+// Trust. The peer's index and control words are loaded once per use, validated and cached: in
+// range, 8-aligned, and moved only forward, never past our own index (the writer's index may
+// only add bytes after those we have read; the reader's may only release bytes we published).
+// Our own index is read from the control page once, at Create (a restored ring's position);
+// from then on it lives in private memory and is only ever published (stored), never read
+// back: not even by a barrier, which is a seq_cst store and not a read-modify-write of the
+// shared word. Packets are copied into a private PacketBuffer once and parsed there. A
 // corrupt ring returns a typed RingError (ring/errors.h), and every later call returns the
 // same error: a ring that lied once is not trusted again.
 //
@@ -55,7 +59,8 @@ class OutgoingRing {
   static absl::StatusOr<OutgoingRing> Create(guestmem::RingMemory memory);
 
   // Writes `packet` and publishes it. Returns "signal the peer". kFull if it does not fit now,
-  // kTooLarge if it never can; nothing is written in either case.
+  // kTooLarge if it never can; nothing is written in either case. A write that needs to reload
+  // the read index validates it as FreeBytes does.
   absl::StatusOr<bool> Write(const OutgoingPacket& packet);
 
   // Batching: Append writes without publishing; Commit publishes everything appended and
@@ -68,7 +73,8 @@ class OutgoingRing {
   // per burst instead of once per packet. CommitInBurst publishes like Commit but checks the
   // rule without the barrier; it returns "signal the peer" when the reader is visibly idle, and
   // every kBurstCheckInterval commits it ends the burst itself. EndBurst does the full check
-  // for every index the burst published and returns "signal the peer".
+  // for every index the burst published and returns "signal the peer"; its barrier re-stores
+  // our committed write index, so a peer's overwrite of that word does not outlive it.
   // Contract: call EndBurst (or Commit, which ends a burst) before the writer stops writing:
   // before it sleeps, waits, or returns to its event loop. Until then a reader that went to
   // sleep during the burst may not have been signalled.
@@ -77,13 +83,15 @@ class OutgoingRing {
   bool EndBurst();
   bool in_burst() const { return in_burst_; }
 
-  // Bytes a write may use now (the ring holds free_bytes - 1 at most: full != empty).
+  // Bytes a write may use now (the ring holds free_bytes - 1 at most: full != empty). Loads
+  // the reader's index: kIndexOutOfRange (and the ring poisoned) if it is out of range, moved
+  // back, or past our committed write index; kIndexUnaligned if not 8-aligned.
   absl::StatusOr<uint32_t> FreeBytes();
 
   // Flow control for a writer that got kFull: asks the reader to signal once `packet_bytes`
   // (a packet's length plus its trailer) fit, then re-checks. Returns true if they already fit
   // (retry now, do not sleep; the request is withdrawn). Otherwise the request stands until
-  // the next successful write or CancelSpaceRequest.
+  // the next successful write or CancelSpaceRequest. Validates the read index as FreeBytes.
   absl::StatusOr<bool> RequestSpace(uint32_t packet_bytes);
   void CancelSpaceRequest();
 
@@ -108,8 +116,11 @@ class OutgoingRing {
   uint32_t Distance(uint32_t from, uint32_t to) const {
     return to >= from ? to - from : to + memory_.data_size() - from;
   }
-  // Refreshes the cached read index from the control page; validates it.
-  absl::Status LoadReadIndex();
+  // Refreshes read_cache_ from the control page, loaded once with `order`. The new index must
+  // be in range, 8-aligned and in [read_cache_, committed_] going forward modulo the data
+  // size; anything else poisons the ring.
+  absl::Status LoadReadIndex(std::memory_order order);
+  absl::Status Poison(absl::Status status);
   bool Fits(uint32_t total_bytes) const;
   // Stores the write index (release) for everything appended.
   void Publish();
@@ -158,6 +169,7 @@ class IncomingRing {
   // before the reader stops reading: before it sleeps, waits, or returns to its event loop.
   static constexpr uint32_t kBurstCheckInterval = 16;
   bool CommitInBurst();
+  // Its barrier re-stores our published read index (a peer's overwrite does not outlive it).
   bool EndBurst();
   bool in_burst() const { return in_burst_; }
 

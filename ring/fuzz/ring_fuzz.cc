@@ -15,7 +15,8 @@
 // encoding error for the deliberately invalid ones); a fresh reader must read back exactly
 // what was written. Any broken expectation is a __builtin_trap().
 //
-// Build and run: ring/fuzz/build_fuzzer.sh [OUTPUT]; ring/fuzz/fuzz_smoke.sh.
+// Build and run: ring/fuzz/build_fuzzer.sh [OUTPUT]; tools/fuzz_smoke.sh ring/fuzz (which also
+// replays the past crashes in ring/fuzz/crashes/).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
