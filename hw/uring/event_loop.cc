@@ -63,9 +63,10 @@ absl::Status EventLoop::Init(const Options& options) {
   ring_ready_ = true;
   busy_poll_ = options.busy_poll;
 
-  post_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (post_fd_ < 0) return Errno("eventfd", errno);
-  absl::StatusOr<Id> watch = WatchEventFd(post_fd_, [this](uint64_t) { DrainPosted(); });
+  const int post_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (post_fd < 0) return Errno("eventfd", errno);
+  poster_ = std::shared_ptr<Poster>(new Poster(post_fd));
+  absl::StatusOr<Id> watch = WatchEventFd(post_fd, [this](uint64_t) { DrainPosted(); });
   return watch.status();
 }
 
@@ -76,20 +77,110 @@ EventLoop::~EventLoop() {
     // Cancelling destroys suspended coroutines, whose frames may drop replies that other
     // coroutines wait for: those wake-ups are posted in turn, so drain and cancel until both
     // are empty (bounded: a task that keeps re-posting must not hang teardown).
+    // Only then are parked tasks destroyed: one whose wake-up arrived, even from a frame
+    // destroyed here, has resumed by now, and the rest will never be woken by this loop.
+    // Destroying them may post more (a Receiver or an Rpc in a frame): round again.
+    // The queue stays open to other threads until all that is done, so their wake-ups of this
+    // teardown's tasks still run; shutting it then leaves nothing queued by an earlier Post.
     for (int round = 0; round < 16; ++round) {
       for (int drain = 0; drain < 16 && HasPosted(); ++drain) DrainPosted();
       RunIdleHooks();
       CancelAll();
-      if (!HasPosted()) break;
+      if (HasPosted() || DestroyParked()) continue;
+      if (poster_ == nullptr || poster_->Shut()) break;
     }
+    DestroyParked();  // Past the bound: destroyed, never resumed, rather than leaked.
     io_uring_queue_exit(&ring_);
   }
-  if (post_fd_ >= 0) close(post_fd_);
+  if (poster_ != nullptr) {
+    poster_->Shut();
+    // Work left past the bound (or posted by the loop's own frames above) is destroyed unrun,
+    // here, not whenever the last Waker lets the Poster go.
+    poster_->TakeQueued();
+  }
 }
 
-bool EventLoop::HasPosted() {
-  MutexLock lock(&post_mu_);
-  return !posted_.empty();
+bool EventLoop::HasPosted() { return poster_ != nullptr && poster_->HasQueued(); }
+
+EventLoop::Poster::~Poster() { close(fd_); }
+
+bool EventLoop::Poster::Post(std::function<void()> fn) {
+  return Enqueue(std::move(fn), /*even_if_shut=*/false);
+}
+
+bool EventLoop::Poster::Enqueue(std::function<void()> fn, bool even_if_shut) {
+  {
+    MutexLock lock(&mu_);
+    if (shut_ && !even_if_shut) return false;  // `fn` is destroyed by our caller, unrun.
+    queue_.push_back(std::move(fn));
+  }
+  // After the unlock: the fd is ours, so a loop shut meanwhile costs a stray count, no more.
+  const uint64_t one = 1;
+  (void)!write(fd_, &one, sizeof(one));
+  return true;
+}
+
+bool EventLoop::Poster::HasQueued() {
+  MutexLock lock(&mu_);
+  return !queue_.empty();
+}
+
+std::deque<std::function<void()>> EventLoop::Poster::TakeQueued() {
+  std::deque<std::function<void()>> batch;
+  MutexLock lock(&mu_);
+  batch.swap(queue_);
+  return batch;
+}
+
+bool EventLoop::Poster::Shut() {
+  MutexLock lock(&mu_);
+  shut_ = true;
+  return queue_.empty();
+}
+
+EventLoop::Waker EventLoop::Park(std::coroutine_handle<> handle) {
+  Id id;
+  {
+    MutexLock lock(&parked_mu_);
+    id = next_parked_id_++;
+    parked_.emplace(id, handle);
+  }
+  return Waker(poster_, this, id);
+}
+
+void EventLoop::Unpark(const Waker& waker) {
+  MutexLock lock(&parked_mu_);
+  parked_.erase(waker.id_);
+}
+
+bool EventLoop::Waker::Wake() const {
+  if (poster_ == nullptr) return false;
+  // Runs only on the live loop (the Poster refuses work once the loop is shutting down).
+  return poster_->Post([loop = loop_, id = id_] { loop->ResumeParked(id); });
+}
+
+void EventLoop::ResumeParked(Id id) {
+  std::coroutine_handle<> handle;
+  {
+    MutexLock lock(&parked_mu_);
+    auto it = parked_.find(id);
+    if (it == parked_.end()) return;  // Woken already, unparked, or destroyed by the teardown.
+    handle = it->second;
+    parked_.erase(it);
+  }
+  handle.resume();
+}
+
+bool EventLoop::DestroyParked() {
+  absl::flat_hash_map<Id, std::coroutine_handle<>> parked;
+  {
+    MutexLock lock(&parked_mu_);
+    parked.swap(parked_);
+  }
+  // Taken out first: a frame's destructor may wake its own parking, which must then find
+  // nothing.
+  for (auto& [id, handle] : parked) handle.destroy();
+  return !parked.empty();
 }
 
 io_uring_sqe* EventLoop::GetSqe() {
@@ -325,26 +416,18 @@ absl::Status EventLoop::SyncAwaiter::await_resume() const {
 }
 
 void EventLoop::Post(std::function<void()> fn) {
-  {
-    MutexLock lock(&post_mu_);
-    posted_.push_back(std::move(fn));
-  }
-  const uint64_t one = 1;
-  (void)!write(post_fd_, &one, sizeof(one));
+  // The loop is alive (the caller's contract): its own teardown's posts must still run.
+  poster_->Enqueue(std::move(fn), /*even_if_shut=*/true);
 }
 
 void EventLoop::Stop() {
   stop_from_other_thread_.store(true, std::memory_order_release);
   const uint64_t one = 1;
-  (void)!write(post_fd_, &one, sizeof(one));
+  (void)!write(poster_->fd_, &one, sizeof(one));
 }
 
 void EventLoop::DrainPosted() {
-  std::deque<std::function<void()>> batch;
-  {
-    MutexLock lock(&post_mu_);
-    batch.swap(posted_);
-  }
+  std::deque<std::function<void()>> batch = poster_->TakeQueued();
   for (auto& fn : batch) fn();
   if (stop_from_other_thread_.exchange(false, std::memory_order_acq_rel)) stop_requested_ = true;
 }

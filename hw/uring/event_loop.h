@@ -4,7 +4,7 @@
 // Setup: IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them (completions run
 // only when this thread waits, with no cross-CPU task work), else COOP_TASKRUN, else plain. The
 // loop must be created on the thread that runs it ("one loop per thread"); everything but
-// Post(), Stop() and ring_fd() must be called on that thread.
+// Post(), Stop(), ring_fd(), poster(), Park() and Unpark() must be called on that thread.
 //
 // Signalling another party: a plain write(2) to an eventfd (EventFdSignal) or an io_uring
 // MSG_RING to another loop (MsgRingSignal). IORING_OP_WRITE on an eventfd is not used: it is
@@ -13,7 +13,12 @@
 // Teardown: the destructor first runs work already posted (so tasks woken by a closing channel
 // finish), then cancels every operation in flight (IORING_ASYNC_CANCEL_ANY), reaps their
 // completions, closes nothing it does not own, and destroys coroutines still suspended in them;
-// it repeats both while the destroyed frames' dropped replies post more wake-ups.
+// it repeats both while the destroyed frames' dropped replies post more wake-ups. Then it
+// destroys the tasks still parked (Park: waiting for a channel or a reply that nothing
+// delivered), repeating from the start while that posts more, and last shuts its Poster: from
+// then on nothing posted from another thread reaches it (Poster::Post and Waker::Wake return
+// false). So when the destructor returns, every Task of the loop has finished or been destroyed
+// (short of FileIoAwaiter's deliberate leak and the bounds on the rounds).
 // The destructor may run on another thread once the loop's own thread has finished with it;
 // the kernel then cancels what is left when the ring closes.
 #ifndef CVMBUS_HW_URING_EVENT_LOOP_H_
@@ -22,6 +27,7 @@
 #include <liburing.h>
 #include <sys/uio.h>
 
+#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
@@ -79,8 +85,80 @@ class EventLoop {
   };
   const SpinStats& spin_stats() const { return spin_stats_; }
 
-  // Thread-safe: runs `fn` on the loop thread, in order of posting.
+  // Thread-safe: runs `fn` on the loop thread, in order of posting. The loop must outlive the
+  // call: a thread that may still post after the loop is destroyed posts through poster().
   void Post(std::function<void()> fn);
+
+  // The loop's cross-thread queue, shared (the loop holds one reference) with threads that may
+  // outlive the loop: a device's loop torn down while another thread still sends to it.
+  // Thread-safe. Post() costs what EventLoop::Post does: one lock and an eventfd write.
+  //
+  // Lifetime: the Poster (and the eventfd the loop watched) lives until its last reference
+  // goes. While the loop lives, and throughout its destructor's draining, Post queues `fn` for
+  // the loop thread and returns true. Once the destructor has shut the queue (see Teardown
+  // above), Post returns false and `fn` is destroyed unrun on the calling thread; the loop is
+  // never touched again. Work queued but not run when the loop is gone is destroyed unrun too.
+  class Poster {
+   public:
+    ~Poster();
+    Poster(const Poster&) = delete;
+    Poster& operator=(const Poster&) = delete;
+
+    // Runs `fn` on the loop thread, in order of posting with EventLoop::Post, and returns true;
+    // false once the loop is gone (or going, past its last drain).
+    bool Post(std::function<void()> fn);
+
+   private:
+    friend class EventLoop;
+    explicit Poster(int fd) : fd_(fd) {}
+    // Queues `fn` and signals the loop, unless shut and not `even_if_shut` (the loop's own
+    // posts during its teardown).
+    bool Enqueue(std::function<void()> fn, bool even_if_shut);
+    bool HasQueued();
+    std::deque<std::function<void()>> TakeQueued();
+    bool Shut();  // Refuses Post() from now on; true if nothing is queued.
+
+    const int fd_;  // Owned: signalling it after the loop is gone is harmless.
+    Mutex mu_;
+    std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+    bool shut_ ABSL_GUARDED_BY(mu_) = false;
+  };
+  // Never null once Create() has returned the loop. Any thread.
+  const std::shared_ptr<Poster>& poster() const { return poster_; }
+
+  // Waking a task that waits for something other than the loop (a channel's next value, an
+  // Rpc's reply: paravisor/bus) from the thread that delivers it. The awaiter parks the task:
+  // Park(handle) records the coroutine about to suspend with the loop that runs it and returns
+  // a Waker for the deliverer, who may call it on any thread, any number of times, and after
+  // the loop is gone:
+  //  - while the loop lives, Wake() posts the task's resumption (Poster::Post), and the task
+  //    resumes on the loop thread. Only the first wake-up of a parking resumes anything; later
+  //    ones, and those of a parking withdrawn or destroyed, find nothing and do nothing;
+  //  - a task still parked when the loop is destroyed (no wake-up arrived before the teardown
+  //    had run everything posted) is destroyed by the teardown, like one suspended in an
+  //    operation: its locals' destructors run, on the destructor's thread; it never resumes;
+  //  - after that, Wake() returns false and posts nothing.
+  // Park and Unpark are thread-safe, but the coroutine must be one of this loop's tasks.
+  class Waker {
+   public:
+    Waker() = default;  // Wakes nothing: Wake() returns false.
+    // Thread-safe. True if a wake-up was posted to the (still live) loop.
+    bool Wake() const;
+
+   private:
+    friend class EventLoop;
+    Waker(std::shared_ptr<Poster> poster, EventLoop* loop, Id id)
+        : poster_(std::move(poster)), loop_(loop), id_(id) {}
+    std::shared_ptr<Poster> poster_;
+    // Not owned; dereferenced only by the posted wake-up, on the loop thread, while it lives.
+    EventLoop* loop_ = nullptr;
+    Id id_ = 0;
+  };
+  // Call from await_suspend only when the coroutine will suspend; if it continues after all
+  // (what it waits for was there), Unpark the Waker first, or the teardown would destroy a
+  // running or finished task.
+  [[nodiscard]] Waker Park(std::coroutine_handle<> handle);
+  void Unpark(const Waker& waker);
 
   // Calls `fn(count)` on the loop thread each time eventfd `fd` is signalled (the counter is
   // read and reset first; `fd` should be EFD_NONBLOCK). `fd` is not owned and must outlive the
@@ -248,6 +326,10 @@ class EventLoop {
   void Dispatch(const io_uring_cqe& cqe);
   void DrainPosted();
   bool HasPosted();
+  // Loop thread (or the destructor's). A parking's wake-up: resumes it if still parked.
+  void ResumeParked(Id id);
+  // Destroys every parked task; true if there was one.
+  bool DestroyParked();
   void RunIdleHooks();
   // Busy-polls for a completion for at most `budget` (the spin-then-sleep phase).
   void SpinForCompletions(std::chrono::nanoseconds budget);
@@ -273,10 +355,13 @@ class EventLoop {
   std::deque<IdleHook*> idle_hooks_;       // Pending BeforeWaiting calls; loop thread only.
 
   // Cross-thread posting: a queue and an eventfd the loop watches.
-  int post_fd_ = -1;
-  Mutex post_mu_;
-  std::deque<std::function<void()>> posted_ ABSL_GUARDED_BY(post_mu_);
+  std::shared_ptr<Poster> poster_;
   std::atomic<bool> stop_from_other_thread_{false};
+  // Parked tasks (Park), by parking id. Guarded rather than loop-thread-only: the bus awaiters
+  // never required the loop's thread at a task's first co_await (before its loop runs).
+  Mutex parked_mu_;
+  absl::flat_hash_map<Id, std::coroutine_handle<>> parked_ ABSL_GUARDED_BY(parked_mu_);
+  Id next_parked_id_ ABSL_GUARDED_BY(parked_mu_) = 1;
 };
 
 }  // namespace cvmbus::hw

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <memory>
 #include <thread>
 
 #include "hw/uring/signal.h"
@@ -219,6 +220,130 @@ TEST(EventLoopTest, TeardownCancelsEverythingAndDestroysSuspendedTasks) {
   }
   EXPECT_EQ(live.load(), 0);  // Every suspended task's frame was destroyed...
   EXPECT_FALSE(resumed);      // ...without resuming it.
+}
+
+TEST(EventLoopTest, PosterRefusesWorkOnceItsLoopIsGone) {
+  auto loop = *EventLoop::Create();
+  std::shared_ptr<EventLoop::Poster> poster = loop->poster();
+  int ran = 0;
+  EXPECT_TRUE(poster->Post([&] { ++ran; }));
+  ASSERT_TRUE(loop->RunOnce(100ms).ok());
+  EXPECT_EQ(ran, 1);
+  loop.reset();
+  // A closure refused by a Poster whose loop is gone is destroyed unrun, here.
+  auto captured = std::make_shared<int>(0);
+  std::thread other([&] { EXPECT_FALSE(poster->Post([&ran, captured] { ++ran; })); });
+  other.join();
+  EXPECT_EQ(captured.use_count(), 1);
+  EXPECT_EQ(ran, 1);
+}
+
+// Parks on `loop` until woken; hands the Waker out through `out`.
+struct ParkAwaiter {
+  EventLoop* loop;
+  EventLoop::Waker* out;
+  bool continue_instead = false;  // Parks, then withdraws and does not suspend.
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(std::coroutine_handle<> handle) {
+    *out = loop->Park(handle);
+    if (!continue_instead) return true;
+    loop->Unpark(*out);
+    return false;
+  }
+  void await_resume() const noexcept {}
+};
+
+Task ParkThenRecord(EventLoop* loop, EventLoop::Waker* waker, std::atomic<int>* live,
+                    std::thread::id* resumed_on) {
+  Tracker tracker(live);
+  co_await ParkAwaiter{loop, waker};
+  *resumed_on = std::this_thread::get_id();
+  loop->Stop();
+}
+
+TEST(EventLoopTest, AParkedTaskResumesOnItsLoopThreadOnce) {
+  auto loop = *EventLoop::Create();
+  std::atomic<int> live{0};
+  EventLoop::Waker waker;
+  std::thread::id resumed_on;
+  ParkThenRecord(loop.get(), &waker, &live, &resumed_on);
+  EXPECT_EQ(live.load(), 1);
+  std::thread::id woken_from;
+  std::thread other([&] {
+    woken_from = std::this_thread::get_id();
+    EXPECT_TRUE(waker.Wake());
+    EXPECT_TRUE(waker.Wake());  // Posted, but the task is no longer parked: nothing resumes.
+  });
+  ASSERT_TRUE(loop->Run().ok());
+  other.join();
+  ASSERT_TRUE(loop->RunOnce(10ms).ok());  // The second wake-up runs, and finds nothing.
+  EXPECT_EQ(resumed_on, std::this_thread::get_id());
+  EXPECT_NE(resumed_on, woken_from);
+  EXPECT_EQ(live.load(), 0);  // Finished: the second wake-up resumed no freed frame.
+}
+
+TEST(EventLoopTest, TeardownDestroysParkedTasksAndLaterWakeUpsPostNothing) {
+  std::atomic<int> live{0};
+  EventLoop::Waker waker;
+  std::thread::id resumed_on;
+  {
+    auto loop = *EventLoop::Create();
+    ParkThenRecord(loop.get(), &waker, &live, &resumed_on);
+    EXPECT_EQ(live.load(), 1);
+  }
+  EXPECT_EQ(live.load(), 0);                               // Destroyed with its loop...
+  std::thread other([&] { EXPECT_FALSE(waker.Wake()); });  // ...and never resumed after.
+  other.join();
+  EXPECT_EQ(resumed_on, std::thread::id());
+}
+
+// Parked until `waker` is woken; records whether it resumed.
+Task ParkUntilWoken(EventLoop* loop, EventLoop::Waker* waker, bool* resumed) {
+  co_await ParkAwaiter{loop, waker};
+  *resumed = true;
+}
+
+// Wakes `waker` from its destructor, as a dropped Rpc wakes the task awaiting its reply.
+struct WakeOnDestruction {
+  ~WakeOnDestruction() { waker->Wake(); }
+  EventLoop::Waker* waker;
+};
+
+Task HoldUntilCancelled(EventLoop* loop, int fd, EventLoop::Waker* waker) {
+  WakeOnDestruction wake{waker};
+  (void)co_await loop->Readable(fd);
+}
+
+TEST(EventLoopTest, WakeUpsPostedDuringTeardownStillResumeParkedTasks) {
+  bool resumed = false;
+  EventFd fd;
+  EventLoop::Waker waker;
+  {
+    auto loop = *EventLoop::Create();
+    ParkUntilWoken(loop.get(), &waker, &resumed);
+    HoldUntilCancelled(loop.get(), fd.fd, &waker);
+    ASSERT_TRUE(loop->RunOnce(1ms).ok());
+  }
+  // Cancelling the poll destroyed the holder, whose wake-up ran before parked tasks were
+  // destroyed.
+  EXPECT_TRUE(resumed);
+}
+
+Task ParkButContinue(EventLoop* loop, EventLoop::Waker* waker, bool* finished) {
+  co_await ParkAwaiter{loop, waker, /*continue_instead=*/true};
+  *finished = true;
+}
+
+TEST(EventLoopTest, AnUnparkedWakerResumesNothing) {
+  bool finished = false;
+  EventLoop::Waker waker;
+  {
+    auto loop = *EventLoop::Create();
+    ParkButContinue(loop.get(), &waker, &finished);
+    EXPECT_TRUE(finished);  // Did not suspend; its frame is gone.
+    EXPECT_TRUE(waker.Wake());
+    ASSERT_TRUE(loop->RunOnce(10ms).ok());  // Finds nothing to resume (ASan: no use of the frame).
+  }  // Nor does the teardown destroy the finished frame again.
 }
 
 }  // namespace

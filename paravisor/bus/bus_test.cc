@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <optional>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_set.h"
 #include "hw/uring/task.h"
@@ -178,6 +181,137 @@ TEST(ChannelTest, SendFailsOnceTheReceiverIsGoneAndQueuedRpcsAreCancelled) {
   EXPECT_EQ(reply.Wait(1s).status().code(), absl::StatusCode::kCancelled);
   auto [rpc2, reply2] = MakeRpc<Unit, Unit>(Unit{});
   EXPECT_FALSE(sender.Send(CloseChannel{std::move(rpc2)}).ok());
+}
+
+struct Tracker {
+  explicit Tracker(std::atomic<int>* live) : live(live) { live->fetch_add(1); }
+  ~Tracker() { live->fetch_sub(1); }
+  std::atomic<int>* live;
+};
+
+hw::Task AwaitReplyTracked(hw::EventLoop* loop, ReplyFuture<int32_t> reply, std::atomic<int>* live,
+                           std::thread::id* resumed_on) {
+  Tracker tracker(live);
+  (void)co_await reply.On(loop);
+  *resumed_on = std::this_thread::get_id();
+  loop->Stop();
+}
+
+TEST(RpcTest, TheReplyResumesTheTaskOnItsLoopThread) {
+  auto loop = *hw::EventLoop::Create();
+  auto [rpc, reply] = MakeRpc<Unit, int32_t>(Unit{});
+  std::atomic<int> live{0};
+  std::thread::id resumed_on, replied_from;
+  AwaitReplyTracked(loop.get(), std::move(reply), &live, &resumed_on);
+  std::thread device([&replied_from, rpc = std::move(rpc)]() mutable {
+    replied_from = std::this_thread::get_id();
+    std::move(rpc).Reply(1);
+  });
+  ASSERT_TRUE(loop->Run().ok());
+  device.join();
+  EXPECT_EQ(resumed_on, std::this_thread::get_id());
+  EXPECT_NE(resumed_on, replied_from);
+  EXPECT_EQ(live.load(), 0);
+}
+
+// The review's case: the task's loop is destroyed while the Rpc lives on in another thread.
+// The old waker posted to the freed loop (ASan: heap-use-after-free).
+TEST(RpcTest, AReplyAfterTheWaitingLoopIsGoneWakesNothing) {
+  auto loop = *hw::EventLoop::Create();
+  auto [rpc, reply] = MakeRpc<Unit, int32_t>(Unit{});
+  auto [dropped, dropped_reply] = MakeRpc<Unit, int32_t>(Unit{});
+  std::atomic<int> live{0};
+  std::thread::id resumed_on;
+  AwaitReplyTracked(loop.get(), std::move(reply), &live, &resumed_on);
+  AwaitReplyTracked(loop.get(), std::move(dropped_reply), &live, &resumed_on);
+  EXPECT_EQ(live.load(), 2);
+  loop.reset();
+  EXPECT_EQ(live.load(), 0);  // The teardown destroyed both waiting tasks.
+  std::thread device([rpc = std::move(rpc), dropped = std::move(dropped)]() mutable {
+    std::move(rpc).Reply(42);
+    { auto gone = std::move(dropped); }  // Dropped unanswered: wakes with kCancelled.
+  });
+  device.join();
+  EXPECT_EQ(resumed_on, std::thread::id());  // Never resumed.
+}
+
+hw::Task DrainTracked(hw::EventLoop* loop, Receiver<int>* receiver, std::vector<int>* values,
+                      std::atomic<int>* live, std::vector<std::thread::id>* resumed_on) {
+  Tracker tracker(live);
+  while (std::optional<int> value = co_await receiver->Next(loop)) {
+    values->push_back(*value);
+    resumed_on->push_back(std::this_thread::get_id());
+  }
+  loop->Stop();
+}
+
+TEST(ChannelTest, SendsResumeTheTaskOnItsLoopThread) {
+  auto loop = *hw::EventLoop::Create();
+  auto [sender, receiver] = MakeChannel<int>();
+  std::vector<int> values;
+  std::atomic<int> live{0};
+  std::vector<std::thread::id> resumed_on;
+  DrainTracked(loop.get(), &receiver, &values, &live, &resumed_on);
+  std::thread::id sent_from;
+  std::thread server([&sent_from, sender = std::move(sender)]() mutable {
+    sent_from = std::this_thread::get_id();
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE(sender.Send(i).ok());
+      std::this_thread::sleep_for(1ms);  // Let the task park again between sends.
+    }
+  });  // The last sender goes with the lambda: the task sees the end and stops the loop.
+  ASSERT_TRUE(loop->Run().ok());
+  server.join();
+  EXPECT_EQ(values, (std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  for (const std::thread::id id : resumed_on) EXPECT_EQ(id, std::this_thread::get_id());
+  EXPECT_NE(sent_from, std::this_thread::get_id());
+  EXPECT_EQ(live.load(), 0);
+}
+
+// The review's case: the receiving task's loop is destroyed while a sender on another thread
+// still sends. The old waker posted to the freed loop (ASan: heap-use-after-free).
+TEST(ChannelTest, ASendAfterTheWaitingLoopIsGoneWakesNothing) {
+  auto loop = *hw::EventLoop::Create();
+  auto [sender, receiver] = MakeChannel<int>();
+  std::vector<int> values;
+  std::atomic<int> live{0};
+  std::vector<std::thread::id> resumed_on;
+  DrainTracked(loop.get(), &receiver, &values, &live, &resumed_on);
+  EXPECT_EQ(live.load(), 1);
+  loop.reset();
+  EXPECT_EQ(live.load(), 0);  // The teardown destroyed the waiting task.
+  std::thread server([sender = std::move(sender)]() mutable {
+    EXPECT_TRUE(sender.Send(7).ok());  // The receiver lives on: queued, nothing posted.
+  });                                  // The last sender's end wakes nothing either.
+  server.join();
+  EXPECT_TRUE(values.empty());
+  EXPECT_TRUE(resumed_on.empty());
+  EXPECT_EQ(receiver.TryNext(), std::optional<int>(7));  // Kept for whoever awaits next.
+  EXPECT_TRUE(receiver.closed());
+}
+
+hw::Task OwnReceiver(hw::EventLoop* loop, Receiver<int> receiver, std::atomic<int>* live,
+                     bool* resumed) {
+  Tracker tracker(live);
+  (void)co_await receiver.Next(loop);
+  *resumed = true;
+}
+
+// A waiting task that owns its Receiver: destroying it at teardown closes the channel (its
+// Receiver's wake-up of its own, destroyed, parking finds nothing).
+TEST(ChannelTest, ATaskDestroyedWithItsLoopClosesTheReceiverItOwned) {
+  auto loop = *hw::EventLoop::Create();
+  auto [sender, receiver] = MakeChannel<int>();
+  std::atomic<int> live{0};
+  bool resumed = false;
+  OwnReceiver(loop.get(), std::move(receiver), &live, &resumed);
+  loop.reset();
+  EXPECT_EQ(live.load(), 0);
+  EXPECT_FALSE(resumed);
+  std::thread server([sender = std::move(sender)]() mutable {
+    EXPECT_EQ(sender.Send(1).code(), absl::StatusCode::kFailedPrecondition);
+  });
+  server.join();
 }
 
 }  // namespace

@@ -6,12 +6,18 @@
 //   std::optional<T> next = co_await receiver.Next(loop);  // nullopt: every sender is gone
 //
 // Send fails (kFailedPrecondition) once the receiver is gone. Senders are copyable.
+//
+// Loops and lifetimes: `co_await receiver.Next(loop)` parks the task on `loop`
+// (EventLoop::Park), which must be the live loop that runs the task; it resumes on that loop's
+// thread. Senders may outlive that loop: if it is destroyed while the task waits, its teardown
+// destroys the task (it never resumes), and a later Send (or the last Sender's destruction)
+// still queues its value (or ends the channel) for whoever awaits next, but posts nothing to
+// the loop that is gone.
 #ifndef CVMBUS_PARAVISOR_BUS_MPSC_H_
 #define CVMBUS_PARAVISOR_BUS_MPSC_H_
 
 #include <coroutine>
 #include <deque>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -29,14 +35,12 @@ struct ChannelState {
   std::deque<T> queue ABSL_GUARDED_BY(mu);
   int senders ABSL_GUARDED_BY(mu) = 0;
   bool receiver_alive ABSL_GUARDED_BY(mu) = true;
-  std::function<void()> waker ABSL_GUARDED_BY(mu);
+  hw::EventLoop::Waker waker ABSL_GUARDED_BY(mu);  // The parked receiving task, if any.
 
   void Wake() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
-    if (waker) {
-      auto wake = std::move(waker);
-      waker = nullptr;
-      wake();  // Only posts to a loop: safe under the lock.
-    }
+    // At most posts to a loop, never resumes here: safe under the lock. A Waker whose loop is
+    // gone posts nothing.
+    std::exchange(waker, hw::EventLoop::Waker()).Wake();
   }
 };
 }  // namespace internal
@@ -108,7 +112,7 @@ class Receiver {
   // Receiver) is gone, and must then find a closed channel, not freed memory.
   struct Awaiter {
     std::shared_ptr<internal::ChannelState<T>> state;
-    hw::EventLoop* loop;
+    hw::EventLoop* loop;  // Not owned: the loop running the task, alive at the co_await.
     bool await_ready() {
       MutexLock lock(&state->mu);
       return !state->queue.empty() || state->senders == 0 || !state->receiver_alive;
@@ -116,8 +120,7 @@ class Receiver {
     bool await_suspend(std::coroutine_handle<> handle) {
       MutexLock lock(&state->mu);
       if (!state->queue.empty() || state->senders == 0 || !state->receiver_alive) return false;
-      hw::EventLoop* target = loop;
-      state->waker = [target, handle] { target->Post([handle] { handle.resume(); }); };
+      state->waker = loop->Park(handle);
       return true;
     }
     std::optional<T> await_resume() {

@@ -10,7 +10,12 @@
 // answer with an error.
 //
 // Threads: the Rpc and the ReplyFuture may live on different threads (or loops); the reply
-// wakes the waiting coroutine on its own loop (EventLoop::Post).
+// wakes the waiting coroutine on its own loop (EventLoop::Park and its Waker).
+//
+// Lifetimes: the Rpc may outlive the waiting task's loop (a device torn down with its loop
+// while the server still holds the request). If the loop is destroyed while the task waits,
+// its teardown destroys the task (it never resumes), and the later Reply or drop stores the
+// answer in the slot and posts nothing to the loop that is gone.
 #ifndef CVMBUS_PARAVISOR_BUS_RPC_H_
 #define CVMBUS_PARAVISOR_BUS_RPC_H_
 
@@ -33,18 +38,18 @@ template <typename R>
 class ReplySlot {
  public:
   void Set(absl::StatusOr<R> value) {
-    std::function<void()> waker;
+    hw::EventLoop::Waker waker;
     {
       MutexLock lock(&mu_);
       if (value_.has_value()) return;  // First answer wins (a reply, or the drop).
       value_ = std::move(value);
-      waker = std::move(waker_);
+      waker = std::exchange(waker_, hw::EventLoop::Waker());
     }
     ready_.notify_all();
-    if (waker) waker();
+    waker.Wake();  // Posts nothing if the waiting task's loop is gone.
   }
   // Registers `waker` unless a value is already there (then returns false: don't wait).
-  bool SetWaker(std::function<void()> waker) {
+  bool SetWaker(hw::EventLoop::Waker waker) {
     MutexLock lock(&mu_);
     if (value_.has_value()) return false;
     waker_ = std::move(waker);
@@ -76,7 +81,7 @@ class ReplySlot {
   Mutex mu_;
   std::condition_variable_any ready_;
   std::optional<absl::StatusOr<R>> value_ ABSL_GUARDED_BY(mu_);
-  std::function<void()> waker_ ABSL_GUARDED_BY(mu_);
+  hw::EventLoop::Waker waker_ ABSL_GUARDED_BY(mu_);
 };
 }  // namespace internal
 
@@ -93,14 +98,17 @@ class ReplyFuture {
   absl::StatusOr<R> Wait(std::chrono::nanoseconds timeout) { return slot_->Wait(timeout); }
 
   // `co_await future.On(loop)`: suspends the task until the reply (or the drop) arrives; the
-  // task resumes on `loop`'s thread.
+  // task resumes on `loop`'s thread. `loop` is the live loop that runs the task (see
+  // Lifetimes above for what happens if it goes first).
   struct Awaiter {
     std::shared_ptr<internal::ReplySlot<R>> slot;
-    hw::EventLoop* loop;
+    hw::EventLoop* loop;  // Not owned.
     bool await_ready() { return slot->ready(); }
     bool await_suspend(std::coroutine_handle<> handle) {
-      hw::EventLoop* target = loop;
-      return slot->SetWaker([target, handle] { target->Post([handle] { handle.resume(); }); });
+      hw::EventLoop::Waker waker = loop->Park(handle);
+      if (slot->SetWaker(waker)) return true;
+      loop->Unpark(waker);  // The answer came first: continue without suspending.
+      return false;
     }
     absl::StatusOr<R> await_resume() { return slot->Take(); }
   };
