@@ -277,6 +277,9 @@ hw::Task StorvspDevice::Serve(std::shared_ptr<OpenChannelState> channel) {
       if (!*alive) co_return;
       if (!writable.ok()) break;
       FlushCompletions(*channel);
+      // Published now: the guest may be waiting for just these (the last of a backlog, with
+      // nothing more to send that would wake us to publish them after a read).
+      (void)channel->rings.writer->Flush();
       continue;
     }
     absl::Status readable = co_await channel->rings.reader->Readable();
