@@ -173,11 +173,12 @@ void VmbusServer::HandleGpadlTeardown(const protocol::GpadlTeardown& teardown) {
   if (gpadl->teardown_deferred) return;
   if (channel->revoked()) return GpadlGone(id);  // No device to tell.
   const internal::OpenParams* open = channel->open_params();
-  if (open != nullptr && open->data.ring_gpadl_id == id &&
-      !std::holds_alternative<internal::Closing>(channel->state)) {
-    // The ring of an open channel: the device may be using it. Torn down once the channel is
-    // closed. (Linux tears the ring down right after CLOSECHANNEL, before the close is done:
-    // the device gets the close first, its requests are ordered, so that one goes ahead.)
+  if (open != nullptr && open->data.ring_gpadl_id == id) {
+    // The ring of an open (or opening, or closing) channel: the device may be using it. Torn
+    // down once the channel is closed. Linux tears the ring down right after CLOSECHANNEL,
+    // before the close is done; waiting for the close keeps a closing channel's ring GPADL
+    // until the device has let go of it, which is also what a saved closing channel needs
+    // (its restore hands the device the ring again).
     Log(
         fmt::format("GPADL_TEARDOWN: GPADL {:#x} is the ring of channel {}, which is {}: torn "
                     "down once it is closed",

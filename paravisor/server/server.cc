@@ -40,6 +40,11 @@ VmbusServer::VmbusServer(hw::EventLoop* loop, synic::ServerPort* port, ServerOpt
 
 VmbusServer::~VmbusServer() {
   *alive_ = false;
+  if (hand_off_) {
+    // The successor takes over the port, its queued posts and its event ports.
+    port_->HandOffServer();
+    return;
+  }
   port_->DetachServer();
   // The SynIC must not keep raising what this server registered, nor keep devices' signals.
   for (auto& [relid, channel] : channels_) {
@@ -136,7 +141,8 @@ void VmbusServer::FlushOutbox() {
 }
 
 void VmbusServer::UpdateAccepting() {
-  const bool accepting = outbox_.empty() && held_while_paused_.size() < kMaxHeldWhilePaused;
+  const bool accepting =
+      outbox_.empty() && held_while_paused_.size() < kMaxHeldWhilePaused && !holding_for_restore_;
   if (accepting != accepting_) port_->SetAccepting(accepting);
   accepting_ = accepting;
 }

@@ -151,6 +151,14 @@ class VmbusServer {
   // interrupt is lost. Operations that were in flight are sent to the device again.
   absl::StatusOr<saved::Server> Save() const;
   absl::Status Restore(const saved::Server& state);
+  // Servicing: when destroyed, this server hands its SynIC port to the next one
+  // (ServerPort::HandOffServer) instead of detaching, so the guest sees no gap: its messages
+  // and doorbells wait for the restored server. Call after a Save that is to be restored.
+  void HandOffOnDestruction() { hand_off_ = true; }
+  // After Restore, guest messages wait until every restored channel's device has taken it back
+  // (RestoreChannel) or been revoked, at most this long (or restore_claim_deadline, if
+  // shorter): a message about a channel whose device is not back yet could not be served.
+  static constexpr std::chrono::milliseconds kMaxRestoreHold{2000};
 
   const ServerStats& stats() const { return stats_; }
   uint32_t version() const { return version_; }
@@ -271,6 +279,8 @@ class VmbusServer {
   void OnModifyReply(OfferId offer, OpId op, absl::StatusOr<int32_t> status);
   void Resignal(OfferId offer, OpId open_op);
   void RevokeUnclaimed();  // restore_claim_deadline passed: revoke what no device took back.
+  // Ends the restore hold once no restored channel awaits its device (or `force`).
+  void MaybeEndRestoreHold(bool force = false);
 
   // --- gpadls.cc: the GPADL table's protocol ---
   void HandleGpadlHeader(const protocol::ParsedMessage& message);
@@ -321,7 +331,10 @@ class VmbusServer {
   // what one guest request produces: no guest message is taken while it is not empty.
   std::deque<Outgoing> outbox_;
   bool accepting_ = true;  // What the port was last told.
-  bool paused_ = false;    // PAUSE: messages to the guest held.
+  bool hand_off_ = false;  // HandOffOnDestruction.
+  // Restore: guest messages held until the restored channels' devices are back (see above).
+  bool holding_for_restore_ = false;
+  bool paused_ = false;  // PAUSE: messages to the guest held.
   std::vector<std::vector<uint8_t>> held_while_paused_;
 
   // Channels by relid (unique at any time), and by OfferId.

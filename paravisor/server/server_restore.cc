@@ -5,6 +5,7 @@
 // then rebuilds every derived structure from it: the channel and GPADL tables, the relid and
 // monitor-id allocators, the channels' event ports (latched until their devices come back).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstring>
@@ -241,11 +242,20 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
       };
       if (!channel.has_ring_gpadl() || channel.ring_gpadl() != ring ||
           std::none_of(channel.gpadls().begin(), channel.gpadls().end(), is_ring)) {
-        return Bad(relid, fmt::format("it is {} but its ring GPADL {} is not saved accepted",
+        std::string saved_gpadls;
+        for (const saved::Gpadl& g : channel.gpadls()) {
+          saved_gpadls +=
+              fmt::format(" {} ({})", g.id(),
+                          g.state() <= static_cast<uint32_t>(GpadlState::kTearingDown)
+                              ? internal::GpadlStateName(static_cast<GpadlState>(g.state()))
+                              : "a state that does not exist");
+        }
+        return Bad(relid, fmt::format("it is {} but its ring GPADL {} is not saved accepted "
+                                      "(GPADLs saved:{})",
                                       code == kSavedOpen      ? "open"
                                       : code == kSavedOpening ? "opening"
                                                               : "closing",
-                                      ring));
+                                      ring, saved_gpadls.empty() ? " none" : saved_gpadls));
       }
       if (auto [it, fresh] = connection_ids.emplace(channel.open_data().connection_id(), relid);
           !fresh) {
@@ -382,6 +392,16 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
   for (const std::string& pending : state.outbox()) {
     outbox_.push_back(Outgoing{message_vp_, message_sint_, {pending.begin(), pending.end()}});
   }
+  holding_for_restore_ = true;
+  MaybeEndRestoreHold();  // At once if no channel waits for its device.
+  if (holding_for_restore_) {
+    std::shared_ptr<bool> alive = alive_;
+    const std::chrono::nanoseconds hold = std::min<std::chrono::nanoseconds>(
+        kMaxRestoreHold, options_.restore_claim_deadline.value_or(kMaxRestoreHold));
+    (void)loop_->AddTimer(hold, [this, alive] {
+      if (*alive) Guarded("restore hold", [&] { MaybeEndRestoreHold(/*force=*/true); });
+    });
+  }
   FlushOutbox();
   Log(
       fmt::format("restored: version {:#x}, features {:#x}, {} channels awaiting their devices, "
@@ -394,6 +414,24 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
     });
   }
   return absl::OkStatus();
+}
+
+void VmbusServer::MaybeEndRestoreHold(bool force) {
+  if (!holding_for_restore_) return;
+  std::vector<uint32_t> waiting;
+  for (const auto& [relid, channel] : channels_) {
+    if (channel->awaiting_restore && !channel->revoked()) waiting.push_back(relid);
+  }
+  if (!waiting.empty() && !force) return;
+  if (!waiting.empty()) {
+    Log(fmt::format("restore: guest messages taken again after {} ms with channels {} still "
+                    "waiting for their devices",
+                    std::chrono::duration_cast<std::chrono::milliseconds>(kMaxRestoreHold).count(),
+                    fmt::join(waiting, ", ")),
+        log::Level::kWarning);
+  }
+  holding_for_restore_ = false;
+  UpdateAccepting();
 }
 
 void VmbusServer::RevokeUnclaimed() {
@@ -409,6 +447,7 @@ void VmbusServer::RevokeUnclaimed() {
                     channel->relid, key.ToString()));
     Revoke(offer);
   }
+  MaybeEndRestoreHold();
 }
 
 }  // namespace cvmbus::paravisor

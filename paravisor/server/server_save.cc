@@ -243,6 +243,8 @@ absl::StatusOr<RestoreResult> VmbusServer::RestoreChannelState(
       }
     });
   });
+  // Guest messages held for the restore run after the follow-up just posted (posted later).
+  MaybeEndRestoreHold();
   return result;
 }
 

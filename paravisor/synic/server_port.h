@@ -51,6 +51,13 @@ class ServerPort {
                                                   MessageHandler on_message,
                                                   std::function<void()> on_space) = 0;
   virtual void DetachServer() = 0;
+  // Servicing: detaches as DetachServer does (no handler runs after it returns on the loop's
+  // thread), but for a successor, so that the guest sees no gap until the next AttachServer:
+  // its posts to the connection ids are still taken and wait (bounded as while not
+  // accepting: past the bound HV_STATUS_INSUFFICIENT_BUFFERS, which guests retry), and every
+  // event port stays registered, its HvSignalEvent held (not raised on the old target, whose
+  // device may be gone) and raised once on the target set for it next.
+  virtual void HandOffServer() = 0;
 
   // While false, guest posts are held (bounded, see above) instead of handed to on_message.
   virtual void SetAccepting(bool accepting) = 0;

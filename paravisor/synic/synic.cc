@@ -439,7 +439,8 @@ uint64_t Synic::PostMessage(uint32_t vp, uint64_t control, uint64_t input_gpa) {
     return kStatusInvalidParameter;
   }
   MutexLock lock(&mu_);
-  if ((message.connection_id & ~kConnectionIdMask) != 0 || server_loop_ == nullptr ||
+  if ((message.connection_id & ~kConnectionIdMask) != 0 ||
+      (server_loop_ == nullptr && !handing_off_) ||
       std::find(message_ids_.begin(), message_ids_.end(), message.connection_id) ==
           message_ids_.end()) {
     return kStatusInvalidConnectionId;
@@ -506,6 +507,7 @@ absl::Status Synic::AttachServer(hw::EventLoop* loop, std::vector<uint32_t> conn
         fmt::format("synic '{}': a server is already attached", options_.name));
   }
   server_loop_ = loop;
+  handing_off_ = false;
   ++attach_epoch_;
   message_ids_ = std::move(connection_ids);
   on_message_ = std::move(on_message);
@@ -520,12 +522,52 @@ absl::Status Synic::AttachServer(hw::EventLoop* loop, std::vector<uint32_t> conn
 void Synic::DetachServer() {
   MutexLock lock(&mu_);
   server_loop_ = nullptr;
+  handing_off_ = false;
   ++attach_epoch_;
   message_ids_.clear();
   on_message_ = nullptr;
   on_space_ = nullptr;
   // Posts already taken stay queued for the next server (servicing): the guest was told
   // they arrived.
+}
+
+// Stands in for an event port's target during a hand-off: remembers that the guest signalled.
+class Synic::HeldEvent : public hw::Signal {
+ public:
+  absl::Status Raise() override {
+    raised_.store(true, std::memory_order_relaxed);
+    return absl::OkStatus();
+  }
+  bool raised() const { return raised_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> raised_{false};
+};
+
+void Synic::HandOffServer() {
+  {
+    MutexLock lock(&mu_);
+    server_loop_ = nullptr;
+    handing_off_ = true;  // message_ids_ stay: posts to them queue for the successor.
+    ++attach_epoch_;
+    on_message_ = nullptr;
+    on_space_ = nullptr;
+  }
+  std::vector<std::pair<uint32_t, std::shared_ptr<hw::Signal>>> held;
+  {
+    MutexLock lock(&ports_mu_);
+    for (auto& [connection_id, target] : event_ports_) {
+      if (held_ports_.contains(connection_id)) continue;  // Held since an earlier hand-off.
+      auto holder = std::make_shared<HeldEvent>();
+      target = holder;
+      held_ports_[connection_id] = holder;
+      held.emplace_back(connection_id, std::move(holder));
+    }
+  }
+  // A VMM that bound a port to the old device's doorbell unbinds it (the doorbell may close).
+  if (options_.on_event_port) {
+    for (const auto& [connection_id, holder] : held) options_.on_event_port(connection_id, holder);
+  }
 }
 
 void Synic::SetAccepting(bool accepting) {
@@ -620,8 +662,13 @@ std::shared_ptr<hw::Signal> Synic::GuestEvent(uint32_t vp, uint8_t sint, uint16_
 }
 
 void Synic::SetEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> target) {
+  bool signalled_while_held = false;
   {
     MutexLock lock(&ports_mu_);
+    if (auto held = held_ports_.find(connection_id); held != held_ports_.end()) {
+      signalled_while_held = held->second->raised();
+      held_ports_.erase(held);
+    }
     if (target) {
       event_ports_[connection_id] = target;
     } else {
@@ -630,6 +677,8 @@ void Synic::SetEventTarget(uint32_t connection_id, std::shared_ptr<hw::Signal> t
     }
   }
   if (options_.on_event_port) options_.on_event_port(connection_id, target);
+  // The guest's doorbell during a hand-off reaches the successor's target, once.
+  if (signalled_while_held && target) (void)target->Raise();
 }
 
 }  // namespace cvmbus::paravisor::synic

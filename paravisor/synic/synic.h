@@ -115,6 +115,7 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   absl::Status AttachServer(hw::EventLoop* loop, std::vector<uint32_t> connection_ids,
                             MessageHandler on_message, std::function<void()> on_space) override;
   void DetachServer() override;
+  void HandOffServer() override;
   void SetAccepting(bool accepting) override;
   absl::Status PostToGuest(uint32_t vp, uint8_t sint, absl::Span<const uint8_t> payload) override;
   bool CanReceive(uint32_t vp, uint8_t sint) const override;
@@ -197,6 +198,9 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   mutable Mutex ports_mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<hw::Signal>> event_ports_
       ABSL_GUARDED_BY(ports_mu_);
+  // Ports whose target HandOffServer replaced with a holder, until a target is set again.
+  class HeldEvent;
+  absl::flat_hash_map<uint32_t, std::shared_ptr<HeldEvent>> held_ports_ ABSL_GUARDED_BY(ports_mu_);
   // Per port with a target, erased with it: bounded by the ports the server registered.
   absl::flat_hash_map<uint32_t, uint64_t> signals_by_port_ ABSL_GUARDED_BY(ports_mu_);
   std::atomic<uint64_t> signals_{0};
@@ -207,6 +211,7 @@ class Synic : public ServerPort, public std::enable_shared_from_this<Synic> {
   std::vector<Vp> vps_ ABSL_GUARDED_BY(mu_);
   // The attached server.
   hw::EventLoop* server_loop_ ABSL_GUARDED_BY(mu_) = nullptr;
+  bool handing_off_ ABSL_GUARDED_BY(mu_) = false;   // HandOffServer until the next attach.
   uint64_t attach_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // Bumped by every attach and detach.
   std::vector<uint32_t> message_ids_ ABSL_GUARDED_BY(mu_);
   MessageHandler on_message_ ABSL_GUARDED_BY(mu_);

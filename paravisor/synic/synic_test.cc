@@ -926,6 +926,58 @@ TEST_F(SynicTest, PostMessageAfterDetach) {
   EXPECT_EQ(record_.messages().size(), 1u);
 }
 
+// Servicing: between HandOffServer and the successor's AttachServer the guest sees no gap:
+// posts are taken and reach the successor, in order.
+TEST_F(SynicTest, PostsDuringAHandOffReachTheNextServer) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({1, 4}));
+  ASSERT_OK(EnableHypercalls());
+  ASSERT_EQ(PostMessage(1, Pattern(8, 0)), kStatusSuccess);
+  ASSERT_TRUE(record_.WaitForMessages(1));
+  synic_->HandOffServer();
+  EXPECT_EQ(PostMessage(4, Pattern(8, 1)), kStatusSuccess);
+  EXPECT_EQ(PostMessage(1, Pattern(8, 2)), kStatusSuccess);
+  EXPECT_EQ(PostMessage(2, Pattern(8, 3)), kStatusInvalidConnectionId);  // Never the server's.
+  server_->Sync();
+  EXPECT_EQ(record_.messages().size(), 1u);  // Nothing runs the old handler.
+  ServerRecord successor;
+  ASSERT_OK(synic_->AttachServer(
+      server_->loop(), {1, 4},
+      [&](uint32_t id, std::vector<uint8_t> payload) {
+        successor.OnMessage(id, std::move(payload));
+      },
+      [] {}));
+  ASSERT_TRUE(successor.WaitForMessages(2));
+  using Message = std::pair<uint32_t, std::vector<uint8_t>>;
+  EXPECT_EQ(successor.messages(), (std::vector<Message>{{4, Pattern(8, 1)}, {1, Pattern(8, 2)}}));
+  // After a plain detach the ids are gone again.
+  synic_->DetachServer();
+  EXPECT_EQ(PostMessage(1, Pattern(8, 4)), kStatusInvalidConnectionId);
+}
+
+// A doorbell during a hand-off is held, not raised on the old target (its device may be
+// gone), and raised once on the target set next; a port not signalled meanwhile stays quiet.
+TEST_F(SynicTest, SignalsDuringAHandOffAreHeldForTheNextTarget) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({1}));
+  ASSERT_OK(EnableHypercalls());
+  auto old_target = std::make_shared<hw::CallbackSignal>();
+  auto quiet_old = std::make_shared<hw::CallbackSignal>();
+  synic_->SetEventTarget(7, old_target);
+  synic_->SetEventTarget(9, quiet_old);
+  synic_->HandOffServer();
+  EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 7, 0), kStatusSuccess);
+  EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 7, 0), kStatusSuccess);
+  EXPECT_EQ(old_target->raised(), 0u);
+  auto new_target = std::make_shared<hw::CallbackSignal>();
+  auto quiet_new = std::make_shared<hw::CallbackSignal>();
+  synic_->SetEventTarget(7, new_target);
+  synic_->SetEventTarget(9, quiet_new);
+  EXPECT_EQ(new_target->raised(), 1u);  // Once for the held doorbells.
+  EXPECT_EQ(quiet_new->raised(), 0u);
+  EXPECT_EQ(synic_->Hypercall(0, kSignalEventFast, 7, 0), kStatusSuccess);
+  EXPECT_EQ(new_target->raised(), 2u);
+  EXPECT_EQ(old_target->raised(), 0u);
+}
+
 TEST_F(SynicTest, NotAcceptingHoldsPostsThenInsufficientBuffers) {
   ASSERT_NO_FATAL_FAILURE(Init(SynicOptions{.max_inbound = 3}));
   ASSERT_NO_FATAL_FAILURE(StartServer({1}));

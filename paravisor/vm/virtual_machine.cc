@@ -180,6 +180,7 @@ absl::StatusOr<saved::Server> VirtualMachine::SaveAndStopServer() {
   absl::StatusOr<saved::Server> state = absl::UnknownError("not run");
   OnServer([&] {
     state = server_->Save();
+    if (state.ok()) server_->HandOffOnDestruction();
     bus_.reset();
     server_.reset();
   });
@@ -211,6 +212,7 @@ absl::StatusOr<saved::Server> VirtualMachine::ServiceServerOnLoop(
   if (!reloaded.ParseFromString(state->SerializeAsString())) {
     return absl::InternalError("servicing: the saved state does not parse back");
   }
+  server_->HandOffOnDestruction();  // The guest sees no gap until the new server attaches.
   drop_devices();
   if (absl::Status restored = ReplaceServerOnLoop(reloaded); !restored.ok()) return restored;
   return reloaded;

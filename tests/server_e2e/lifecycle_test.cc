@@ -666,8 +666,10 @@ TEST_F(LifecycleTest, ARefusedOpenLeavesNoEventPort) {
   EXPECT_EQ(*vm_->guest().OpenChannel(relid, 1, 2), kStatusSuccess);
 }
 
-// Linux closes, tears the ring down and opens again before the device has finished closing:
-// the reopen waits for the close and then goes to the device.
+// Linux closes and tears the ring down at once, before the device has finished closing; a
+// guest may open again with another ring meanwhile. The ring's teardown waits for the close
+// (the device may still be using the ring; a saved closing channel needs its ring), and so
+// does the reopen; then both go to the device, in order.
 TEST_F(LifecycleTest, ReopenWhileTheDeviceIsStillClosing) {
   ScriptedDevice* device = AddScripted(Params(1, 1));
   Connect();
@@ -677,15 +679,20 @@ TEST_F(LifecycleTest, ReopenWhileTheDeviceIsStillClosing) {
   vm_->OnServer([&] { device->script().close = Answer::kHold; });
   ASSERT_TRUE(vm_->guest().CloseChannel(relid).ok());
   ASSERT_TRUE(WaitUntil([&] { return device->held_closes() == 1; }));
-  ASSERT_TRUE(vm_->guest().TeardownGpadl(relid, 1).ok());
+  protocol::GpadlTeardown teardown{};
+  teardown.child_relid = relid;
+  teardown.gpadl = 1;
+  ASSERT_TRUE(vm_->guest().SendRaw(protocol::Encode(teardown)).ok());
+  EXPECT_TRUE(vm_->guest().NothingArrives(MessageType::kGpadlTorndown, 100ms));
   ASSERT_EQ(*vm_->guest().CreateGpadl(relid, 2, {0x200, 0x201, 0x202, 0x203}), kStatusSuccess);
   SendOpen(relid, 2);
   EXPECT_TRUE(vm_->guest().NothingArrives(MessageType::kOpenChannelResult, 100ms));
   vm_->OnServer([&] { EXPECT_TRUE(device->ReleaseClose()); });
+  EXPECT_TRUE(vm_->guest().WaitFor(MessageType::kGpadlTorndown, 5s).ok());
   EXPECT_EQ(OpenStatus(), kStatusSuccess);
   vm_->OnServer([&] {
-    EXPECT_EQ(device->events(), (std::vector<std::string>{"gpadl 1", "open 1", "close",
-                                                          "teardown 1", "gpadl 2", "open 2"}));
+    EXPECT_EQ(device->events(), (std::vector<std::string>{"gpadl 1", "open 1", "close", "gpadl 2",
+                                                          "teardown 1", "open 2"}));
   });
 }
 

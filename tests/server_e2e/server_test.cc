@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <future>
 
 #include "guestmem/errors.h"
 #include "paravisor/devices/echo_device.h"
@@ -424,6 +425,66 @@ TEST(ServicingTest, RestoreRefusesADeviceThatDisagreesAndMalformedState) {
         << device->stats().last_error;
     device.reset();
   });
+}
+
+// A guest request that arrives after the restore but before the channel's device is back is
+// held, not failed: the device answers it once it has restored the channel.
+TEST(ServicingTest, GuestMessagesWaitForTheRestoredDevices) {
+  auto vm = *vm::VirtualMachine::Create();
+  OfferParams params = Params(1, 1);
+  std::unique_ptr<EchoDevice> device;
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->Start().ok());
+  });
+  ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
+  const uint32_t relid = (*vm->guest().RequestOffers())[0].child_relid;
+  auto state = vm->SaveAndStopServer();
+  ASSERT_TRUE(state.ok()) << state.status();
+  vm->OnServer([&] { device.reset(); });
+  ASSERT_TRUE(vm->StartRestoredServer(*state).ok());
+  // The server is back, the device not yet: the GPADL waits.
+  std::future<absl::StatusOr<uint32_t>> created = std::async(std::launch::async, [&] {
+    return vm->guest().CreateGpadl(relid, 5, {0x300, 0x301});
+  });
+  EXPECT_EQ(created.wait_for(200ms), std::future_status::timeout);
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->StartRestored(/*was_open=*/false).ok());
+  });
+  absl::StatusOr<uint32_t> status = created.get();
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(*status, protocol::kStatusSuccess);
+  vm->OnServer([&] { device.reset(); });
+}
+
+// A device that never comes back holds the guest up for at most kMaxRestoreHold: then its
+// requests are served as they can be (here: refused, the channel has no device).
+TEST(ServicingTest, AMissingDeviceHoldsTheGuestForABoundedTime) {
+  auto vm = *vm::VirtualMachine::Create();
+  OfferParams params = Params(1, 1);
+  std::unique_ptr<EchoDevice> device;
+  vm->OnServer([&] {
+    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+    ASSERT_TRUE(device->Start().ok());
+  });
+  ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
+  const uint32_t relid = (*vm->guest().RequestOffers())[0].child_relid;
+  auto state = vm->SaveAndStopServer();
+  ASSERT_TRUE(state.ok()) << state.status();
+  vm->OnServer([&] { device.reset(); });
+  ASSERT_TRUE(vm->StartRestoredServer(*state).ok());
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<uint32_t> status = vm->guest().CreateGpadl(relid, 5, {0x300, 0x301});
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_NE(*status, protocol::kStatusSuccess);
+  EXPECT_GE(waited, VmbusServer::kMaxRestoreHold - 100ms);
+  bool logged = false;
+  for (const std::string& line : vm->TakeLog()) {
+    logged = logged || line.find("still waiting for their devices") != std::string::npos;
+  }
+  EXPECT_TRUE(logged);
 }
 
 }  // namespace

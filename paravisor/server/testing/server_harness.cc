@@ -109,6 +109,7 @@ absl::StatusOr<saved::Server> ServerHarness::SaveAndStop() {
   absl::StatusOr<saved::Server> state = absl::UnknownError("not run");
   OnServer([&] {
     state = server_->Save();
+    if (state.ok()) server_->HandOffOnDestruction();
     bus_.reset();
     server_.reset();
   });
