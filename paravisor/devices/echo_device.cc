@@ -17,6 +17,7 @@ struct EchoDevice::OpenChannelState {
   int wake_fd() const { return wake->fd(); }
   ChannelRings rings;
   bool closing = false;
+  bool stopped = false;  // The echo task has ended (a close, or a ring that broke).
   std::optional<Rpc<Unit, Unit>> close_rpc;  // Replied when the echo task has stopped.
 };
 
@@ -134,6 +135,12 @@ void EchoDevice::Close(Rpc<Unit, Unit> rpc) {
     std::move(rpc).Reply(Unit{});
     return;
   }
+  if (open_->stopped) {
+    // The task gave up on a broken ring already: nothing is using the rings any more.
+    open_.reset();
+    std::move(rpc).Reply(Unit{});
+    return;
+  }
   open_->closing = true;
   open_->close_rpc = std::move(rpc);
   (void)open_->wake->Raise();  // Wake the echo task so it sees `closing`.
@@ -163,22 +170,33 @@ hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
                                         .transaction_id = packet.transaction_id,
                                         .payload = packet.payload};
       const uint32_t needed = static_cast<uint32_t>(packet.payload.size()) + 24;
-      while (true) {
+      bool written = false;
+      while (!channel->closing) {
         absl::Status appended = channel->rings.writer->ring().Append(answer);
-        if (appended.ok()) break;
+        if (appended.ok()) {
+          written = true;
+          break;
+        }
         if (!ring::IsRingError(appended, ring::RingError::kFull)) {
-          stats_.last_error = appended;
+          stats_.last_error = appended;  // A corrupt ring: stop serving it.
           channel->closing = true;
           break;
         }
         (void)channel->rings.writer->Flush();
-        if (!(co_await channel->rings.writer->Writable(needed)).ok() || !*alive) co_return;
+        absl::Status writable = co_await channel->rings.writer->Writable(needed);
+        if (!*alive) co_return;
+        if (!writable.ok()) {
+          stats_.last_error = writable;
+          channel->closing = true;
+        }
       }
+      if (!written) break;
       ++stats_.packets_echoed;
     }
     (void)channel->rings.reader->Release();
     (void)channel->rings.writer->Flush();
   }
+  channel->stopped = true;
   if (channel->close_rpc.has_value()) std::move(*channel->close_rpc).Reply(Unit{});
 }
 
