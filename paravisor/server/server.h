@@ -334,7 +334,8 @@ class VmbusServer {
   bool hand_off_ = false;  // HandOffOnDestruction.
   // Restore: guest messages held until the restored channels' devices are back (see above).
   bool holding_for_restore_ = false;
-  bool paused_ = false;  // PAUSE: messages to the guest held.
+  std::chrono::nanoseconds restore_hold_{0};  // How long it holds at most.
+  bool paused_ = false;                       // PAUSE: messages to the guest held.
   std::vector<std::vector<uint8_t>> held_while_paused_;
 
   // Channels by relid (unique at any time), and by OfferId.

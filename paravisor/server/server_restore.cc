@@ -396,9 +396,9 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
   MaybeEndRestoreHold();  // At once if no channel waits for its device.
   if (holding_for_restore_) {
     std::shared_ptr<bool> alive = alive_;
-    const std::chrono::nanoseconds hold = std::min<std::chrono::nanoseconds>(
+    restore_hold_ = std::min<std::chrono::nanoseconds>(
         kMaxRestoreHold, options_.restore_claim_deadline.value_or(kMaxRestoreHold));
-    (void)loop_->AddTimer(hold, [this, alive] {
+    (void)loop_->AddTimer(restore_hold_, [this, alive] {
       if (*alive) Guarded("restore hold", [&] { MaybeEndRestoreHold(/*force=*/true); });
     });
   }
@@ -426,7 +426,7 @@ void VmbusServer::MaybeEndRestoreHold(bool force) {
   if (!waiting.empty()) {
     Log(fmt::format("restore: guest messages taken again after {} ms with channels {} still "
                     "waiting for their devices",
-                    std::chrono::duration_cast<std::chrono::milliseconds>(kMaxRestoreHold).count(),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(restore_hold_).count(),
                     fmt::join(waiting, ", ")),
         log::Level::kWarning);
   }
