@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -311,6 +312,7 @@ absl::Status Daemon::ServiceOnLoop(std::chrono::steady_clock::time_point start) 
     disk_states.push_back(*std::move(state));
   }
   absl::StatusOr<saved::Server> state = vm_->ServiceServerOnLoop([this] {
+    CarryCounters();
     echo_.clear();
     heartbeat_.reset();
     shutdown_.reset();
@@ -335,6 +337,31 @@ absl::Status Daemon::ServiceOnLoop(std::chrono::steady_clock::time_point start) 
   servicing_.last_state_bytes = state->ByteSizeLong();
   for (const saved::Storvsp& disk : disk_states) servicing_.last_state_bytes += disk.ByteSizeLong();
   return restored.ok() ? relay : restored;
+}
+
+void Daemon::CarryCounters() {
+  carried_.echo.resize(std::max(carried_.echo.size(), echo_.size()));
+  for (size_t i = 0; i < echo_.size(); ++i) {
+    const EchoStats& now = echo_[i]->stats();
+    EchoStats& total = carried_.echo[i];
+    total.packets_echoed += now.packets_echoed;
+    total.opens += now.opens;
+    total.closes += now.closes;
+  }
+  carried_.disks.resize(std::max(carried_.disks.size(), disks_.size()));
+  for (size_t i = 0; i < disks_.size(); ++i) {
+    if (disks_[i].device == nullptr) continue;
+    const storvsp::StorvspStats& now = disks_[i].device->stats();
+    storvsp::StorvspStats& total = carried_.disks[i];
+    total.packets += now.packets;
+    total.srbs += now.srbs;
+    total.bad_packets += now.bad_packets;
+    total.opens += now.opens;
+    total.closes += now.closes;
+    total.subchannels_offered += now.subchannels_offered;
+    total.subchannels_revoked += now.subchannels_revoked;
+    total.restores += now.restores;
+  }
 }
 
 namespace {
@@ -563,10 +590,11 @@ Tree Daemon::BuildTree() const {
   Tree& devices = root["devices"] = Tree::object();
   for (size_t i = 0; i < echo_.size(); ++i) {
     const EchoStats& stats = echo_[i]->stats();
+    const EchoStats carried = i < carried_.echo.size() ? carried_.echo[i] : EchoStats{};
     Tree& echo = devices["echo"][std::to_string(i)];
-    echo["packets_echoed"] = stats.packets_echoed;
-    echo["opens"] = stats.opens;
-    echo["closes"] = stats.closes;
+    echo["packets_echoed"] = carried.packets_echoed + stats.packets_echoed;
+    echo["opens"] = carried.opens + stats.opens;
+    echo["closes"] = carried.closes + stats.closes;
     echo["gpadls"] = stats.gpadls;
     echo["ring_view"] = !stats.ring_view.has_value()                   ? "none"
                         : *stats.ring_view == guestmem::View::kPrivate ? "private"
@@ -575,19 +603,21 @@ Tree Daemon::BuildTree() const {
   for (size_t i = 0; i < disks_.size(); ++i) {
     if (disks_[i].device == nullptr) continue;  // Its restore failed (daemon/servicing says).
     const storvsp::StorvspStats& stats = disks_[i].device->stats();
+    const storvsp::StorvspStats carried =
+        i < carried_.disks.size() ? carried_.disks[i] : storvsp::StorvspStats{};
     Tree& disk = devices["disks"][std::to_string(i)];
     disk["path"] = disks_[i].path;
     disk["size_bytes"] = disks_[i].backend->size_bytes();
     disk["read_only"] = disks_[i].backend->read_only();
     disk["vstor_version"] = fmt::format("{}.{}", stats.version >> 8, stats.version & 0xff);
-    disk["packets"] = stats.packets;
-    disk["srbs"] = stats.srbs;
-    disk["bad_packets"] = stats.bad_packets;
-    disk["opens"] = stats.opens;
-    disk["closes"] = stats.closes;
-    disk["subchannels_offered"] = stats.subchannels_offered;
-    disk["subchannels_revoked"] = stats.subchannels_revoked;
-    disk["channels_restored"] = stats.restores;
+    disk["packets"] = carried.packets + stats.packets;
+    disk["srbs"] = carried.srbs + stats.srbs;
+    disk["bad_packets"] = carried.bad_packets + stats.bad_packets;
+    disk["opens"] = carried.opens + stats.opens;
+    disk["closes"] = carried.closes + stats.closes;
+    disk["subchannels_offered"] = carried.subchannels_offered + stats.subchannels_offered;
+    disk["subchannels_revoked"] = carried.subchannels_revoked + stats.subchannels_revoked;
+    disk["channels_restored"] = carried.restores + stats.restores;
     if (!stats.last_error.ok()) disk["last_error"] = stats.last_error.ToString();
   }
   if (heartbeat_) {

@@ -18,7 +18,9 @@
 // restored from the state's bytes, and the relay listens again. The guest's channels stay
 // open and nothing it sent or was sent is lost or repeated: echo channels and disks take up
 // their rings where they stopped (a disk also its VSTOR state, subchannels and completions that
-// did not fit in a ring), an IC negotiates again. Device counters start again from zero.
+// did not fit in a ring), an IC negotiates again. The echo channels' and disks' counters in
+// the tree count from the daemon's start, across servicings (except `gpadls`: those the
+// device holds now); the other devices' start again from zero.
 //
 // Control requests (control_server.h): "inspect [PATH]" (the tree as JSON, or the subtree at
 // PATH), "ring RELID" (both rings of an open channel as ringtool dumps them), "unstick RELID"
@@ -137,6 +139,13 @@ class Daemon {
     uint64_t last_state_bytes = 0;
     uint64_t connections_reset = 0;  // hvsocket connections servicing ended.
   } servicing_;
+  // The counters of devices that earlier servicings replaced (loop thread), added to the
+  // current devices' in the tree; CarryCounters adds the devices' before they are dropped.
+  struct CarriedCounters {
+    std::vector<EchoStats> echo;
+    std::vector<storvsp::StorvspStats> disks;
+  } carried_;
+  void CarryCounters();
   // The guest side (its own thread, or the vCPU's).
   std::unique_ptr<InProcessGuest> guest_;
   std::unique_ptr<KvmGuestSide> kvm_guest_;
