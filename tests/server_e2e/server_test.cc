@@ -427,22 +427,36 @@ TEST(ServicingTest, RestoreRefusesADeviceThatDisagreesAndMalformedState) {
   });
 }
 
-// A guest request that arrives after the restore but before the channel's device is back is
-// held, not failed: the device answers it once it has restored the channel.
-TEST(ServicingTest, GuestMessagesWaitForTheRestoredDevices) {
-  auto vm = *vm::VirtualMachine::Create();
+// An echo channel offered and seen by a connected guest, then a servicing that restores the
+// server but not yet the device (the device is gone: `device` is null).
+class RestoredWithoutDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    vm = *vm::VirtualMachine::Create();
+    vm->OnServer([&] {
+      device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
+      ASSERT_TRUE(device->Start().ok());
+    });
+    ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
+    relid = (*vm->guest().RequestOffers())[0].child_relid;
+    auto state = vm->SaveAndStopServer();
+    ASSERT_TRUE(state.ok()) << state.status();
+    vm->OnServer([&] { device.reset(); });
+    ASSERT_TRUE(vm->StartRestoredServer(*state).ok());
+  }
+  void TearDown() override {
+    vm->OnServer([&] { device.reset(); });
+  }
+
+  std::unique_ptr<vm::VirtualMachine> vm;
   OfferParams params = Params(1, 1);
   std::unique_ptr<EchoDevice> device;
-  vm->OnServer([&] {
-    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
-    ASSERT_TRUE(device->Start().ok());
-  });
-  ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
-  const uint32_t relid = (*vm->guest().RequestOffers())[0].child_relid;
-  auto state = vm->SaveAndStopServer();
-  ASSERT_TRUE(state.ok()) << state.status();
-  vm->OnServer([&] { device.reset(); });
-  ASSERT_TRUE(vm->StartRestoredServer(*state).ok());
+  uint32_t relid = 0;
+};
+
+// A guest request that arrives after the restore but before the channel's device is back is
+// held, not failed: the device answers it once it has restored the channel.
+TEST_F(RestoredWithoutDeviceTest, GuestMessagesWaitForTheRestoredDevices) {
   // The server is back, the device not yet: the GPADL waits.
   std::future<absl::StatusOr<uint32_t>> created = std::async(std::launch::async, [&] {
     return vm->guest().CreateGpadl(relid, 5, {0x300, 0x301});
@@ -455,25 +469,11 @@ TEST(ServicingTest, GuestMessagesWaitForTheRestoredDevices) {
   absl::StatusOr<uint32_t> status = created.get();
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_EQ(*status, protocol::kStatusSuccess);
-  vm->OnServer([&] { device.reset(); });
 }
 
 // A device that never comes back holds the guest up for at most kMaxRestoreHold: then its
 // requests are served as they can be (here: refused, the channel has no device).
-TEST(ServicingTest, AMissingDeviceHoldsTheGuestForABoundedTime) {
-  auto vm = *vm::VirtualMachine::Create();
-  OfferParams params = Params(1, 1);
-  std::unique_ptr<EchoDevice> device;
-  vm->OnServer([&] {
-    device = std::make_unique<EchoDevice>(vm->server_loop(), &vm->bus(), params);
-    ASSERT_TRUE(device->Start().ok());
-  });
-  ASSERT_TRUE(vm->guest().Connect(protocol::kVersionWin10V6_0, 0).ok());
-  const uint32_t relid = (*vm->guest().RequestOffers())[0].child_relid;
-  auto state = vm->SaveAndStopServer();
-  ASSERT_TRUE(state.ok()) << state.status();
-  vm->OnServer([&] { device.reset(); });
-  ASSERT_TRUE(vm->StartRestoredServer(*state).ok());
+TEST_F(RestoredWithoutDeviceTest, AMissingDeviceHoldsTheGuestForABoundedTime) {
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<uint32_t> status = vm->guest().CreateGpadl(relid, 5, {0x300, 0x301});
   const auto waited = std::chrono::steady_clock::now() - start;

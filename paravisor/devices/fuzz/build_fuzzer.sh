@@ -1,31 +1,19 @@
 #!/usr/bin/env bash
 # Builds the device-parser libFuzzer target (paravisor/devices/fuzz/device_fuzz.cc) with
-# clang++-14 under ASan and UBSan, from the parsers' sources directly (Bazel's GCC toolchain
-# cannot build libFuzzer targets; see ring/fuzz/build_fuzzer.sh).
+# clang++-14 under ASan and UBSan (tools/fuzz_build.sh), from the parsers' sources directly.
 #
 #   paravisor/devices/fuzz/build_fuzzer.sh [OUTPUT]   (default /tmp/device_fuzz; CXX overrides)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-out=${1:-/tmp/device_fuzz}
-cxx=${CXX:-clang++-14}
-command -v "$cxx" >/dev/null || { echo "build_fuzzer: $cxx not found (apt-get install clang-14)" >&2; exit 1; }
-
-sources=(
-  paravisor/devices/fuzz/device_fuzz.cc
-  paravisor/devices/ic/ic_message.cc
-  paravisor/devices/ic/ic_negotiation.cc
-  paravisor/devices/hvsocket/hvsocket_protocol.cc
-  paravisor/devices/hvsocket/hybrid_vsock.cc
-  paravisor/devices/storvsp/vstor_protocol.cc
-  paravisor/devices/storvsp/scsi_disk.cc
-  paravisor/devices/storvsp/srb.cc
-  paravisor/devices/storvsp/srb_buffer.cc
+source tools/fuzz_build.sh
+build_fuzz_target "${1:-/tmp/device_fuzz}" \
+  paravisor/devices/fuzz/device_fuzz.cc \
+  paravisor/devices/ic/ic_message.cc \
+  paravisor/devices/ic/ic_negotiation.cc \
+  paravisor/devices/hvsocket/hvsocket_protocol.cc \
+  paravisor/devices/hvsocket/hybrid_vsock.cc \
+  paravisor/devices/storvsp/vstor_protocol.cc \
+  paravisor/devices/storvsp/scsi_disk.cc \
+  paravisor/devices/storvsp/srb.cc \
+  paravisor/devices/storvsp/srb_buffer.cc \
   paravisor/bus/guid.cc
-)
-mapfile -t absl < <(sed -n '/^ABSL_LIBS = \[/,/^\]/p' third_party/system/BUILD.system |
-  grep -o '"[a-z0-9_]*"' | tr -d '"' | sed 's/^/-labsl_/')
-[[ ${#absl[@]} -gt 0 ]] || { echo "build_fuzzer: no ABSL_LIBS in BUILD.system" >&2; exit 1; }
-
-"$cxx" -std=c++20 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -g -O1 \
-  -I. "${sources[@]}" -o "$out" "${absl[@]}" -lfmt -latomic -lrt -lpthread
-echo "built $out"
