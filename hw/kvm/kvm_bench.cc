@@ -35,7 +35,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
 #include "hw/kvm/testing/raw_round_trip.h"
-#include "ring/bench/placement.h"
+#include "base/bench/placement.h"
 
 ABSL_FLAG(uint64_t, iterations, 20000, "Operations per run (at least 2; fewer count as 2).");
 ABSL_FLAG(int, reps, 3, "Runs of every row, each at the placement measured before it.");
@@ -50,7 +50,7 @@ void PrintRow(const std::string& what, int rep, double cacheline_ns, const RawRe
   std::printf(
       "%s", fmt::format("{:<26} {:>3} {:>6.0f}ns {:>5} {:>10} {:>10} {:>10} {:>10}  {:.3f} ({:.3f} "
                         "{:.3f} {:.3f} {:.3f})\n",
-                        what, rep, cacheline_ns, ring::bench::PlacementName(cacheline_ns),
+                        what, rep, cacheline_ns, bench::PlacementName(cacheline_ns),
                         ns(result.guest_ns), ns(result.doorbell_to_interrupt_ns),
                         ns(result.median_ns), ns(result.p99_ns), result.exits.total() / n,
                         result.exits.msr / n, result.exits.hypercall / n,
@@ -97,7 +97,7 @@ int Main() {
   for (const Case& c : cases) {
     if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
     for (int rep = 0; rep < reps; ++rep) {
-      const double cacheline_ns = ring::bench::CacheLineRoundTripNs();
+      const double cacheline_ns = bench::CacheLineRoundTripNs();
       absl::StatusOr<RawResult> result =
           RunRawBench(c.mode, iterations, c.bound, c.host_spins, tsc_per_ns);
       if (!result.ok()) {

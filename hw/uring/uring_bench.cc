@@ -30,7 +30,7 @@
 #include "hw/uring/event_loop.h"
 #include "hw/uring/ring_endpoint.h"
 #include "hw/uring/task.h"
-#include "ring/bench/placement.h"
+#include "base/bench/placement.h"
 #include "ring/errors.h"
 #include "ring/testing/dpdk_peer.h"
 
@@ -40,9 +40,9 @@ namespace cvmbus::hw {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using ring::bench::CacheLineRoundTripNs;
-using ring::bench::PinToCpu;
-using ring::bench::PlacementName;
+using bench::CacheLineRoundTripNs;
+using bench::PinToCpu;
+using bench::PlacementName;
 
 struct EventFd {
   EventFd(int flags = EFD_CLOEXEC) : fd(eventfd(0, flags)) {}

@@ -31,7 +31,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "hw/kvm/testing/raw_round_trip.h"
-#include "ring/bench/placement.h"
+#include "base/bench/placement.h"
 #include "tests/kvm_vmbus/kvm_vmbus_machine.h"
 
 ABSL_FLAG(uint32_t, iterations, 20000, "Timed round trips per run.");
@@ -63,8 +63,8 @@ int Main() {
               "us/rt", "turn us", "turn/raw", "exits/rt", "irqs/rt");
   int status = 0;
   for (uint32_t rep = 0; rep < flags.reps; ++rep) {
-    const double cacheline_ns = ring::bench::CacheLineRoundTripNs();
-    const char* place = ring::bench::PlacementName(cacheline_ns);
+    const double cacheline_ns = bench::CacheLineRoundTripNs();
+    const char* place = bench::PlacementName(cacheline_ns);
     absl::StatusOr<hw::kvm::RawResult> raw =
         hw::kvm::RunRawBench(hw::kvm::RawMode::kRoundTripHlt, flags.iterations, /*bound=*/true,
                              /*host_spins=*/false, tsc_per_ns);

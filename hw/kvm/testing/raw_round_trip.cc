@@ -28,7 +28,7 @@
 #include "hw/kvm/testing/guests/layout.h"
 #include "hw/kvm/testing/guests/tests.h"
 #include "hw/kvm/unique_fd.h"
-#include "ring/bench/placement.h"
+#include "base/bench/placement.h"
 
 namespace cvmbus::hw::kvm {
 namespace {
@@ -130,7 +130,7 @@ absl::StatusOr<RawResult> RunRawBench(RawMode mode, uint64_t iterations, bool bo
   std::thread host;
   if (bound && mode != RawMode::kCpuid) {
     host = std::thread([&] {
-      ring::bench::PinToCpu(1);
+      bench::PinToCpu(1);
       const uint64_t one = 1;
       for (uint64_t i = 0; i < iterations;) {
         const uint64_t got = WaitDoorbell(doorbell.get(), host_spins);
@@ -161,7 +161,7 @@ absl::StatusOr<RawResult> RunRawBench(RawMode mode, uint64_t iterations, bool bo
   entry.rsp = TEST_STACK_TOP_GPA;
   entry.tables_gpa = TEST_TABLES_GPA;
   entry.cpuid = HypervCpuidLeaves();
-  ring::bench::PinToCpu(0);  // The vCPU thread inherits it.
+  bench::PinToCpu(0);  // The vCPU thread inherits it.
   const ExitCounts at_start = (*vm)->exit_counts();
   if (absl::Status started = (*vm)->StartVcpu(entry); !started.ok()) {
     release_host();

@@ -4,8 +4,8 @@
 // ranges from ~30 ns (SMT siblings) to ~350 ns (different core complexes), which moves ring
 // throughput by 2-5x (../shared/docs/limits.md). Every cross-core figure is printed beside the
 // round trip measured just before it, and implementations are compared only within one run.
-#ifndef CVMBUS_RING_BENCH_PLACEMENT_H_
-#define CVMBUS_RING_BENCH_PLACEMENT_H_
+#ifndef CVMBUS_BASE_BENCH_PLACEMENT_H_
+#define CVMBUS_BASE_BENCH_PLACEMENT_H_
 
 #include <pthread.h>
 #include <sched.h>
@@ -14,7 +14,7 @@
 #include <chrono>
 #include <thread>
 
-namespace cvmbus::ring::bench {
+namespace cvmbus::bench {
 
 // Pins the calling thread to `cpu`; returns false if the kernel refused.
 inline bool PinToCpu(int cpu) {
@@ -52,6 +52,6 @@ inline const char* PlacementName(double round_trip_ns) {
   return round_trip_ns < 45 ? "smt" : round_trip_ns < 150 ? "near" : "far";
 }
 
-}  // namespace cvmbus::ring::bench
+}  // namespace cvmbus::bench
 
-#endif  // CVMBUS_RING_BENCH_PLACEMENT_H_
+#endif  // CVMBUS_BASE_BENCH_PLACEMENT_H_
