@@ -5,10 +5,11 @@
 //      raw), and against MSG_RING between the loops;
 //   2. signals per second from one thread, and wake-ups per second on a loop;
 //   3. ring throughput with both sides sleeping on eventfds (RingReader/RingWriter tasks),
-//      with and without a bounded spin, and signals per packet.
+//      with and without a bounded spin, and signals per packet, interleaved with a minimal
+//      eventfd ring and DPDK's ring functions (base/bench/report.h: ratios at one placement).
 // Every cross-core figure is printed with the cache-line round trip measured before it.
 //
-//   bazel run -c opt //hw/uring:uring_bench -- [--millis=500]
+//   bazel run -c opt //hw/uring:uring_bench -- [--millis=500] [--reps=3] [--json=FILE]
 #include <fmt/format.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -31,10 +32,13 @@
 #include "hw/uring/ring_endpoint.h"
 #include "hw/uring/task.h"
 #include "base/bench/placement.h"
+#include "base/bench/report.h"
 #include "ring/errors.h"
 #include "ring/testing/dpdk_peer.h"
 
 ABSL_FLAG(int64_t, millis, 500, "Milliseconds each measurement runs for (1 to 100000).");
+ABSL_FLAG(int64_t, reps, 3, "Repetitions of every sleeping-ring row at every size (1 to 1000).");
+ABSL_FLAG(std::string, json, "", "Also write the sleeping-ring samples and ratios to this JSON file.");
 
 namespace cvmbus::hw {
 namespace {
@@ -497,7 +501,7 @@ RingResult DpdkSleepingRing(size_t size, int millis) {
   return result;
 }
 
-int Run(int millis) {
+int Run(int millis, int reps, const std::string& json, const std::string& command) {
   fmt::print("io_uring event loop: doorbells and sleeping rings, cpu0 <-> cpu1\n\n");
   const double rtt = CacheLineRoundTripNs();
   const double raw = RawRoundTripUs(20000);
@@ -511,29 +515,46 @@ int Run(int millis) {
   SignalRates(millis, &signals, &wakeups);
   fmt::print("signals/s from one thread (eventfd write): {:.2e}; loop wake-ups/s: {:.2e}\n\n",
              signals, wakeups);
-  fmt::print("ring, both sides sleeping on eventfds, 256 KiB data, publish per packet\n");
-  fmt::print("{:>6} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} {:>6} | {:>9} {:>9}\n", "size",
-             "rtt ns", "sleep", "sig/pkt", "spin2000", "sig/pkt", "minimal", "sig/pkt", "ratio",
-             "dpdk", "sig/pkt");
-  for (size_t size : {0, 64, 256, 1024, 4096, 16384}) {
-    const double rtt_now = CacheLineRoundTripNs();
-    const RingResult sleep = SleepingRing(size, millis, 0);
-    const RingResult spin = SleepingRing(size, millis, 2000);
-    const RingResult minimal = MinimalSleepingRing(size, millis);
-    const RingResult dpdk = DpdkSleepingRing(size, millis);
-    fmt::print(
-        "{:>6} {:>5.0f} {:<4}| {:>6.2f} M  {:>9.4f} | {:>6.2f} M  {:>9.4f} | {:>6.2f} M  {:>9.4f} "
-        "{:>6.2f} | {:>6.2f} M  {:>9.4f}\n",
-        size, rtt_now, PlacementName(rtt_now), sleep.packets_per_second / 1e6,
-        sleep.signals_per_packet, spin.packets_per_second / 1e6, spin.signals_per_packet,
-        minimal.packets_per_second / 1e6, minimal.signals_per_packet,
-        sleep.packets_per_second / minimal.packets_per_second, dpdk.packets_per_second / 1e6,
-        dpdk.signals_per_packet);
+  bench::Harness harness(
+      {.program = "uring_bench",
+       .title = "ring, both sides sleeping on eventfds (producer cpu0, consumer cpu1), 256 KiB "
+                "data, publish per packet, release every 1/8 ring",
+       .params = {0, 64, 256, 1024, 4096, 16384},
+       .reps = reps,
+       .millis = millis});
+  const auto measure = [](RingResult result) {
+    return bench::Measurement{.packets_per_second = result.packets_per_second,
+                              .signals_per_packet = result.signals_per_packet};
+  };
+  harness.AddRow({"sleep",
+                  "RingReader/RingWriter on io_uring loops: sleep as soon as the ring is "
+                  "empty/full, VMBus signalling rules",
+                  [&](uint64_t size, int ms) { return measure(SleepingRing(size, ms, 0)); }});
+  harness.AddRow({"spin2000", "the same, polling up to 2000 times before sleeping",
+                  [&](uint64_t size, int ms) { return measure(SleepingRing(size, ms, 2000)); }});
+  harness.AddRow({"minimal",
+                  "the minimal eventfd ring of limits.md: blocking read(2), same signalling "
+                  "rules and release policy, no validation",
+                  [&](uint64_t size, int ms) { return measure(MinimalSleepingRing(size, ms)); }});
+  harness.AddRow({"dpdk",
+                  "DPDK 22.11's ring functions deciding every signal, in the minimal ring's "
+                  "harness",
+                  [&](uint64_t size, int ms) { return measure(DpdkSleepingRing(size, ms)); }});
+  harness.AddComparison({"sleep / minimal", {"sleep"}, {"minimal"}, 0.9});
+  harness.AddComparison({"spin2000 / minimal", {"spin2000"}, {"minimal"}});
+  harness.AddComparison({"sleep / dpdk", {"sleep"}, {"dpdk"}});
+  if (absl::Status status = harness.Run(); !status.ok()) {
+    fmt::print(stderr, "uring_bench: {}\n", status.ToString());
+    return 1;
   }
-  fmt::print(
-      "(M = Mpkt/s; sig/pkt = signals raised by both sides per packet; minimal = the "
-      "eventfd ring of limits.md, same run; ratio = sleep / minimal; dpdk = DPDK 22.11's ring "
-      "functions deciding every signal, same harness as minimal)\n");
+  harness.PrintTable();
+  if (!json.empty()) {
+    if (absl::Status status = harness.WriteJson(json, command); !status.ok()) {
+      fmt::print(stderr, "uring_bench: --json: {}\n", status.ToString());
+      return 1;
+    }
+    fmt::print("wrote {}\n", json);
+  }
   return 0;
 }
 
@@ -541,12 +562,13 @@ int Run(int millis) {
 }  // namespace cvmbus::hw
 
 int main(int argc, char** argv) {
+  const std::string command = cvmbus::bench::CommandLine(argc, argv);
   absl::SetProgramUsageMessage(
-      "uring_bench [--millis=500]: doorbells and sleeping rings through the io_uring EventLoop, "
+      "uring_bench [--millis=500] [--reps=3] [--json=FILE]: doorbells and sleeping rings through the io_uring EventLoop, "
       "against raw eventfds");
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
-    fmt::print(stderr, "uring_bench: unexpected argument '{}' (flags: --millis=N)\n", rest[1]);
+    fmt::print(stderr, "uring_bench: unexpected argument '{}' (see --help)\n", rest[1]);
     return 2;
   }
   const int64_t millis = absl::GetFlag(FLAGS_millis);
@@ -554,5 +576,11 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "uring_bench: --millis={}: needs 1..100000\n", millis);
     return 2;
   }
-  return cvmbus::hw::Run(static_cast<int>(millis));
+  const int64_t reps = absl::GetFlag(FLAGS_reps);
+  if (reps < 1 || reps > 1000) {
+    fmt::print(stderr, "uring_bench: --reps={}: needs 1..1000\n", reps);
+    return 2;
+  }
+  return cvmbus::hw::Run(static_cast<int>(millis), static_cast<int>(reps),
+                         absl::GetFlag(FLAGS_json), command);
 }
