@@ -345,6 +345,7 @@ void Daemon::CarryCounters() {
     const EchoStats& now = echo_[i]->stats();
     EchoStats& total = carried_.echo[i];
     total.packets_echoed += now.packets_echoed;
+    total.packets_consumed += now.packets_consumed;
     total.opens += now.opens;
     total.closes += now.closes;
   }
@@ -593,6 +594,7 @@ Tree Daemon::BuildTree() const {
     const EchoStats carried = i < carried_.echo.size() ? carried_.echo[i] : EchoStats{};
     Tree& echo = devices["echo"][std::to_string(i)];
     echo["packets_echoed"] = carried.packets_echoed + stats.packets_echoed;
+    echo["packets_consumed"] = carried.packets_consumed + stats.packets_consumed;
     echo["opens"] = carried.opens + stats.opens;
     echo["closes"] = carried.closes + stats.closes;
     echo["gpadls"] = stats.gpadls;

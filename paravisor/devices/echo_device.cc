@@ -166,6 +166,13 @@ hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
       }
       if (!*got) break;
       const ring::Packet& packet = buffer.packet();
+      // A completion is owed only where the sender asked for one (VMBus's
+      // COMPLETION_REQUESTED flag, as Linux's vmbus_sendpacket sets it): other packets are
+      // consumed and counted, which is a one-way channel.
+      if ((packet.flags & ring::kFlagCompletionRequested) == 0) {
+        ++stats_.packets_consumed;
+        continue;
+      }
       const ring::OutgoingPacket answer{.type = ring::PacketType::kCompletion,
                                         .transaction_id = packet.transaction_id,
                                         .payload = packet.payload};

@@ -1,7 +1,8 @@
-// EchoDevice: a VMBus device that answers every in-band packet with a completion carrying the
-// same transaction id and payload. The smallest real device: it offers a channel through
-// ParentBus, accepts GPADLs, opens its rings from the view the open request names, and serves
-// them with the async ring endpoints on its own EventLoop.
+// EchoDevice: a VMBus device that answers every packet that requests a completion with a
+// completion carrying the same transaction id and payload, and consumes the others unanswered. The
+// smallest real device: it offers a channel through ParentBus, accepts GPADLs, opens its rings from
+// the view the open request names, and serves them with the async ring endpoints on its own
+// EventLoop.
 //
 // Threads: everything runs on `loop`'s thread; Start() and Revoke() must be called there too.
 #ifndef CVMBUS_PARAVISOR_DEVICES_ECHO_DEVICE_H_
@@ -25,6 +26,7 @@ namespace cvmbus::paravisor {
 
 struct EchoStats {
   uint64_t packets_echoed = 0;
+  uint64_t packets_consumed = 0;  // Packets that asked for no completion.
   uint64_t opens = 0;
   uint64_t closes = 0;
   uint64_t gpadls = 0;

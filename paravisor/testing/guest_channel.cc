@@ -4,8 +4,10 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "base/status_macros.h"
 #include "guestmem/ring_memory.h"
 #include "paravisor/protocol/header.h"
+#include "ring/errors.h"
 
 namespace cvmbus::paravisor::testing {
 
@@ -41,21 +43,46 @@ absl::Status GuestChannel::Signal() {
   return options_.discard_signal_status ? absl::OkStatus() : status;
 }
 
-absl::Status GuestChannel::Receive(ring::PacketBuffer* buffer, std::chrono::milliseconds timeout) {
-  const int fd = vm_->guest().ChannelEventFd(options_.relid);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
+absl::StatusOr<bool> GuestChannel::TrySendPacket(const ring::OutgoingPacket& packet) {
+  while (true) {
+    absl::StatusOr<bool> signal = out_.Write(packet);
+    if (signal.ok()) {
+      if (*signal) CVMBUS_RETURN_IF_ERROR(Signal());
+      return true;
+    }
+    if (!ring::IsRingError(signal.status(), ring::RingError::kFull)) return signal.status();
+    std::vector<uint64_t> header;
+    absl::StatusOr<uint32_t> length = ring::EncodeHeader(packet, &header);
+    if (!length.ok()) return length.status();
+    absl::StatusOr<bool> fits = out_.RequestSpace(*length + 8);  // The record and its trailer.
+    if (!fits.ok()) return fits.status();
+    if (!*fits) return false;
+  }
+}
+
+absl::StatusOr<bool> GuestChannel::TryReceive(ring::PacketBuffer* buffer) {
   while (true) {
     absl::StatusOr<bool> got = in_.Read(buffer);
     if (!got.ok()) return got.status();
     if (*got) {
-      if (in_.Commit()) {
-        if (absl::Status status = Signal(); !status.ok()) return status;
-      }
-      return absl::OkStatus();
+      if (in_.Commit()) CVMBUS_RETURN_IF_ERROR(Signal());
+      return true;
     }
     absl::StatusOr<bool> pending = in_.Unmask();  // Re-check after unmasking: no lost wake-up.
     if (!pending.ok()) return pending.status();
-    if (*pending) continue;
+    if (!*pending) return false;
+  }
+}
+
+int GuestChannel::event_fd() { return vm_->guest().ChannelEventFd(options_.relid); }
+
+absl::Status GuestChannel::Receive(ring::PacketBuffer* buffer, std::chrono::milliseconds timeout) {
+  const int fd = event_fd();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    absl::StatusOr<bool> got = TryReceive(buffer);
+    if (!got.ok()) return got.status();
+    if (*got) return absl::OkStatus();
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return absl::DeadlineExceededError("guest channel: no packet");

@@ -45,6 +45,16 @@ class GuestChannel {
   absl::Status SendPacket(const ring::OutgoingPacket& packet);
   // Waits (up to `timeout`) for the next packet from the host; copies it into `packet`.
   absl::Status Receive(ring::PacketBuffer* buffer, std::chrono::milliseconds timeout);
+  // Without waiting, for a guest that drives many channels or keeps many packets in flight and
+  // waits on event_fd() itself. TrySendPacket: true if the packet was written (and the host
+  // signalled if the rules say so); false if the ring is full, with the space for it requested
+  // (pending_send_sz), so the host signals event_fd() once it fits. TryReceive: true with the
+  // next packet (its space released, the host signalled if the rules say so); false if there is
+  // none, with the host's interrupt unmasked, so event_fd() fires on the next one.
+  absl::StatusOr<bool> TrySendPacket(const ring::OutgoingPacket& packet);
+  absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer);
+  // The eventfd the channel's interrupt signals (GuestClient::ChannelEventFd); read it to re-arm.
+  int event_fd();
   absl::Status Close();
 
   uint64_t signals_sent() const { return signals_sent_; }

@@ -171,6 +171,32 @@ TEST_F(ServerTest, OpenEchoCloseTeardownUnload) {
   EXPECT_EQ(GuestErrors(), 0u);
 }
 
+// Packets without COMPLETION_REQUESTED get no answer: the echo channel is then one-way.
+TEST_F(ServerTest, EchoAnswersOnlyPacketsThatRequestACompletion) {
+  EchoDevice* device = AddDevice(Params(1, 1));
+  Connect();
+  auto offers = *vm_->guest().RequestOffers();
+  auto channel = GuestChannel::Open(vm_.get(), {.relid = offers[0].child_relid,
+                                                .gpadl_id = 10,
+                                                .first_gpn = 0x100,
+                                                .ring_pages = 8,
+                                                .confidential = true});
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  const std::vector<uint8_t> payload(40, 0x7e);
+  for (uint64_t i = 1; i <= 100; ++i) {
+    ASSERT_TRUE((*channel)->SendPacket({.transaction_id = i, .payload = payload}).ok());
+  }
+  ASSERT_TRUE((*channel)->Send(payload, 101).ok());
+  ring::PacketBuffer buffer;
+  ASSERT_TRUE((*channel)->Receive(&buffer, 5s).ok());
+  EXPECT_EQ(buffer.packet().transaction_id, 101u);  // Not 1: the first 100 were not answered.
+  vm_->OnServer([&] {
+    EXPECT_EQ(device->stats().packets_consumed, 100u);
+    EXPECT_EQ(device->stats().packets_echoed, 1u);
+  });
+  EXPECT_EQ(GuestErrors(), 0u);
+}
+
 TEST_F(ServerTest, LargeGpadlIsAssembledFromHeaderAndBodies) {
   AddDevice(Params(1, 1));
   Connect();
