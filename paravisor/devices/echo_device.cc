@@ -157,6 +157,7 @@ hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
       if (!readable.ok()) stats_.last_error = readable;
       break;
     }
+    uint32_t unreleased = 0;
     while (!channel->closing) {
       absl::StatusOr<bool> got = channel->rings.reader->ring().Read(&buffer);
       if (!got.ok()) {
@@ -169,6 +170,13 @@ hw::Task EchoDevice::Echo(std::shared_ptr<OpenChannelState> channel) {
       // A completion is owed only where the sender asked for one (VMBus's
       // COMPLETION_REQUESTED flag, as Linux's vmbus_sendpacket sets it): other packets are
       // consumed and counted, which is a one-way channel.
+      // Release space in slices of 1/8 ring while draining, so a guest waiting for space
+      // (pending_send_sz) is woken while we drain instead of after.
+      unreleased += static_cast<uint32_t>(packet.payload.size()) + 24;
+      if (unreleased >= channel->rings.reader->ring().data_size() / 8) {
+        (void)channel->rings.reader->Release();
+        unreleased = 0;
+      }
       if ((packet.flags & ring::kFlagCompletionRequested) == 0) {
         ++stats_.packets_consumed;
         continue;

@@ -60,6 +60,29 @@ absl::StatusOr<bool> GuestChannel::TrySendPacket(const ring::OutgoingPacket& pac
   }
 }
 
+absl::StatusOr<bool> GuestChannel::TrySendInBurst(const ring::OutgoingPacket& packet) {
+  while (true) {
+    absl::Status appended = out_.Append(packet);
+    if (appended.ok()) {
+      if (out_.CommitInBurst()) CVMBUS_RETURN_IF_ERROR(Signal());
+      return true;
+    }
+    if (!ring::IsRingError(appended, ring::RingError::kFull)) return appended;
+    CVMBUS_RETURN_IF_ERROR(EndBurst());  // The host may be asleep: it must see the burst.
+    std::vector<uint64_t> header;
+    absl::StatusOr<uint32_t> length = ring::EncodeHeader(packet, &header);
+    if (!length.ok()) return length.status();
+    absl::StatusOr<bool> fits = out_.RequestSpace(*length + 8);
+    if (!fits.ok()) return fits.status();
+    if (!*fits) return false;
+  }
+}
+
+absl::Status GuestChannel::EndBurst() {
+  if (out_.EndBurst()) return Signal();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> GuestChannel::TryReceive(ring::PacketBuffer* buffer) {
   while (true) {
     absl::StatusOr<bool> got = in_.Read(buffer);

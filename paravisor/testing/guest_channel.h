@@ -53,6 +53,11 @@ class GuestChannel {
   // none, with the host's interrupt unmasked, so event_fd() fires on the next one.
   absl::StatusOr<bool> TrySendPacket(const ring::OutgoingPacket& packet);
   absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer);
+  // TrySendPacket in a burst (OutgoingRing::CommitInBurst: each packet visible at once, the
+  // signalling rule's full barrier once per burst, where Linux pays it per packet). A full ring
+  // ends the burst before asking for space. Call EndBurst before waiting for anything else.
+  absl::StatusOr<bool> TrySendInBurst(const ring::OutgoingPacket& packet);
+  absl::Status EndBurst();
   // The eventfd the channel's interrupt signals (GuestClient::ChannelEventFd); read it to re-arm.
   int event_fd();
   absl::Status Close();

@@ -31,10 +31,16 @@ hw::Task Echo(hw::EventLoop* loop, hw::RingReader* reader, hw::RingWriter* write
   while (true) {
     if (!(co_await reader->Readable()).ok()) co_return;
     if (stop->load(std::memory_order_acquire)) co_return;
+    uint32_t unreleased = 0;  // As EchoDevice: release every 1/8 ring while draining.
     while (true) {
       absl::StatusOr<bool> got = reader->ring().Read(&buffer);
       if (!got.ok() || !*got) break;
       const ring::Packet& packet = buffer.packet();
+      unreleased += static_cast<uint32_t>(packet.payload.size()) + 24;
+      if (unreleased >= reader->ring().data_size() / 8) {
+        (void)reader->Release();
+        unreleased = 0;
+      }
       if ((packet.flags & ring::kFlagCompletionRequested) == 0) continue;
       const ring::OutgoingPacket answer{.type = ring::PacketType::kCompletion,
                                         .transaction_id = packet.transaction_id,
@@ -142,6 +148,27 @@ absl::StatusOr<bool> RawEnd::TrySend(const ring::OutgoingPacket& packet) {
     CVMBUS_ASSIGN_OR_RETURN(bool fits, out_.RequestSpace(length + 8));
     if (!fits) return false;
   }
+}
+
+absl::StatusOr<bool> RawEnd::TrySendInBurst(const ring::OutgoingPacket& packet) {
+  while (true) {
+    absl::Status appended = out_.Append(packet);
+    if (appended.ok()) {
+      if (out_.CommitInBurst()) SignalDevice();
+      return true;
+    }
+    if (!ring::IsRingError(appended, ring::RingError::kFull)) return appended;
+    CVMBUS_RETURN_IF_ERROR(EndBurst());
+    std::vector<uint64_t> header;
+    CVMBUS_ASSIGN_OR_RETURN(uint32_t length, ring::EncodeHeader(packet, &header));
+    CVMBUS_ASSIGN_OR_RETURN(bool fits, out_.RequestSpace(length + 8));
+    if (!fits) return false;
+  }
+}
+
+absl::Status RawEnd::EndBurst() {
+  if (out_.EndBurst()) SignalDevice();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<bool> RawEnd::TryReceive(ring::PacketBuffer* buffer) {

@@ -31,6 +31,9 @@ class GuestEnd {
   // As GuestChannel's: true if written (host signalled if the rules say so); false if full,
   // with the space requested so event_fd() fires when it frees.
   virtual absl::StatusOr<bool> TrySend(const ring::OutgoingPacket& packet) = 0;
+  // The same in a burst (GuestChannel::TrySendInBurst); EndBurst before waiting.
+  virtual absl::StatusOr<bool> TrySendInBurst(const ring::OutgoingPacket& packet) = 0;
+  virtual absl::Status EndBurst() = 0;
   // True with the next packet; false if none, with the interrupt unmasked.
   virtual absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer) = 0;
   // The eventfd the host's signals land on (read it to re-arm).
@@ -43,6 +46,10 @@ class ChannelEnd : public GuestEnd {
   absl::StatusOr<bool> TrySend(const ring::OutgoingPacket& packet) override {
     return channel_->TrySendPacket(packet);
   }
+  absl::StatusOr<bool> TrySendInBurst(const ring::OutgoingPacket& packet) override {
+    return channel_->TrySendInBurst(packet);
+  }
+  absl::Status EndBurst() override { return channel_->EndBurst(); }
   absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer) override {
     return channel_->TryReceive(buffer);
   }
@@ -65,6 +72,8 @@ class RawEnd : public GuestEnd {
   ~RawEnd() override;
 
   absl::StatusOr<bool> TrySend(const ring::OutgoingPacket& packet) override;
+  absl::StatusOr<bool> TrySendInBurst(const ring::OutgoingPacket& packet) override;
+  absl::Status EndBurst() override;
   absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer) override;
   int event_fd() override { return to_guest_fd_; }
 
