@@ -89,6 +89,27 @@ std::optional<size_t> Harness::RowIndex(const std::string& name) const {
   return std::nullopt;
 }
 
+absl::Status Harness::KeepRows(const std::vector<std::string>& names) {
+  if (names.empty()) return absl::OkStatus();
+  for (const std::string& name : names) {
+    if (!RowIndex(name)) {
+      return absl::InvalidArgumentError(
+          fmt::format("{}: no row '{}' to keep", options_.program, name));
+    }
+  }
+  const auto kept = [&](const std::string& name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
+  std::erase_if(rows_, [&](const Row& row) { return !kept(row.name); });
+  std::erase_if(comparisons_, [&](const Comparison& comparison) {
+    for (const auto* side : {&comparison.numerators, &comparison.denominators}) {
+      if (!std::all_of(side->begin(), side->end(), kept)) return true;
+    }
+    return false;
+  });
+  return absl::OkStatus();
+}
+
 absl::Status Harness::Run() {
   if (rows_.empty() || options_.params.empty() || options_.reps < 1) {
     return absl::InvalidArgumentError(

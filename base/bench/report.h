@@ -71,6 +71,10 @@ class Harness {
   // Every name in it must be a row's (checked by Run).
   void AddComparison(Comparison comparison) { comparisons_.push_back(std::move(comparison)); }
 
+  // Keeps only the rows named (all when empty) and the comparisons among them, for a run that
+  // looks at a few rows (a profile). kInvalidArgument for a name that is no row.
+  [[nodiscard]] absl::Status KeepRows(const std::vector<std::string>& names);
+
   // Measures everything, with a progress line on stderr. kInvalidArgument if a comparison
   // names an unknown row or nothing is configured.
   [[nodiscard]] absl::Status Run();

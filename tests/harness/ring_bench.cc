@@ -20,7 +20,8 @@
 //                8-byte trailer) with no validation and no signalling, publishing per packet
 //                with a plain release store and releasing every 1/8 ring and per drain;
 //   limit16      the same publishing every 16 packets (and whenever it finds the ring full).
-// Every consumer copies every payload out and backs off the same way on an empty ring.
+// Every consumer copies every payload out; every side backs off the same way when it must
+// wait (an empty ring for a consumer, a full one for a producer).
 //
 //   bazel run -c opt //tests/harness:ring_bench -- [--reps=5] [--millis=200] [--json=FILE]
 #include <fmt/format.h>
@@ -41,6 +42,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
 #include "base/bench/placement.h"
 #include "base/bench/report.h"
 #include "guestmem/guest_memory.h"
@@ -53,6 +55,7 @@
 ABSL_FLAG(int64_t, reps, 5, "Repetitions of every row at every size (1 to 1000).");
 ABSL_FLAG(int64_t, millis, 200, "Milliseconds each row runs per repetition (1 to 100000).");
 ABSL_FLAG(std::string, json, "", "Also write every sample and ratio to this JSON file.");
+ABSL_FLAG(std::string, rows, "", "Only these rows, comma-separated (default: all).");
 ABSL_FLAG(std::string, sizes, "0,64,256,1024,4096,16384",
           "Payload sizes in bytes, comma-separated.");
 
@@ -62,10 +65,11 @@ namespace {
 constexpr uint32_t kDataBytes = 256 << 10;
 constexpr uint32_t kReleaseSlice = kDataBytes / 8;
 
-// Every consumer backs off the same way when it finds its ring empty: a few pause
-// instructions before it looks at the producer's index again, so a caught-up consumer does not
-// pull the index's cache line away from the producer on every poll.
-inline void EmptyBackoff() {
+// Every consumer backs off the same way when it finds its ring empty, and every producer when
+// it finds it full: a few pause instructions before it looks at the other side's index again,
+// so a side that waits does not pull the index's cache line away from the working side on
+// every poll.
+inline void Backoff() {
   for (int i = 0; i < 16; ++i) _mm_pause();
 }
 
@@ -164,12 +168,14 @@ Measurement RunCvmbus(size_t payload_bytes, int millis, WriteMode mode, bool snp
         while (!stop.load(std::memory_order_relaxed)) {
           int appended = 0;
           while (appended < batch && writer->Append(packet).ok()) ++appended;
-          if (mode == WriteMode::kBurst) {
-            // A full ring ends the burst: the writer is about to wait.
-            (void)(appended != 0 ? writer->CommitInBurst() : writer->EndBurst());
-          } else {
-            (void)writer->Commit();
+          if (appended == 0) {
+            // Full: a waiting writer ends its burst once (a burst's end is a locked store to
+            // the control line the reader releases on), then backs off.
+            if (writer->in_burst()) (void)writer->EndBurst();
+            Backoff();
+            continue;
           }
+          (void)(mode == WriteMode::kBurst ? writer->CommitInBurst() : writer->Commit());
           sent += appended;
         }
         (void)writer->EndBurst();
@@ -201,7 +207,7 @@ Measurement RunCvmbus(size_t payload_bytes, int millis, WriteMode mode, bool snp
             release();
           } else {
             if (burst) (void)reader->EndBurst();  // Caught up: a waiting reader ends its burst.
-            EmptyBackoff();
+            Backoff();
           }
         }
       });
@@ -236,7 +242,11 @@ Measurement RunDpdk(size_t payload_bytes, int millis, DpdkMode mode) {
                              : rte_vmbus_chan_send(tx_channel, 0x6, payload.data(),
                                                    static_cast<uint32_t>(payload_bytes), sent, 0,
                                                    &need_signal);
-          if (rc == 0) ++sent;
+          if (rc == 0) {
+            ++sent;
+          } else {
+            Backoff();  // -EAGAIN: full.
+          }
         }
         return sent;
       },
@@ -251,7 +261,7 @@ Measurement RunDpdk(size_t payload_bytes, int millis, DpdkMode mode) {
             if (rte_vmbus_chan_recv(rx_channel, sink.data(), &len, &xid) == 0) {
               ++received;
             } else {
-              EmptyBackoff();
+              Backoff();
             }
             continue;
           }
@@ -267,7 +277,7 @@ Measurement RunDpdk(size_t payload_bytes, int millis, DpdkMode mode) {
           if (bytes_read != 0) {
             rte_vmbus_chan_signal_read(rx_channel, bytes_read);
           } else {
-            EmptyBackoff();
+            Backoff();
           }
         }
       });
@@ -303,7 +313,10 @@ Measurement RunLimit(size_t payload_bytes, int millis, int publish_every) {
             unpublished = 0;
             read_cache = read_index.load(std::memory_order_acquire);
             used = (write - read_cache + kDataBytes) % kDataBytes;
-            if (kDataBytes - used <= record) continue;
+            if (kDataBytes - used <= record) {
+              Backoff();
+              continue;
+            }
           }
           uint8_t* at = data + write;
           const uint64_t first_word = uint64_t{record / 8 - 1} << 32 | 2 << 16 | 6;
@@ -336,7 +349,7 @@ Measurement RunLimit(size_t payload_bytes, int millis, int publish_every) {
             if (read == write) {
               if (unreleased != 0) read_index.store(read, std::memory_order_release);
               unreleased = 0;
-              EmptyBackoff();
+              Backoff();
             }
             continue;
           }
@@ -358,8 +371,8 @@ Measurement RunLimit(size_t payload_bytes, int millis, int publish_every) {
       });
 }
 
-int Run(int reps, int millis, std::vector<uint64_t> sizes, const std::string& json,
-        const std::string& command) {
+int Run(int reps, int millis, std::vector<uint64_t> sizes, const std::vector<std::string>& rows,
+        const std::string& json, const std::string& command) {
   Harness harness({.program = "ring_bench",
                    .title = "ring throughput, busy polling, producer cpu0 -> consumer cpu1, "
                             "256 KiB data area",
@@ -416,6 +429,7 @@ int Run(int reps, int millis, std::vector<uint64_t> sizes, const std::string& js
        {"cvmbus", "burst", "batch16", "burst-snp", "dpdk", "dpdk-best", "dpdk-sglist"},
        1.0});
   harness.AddComparison({"burst-snp / burst", {"burst-snp"}, {"burst"}});
+  if (absl::Status status = harness.KeepRows(rows); !status.ok()) Die("--rows", status);
   if (absl::Status status = harness.Run(); !status.ok()) Die("harness", status);
   harness.PrintTable();
   if (!json.empty()) {
@@ -456,6 +470,8 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "ring_bench: {}\n", std::string(sizes.status().message()));
     return 2;
   }
+  const std::string rows = absl::GetFlag(FLAGS_rows);
   return cvmbus::bench::Run(static_cast<int>(reps), static_cast<int>(millis), *std::move(sizes),
+                            rows.empty() ? std::vector<std::string>{} : absl::StrSplit(rows, ','),
                             absl::GetFlag(FLAGS_json), command);
 }
