@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <memory>
@@ -34,6 +35,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
 #include "base/bench/placement.h"
 #include "base/bench/report.h"
 #include "hw/uring/testing/sleeping_ring.h"
@@ -46,6 +48,9 @@
 
 ABSL_FLAG(int64_t, reps, 3, "Repetitions of every row (1 to 1000).");
 ABSL_FLAG(int64_t, millis, 300, "Milliseconds each row runs per repetition (1 to 100000).");
+ABSL_FLAG(std::string, rows, "",
+          "Only these rows of the by-size table, comma-separated, and not the channel-count "
+          "table (default: everything).");
 ABSL_FLAG(std::string, json, "", "Write the samples to FILE.size.json and FILE.channels.json.");
 
 namespace cvmbus::bench {
@@ -229,7 +234,8 @@ Setup Start() {
   return setup;
 }
 
-int Run(int reps, int millis, const std::string& json, const std::string& command) {
+int Run(int reps, int millis, const std::string& rows, const std::string& json,
+        const std::string& command) {
   if (!PinToCpu(0)) Die("pinning the guest thread", absl::InternalError("refused"));
   Setup setup = Start();
   GuestEnd* channel = setup.channel_ends[0].get();
@@ -296,7 +302,14 @@ int Run(int reps, int millis, const std::string& json, const std::string& comman
   by_channels.AddComparison({"16ch / 1ch", {"16ch"}, {"1ch"}, 0.8});
   by_channels.AddComparison({"256ch / 1ch", {"256ch"}, {"1ch"}, 0.8});
 
-  for (Harness* harness : {&by_size, &by_channels}) {
+  std::vector<Harness*> harnesses = {&by_size, &by_channels};
+  if (!rows.empty()) {
+    if (absl::Status status = by_size.KeepRows(absl::StrSplit(rows, ',')); !status.ok()) {
+      Die("--rows", status);
+    }
+    harnesses = {&by_size};
+  }
+  for (Harness* harness : harnesses) {
     if (absl::Status status = harness->Run(); !status.ok()) Die("harness", status);
     harness->PrintTable();
     fmt::print("\n");
@@ -338,5 +351,5 @@ int main(int argc, char** argv) {
     return 2;
   }
   return cvmbus::bench::Run(static_cast<int>(reps), static_cast<int>(millis),
-                            absl::GetFlag(FLAGS_json), command);
+                            absl::GetFlag(FLAGS_rows), absl::GetFlag(FLAGS_json), command);
 }
