@@ -138,7 +138,10 @@ absl::Status Harness::Run() {
                    options_.param_name, param, rep + 1, options_.reps, rows_[row].name, done + 1,
                    total);
         std::fflush(stderr);
-        Sample sample{.param = param, .rep = rep, .row = row, .rtt_ns = CacheLineRoundTripNs()};
+        Sample sample{.param = param,
+                      .rep = rep,
+                      .row = row,
+                      .rtt_ns = options_.probe ? options_.probe() : CacheLineRoundTripNs()};
         sample.measurement = rows_[row].run(param, options_.millis);
         samples_.push_back(sample);
         ++done;

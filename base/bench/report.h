@@ -61,6 +61,9 @@ struct HarnessOptions {
   std::vector<uint64_t> params;
   int reps = 3;
   int millis = 300;
+  // The placement probe run before each row (tests give their own): the cache-line round trip
+  // in nanoseconds.
+  std::function<double()> probe;  // Default: CacheLineRoundTripNs().
 };
 
 class Harness {
