@@ -17,6 +17,9 @@
 namespace cvmbus::bench {
 namespace {
 
+// How far apart two probes may be and still count as one placement.
+constexpr double kMaxRttSpread = 1.5;
+
 double Median(std::vector<double> values) {
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());
@@ -172,7 +175,11 @@ std::vector<double> Harness::Rates(uint64_t param, size_t row) const {
 Harness::RatioSummary Harness::Ratios(const Comparison& comparison, uint64_t param) const {
   RatioSummary summary;
   for (int rep = 0; rep < options_.reps; ++rep) {
+    // One placement: every probe in the same class, and the slowest round trip within
+    // kMaxRttSpread of the fastest (the "far" class alone spans 150 ns to microseconds when
+    // the host is busy).
     std::optional<std::string_view> placement;
+    double fastest = 0, slowest = 0;
     bool same = true;
     const auto best = [&](const std::vector<std::string>& names) {
       double rate = 0;
@@ -182,12 +189,15 @@ Harness::RatioSummary Harness::Ratios(const Comparison& comparison, uint64_t par
         const std::string_view here = PlacementName(sample->rtt_ns);
         if (placement && *placement != here) same = false;
         placement = here;
+        fastest = fastest == 0 ? sample->rtt_ns : std::min(fastest, sample->rtt_ns);
+        slowest = std::max(slowest, sample->rtt_ns);
         rate = std::max(rate, sample->measurement.packets_per_second);
       }
       return rate;
     };
     const double numerator = best(comparison.numerators);
     const double denominator = best(comparison.denominators);
+    if (slowest > kMaxRttSpread * fastest) same = false;
     if (!same || denominator <= 0) {
       ++summary.discarded;
       continue;

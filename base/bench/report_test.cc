@@ -59,6 +59,18 @@ TEST(HarnessTest, RatiosComeFromOneRepetitionAtOnePlacement) {
   EXPECT_DOUBLE_EQ(out["medians"][1]["rows"]["b"]["packets_per_second"], 1e6);
 }
 
+TEST(HarnessTest, FarRoundTripsTooFarApartAreNotOnePlacement) {
+  // Both "far", but 1500 ns is more than 1.5x 300 ns: the host moved or loaded the vCPUs.
+  Harness harness = MakeHarness({300, 1500, 300, 420}, 2);
+  harness.AddRow({"a", "", [](uint64_t, int) { return Measurement{.packets_per_second = 2}; }});
+  harness.AddRow({"b", "", [](uint64_t, int) { return Measurement{.packets_per_second = 1}; }});
+  harness.AddComparison({"a / b", {"a"}, {"b"}});
+  ASSERT_TRUE(harness.Run().ok());
+  const nlohmann::json point = Written(harness)["comparisons"][0]["by_param"][0];
+  EXPECT_EQ(point["n"], 1);
+  EXPECT_EQ(point["discarded"], 1);
+}
+
 TEST(HarnessTest, BestOfEachSideIsCompared) {
   Harness harness = MakeHarness({300}, 1);
   harness.AddRow({"x1", "", [](uint64_t, int) { return Measurement{.packets_per_second = 1}; }});
