@@ -7,9 +7,9 @@
 // (placement.h). The host moves this machine's vCPUs, which changes cross-core figures 2-5x, so a
 // comparison's ratio is taken only within one repetition and only when the probes before all of
 // its rows put the vCPUs at the same placement (smt, near or far, and the slowest round trip at
-// most 1.5x the fastest); other repetitions are counted as discarded, never mixed in. Results: a table on stdout (medians, ranges, ratios against their
-// goals), a progress line on stderr, and a JSON file with every sample for plotting and for the
-// README.
+// most 1.5x the fastest); other repetitions are counted as discarded, never mixed in. Results: a
+// table on stdout (medians, ranges, ratios against their goals), a progress line on stderr, and a
+// JSON file with every sample for plotting and for the README.
 //
 // Thread ownership: one thread drives a Harness; rows may start threads of their own.
 #ifndef CVMBUS_BASE_BENCH_REPORT_H_

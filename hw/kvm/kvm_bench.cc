@@ -34,8 +34,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/status/statusor.h"
-#include "hw/kvm/testing/raw_round_trip.h"
 #include "base/bench/placement.h"
+#include "hw/kvm/testing/raw_round_trip.h"
 
 ABSL_FLAG(uint64_t, iterations, 20000, "Operations per run (at least 2; fewer count as 2).");
 ABSL_FLAG(int, reps, 3, "Runs of every row, each at the placement measured before it.");
@@ -48,14 +48,14 @@ void PrintRow(const std::string& what, int rep, double cacheline_ns, const RawRe
   const double n = static_cast<double>(result.operations);
   const auto ns = [](double v) { return v > 0 ? fmt::format("{:.0f}", v) : std::string("-"); };
   std::printf(
-      "%s", fmt::format("{:<26} {:>3} {:>6.0f}ns {:>5} {:>10} {:>10} {:>10} {:>10}  {:.3f} ({:.3f} "
-                        "{:.3f} {:.3f} {:.3f})\n",
-                        what, rep, cacheline_ns, bench::PlacementName(cacheline_ns),
-                        ns(result.guest_ns), ns(result.doorbell_to_interrupt_ns),
-                        ns(result.median_ns), ns(result.p99_ns), result.exits.total() / n,
-                        result.exits.msr / n, result.exits.hypercall / n,
-                        result.exits.signal_fallback / n, result.exits.other / n)
-                .c_str());
+      "%s",
+      fmt::format("{:<26} {:>3} {:>6.0f}ns {:>5} {:>10} {:>10} {:>10} {:>10}  {:.3f} ({:.3f} "
+                  "{:.3f} {:.3f} {:.3f})\n",
+                  what, rep, cacheline_ns, bench::PlacementName(cacheline_ns), ns(result.guest_ns),
+                  ns(result.doorbell_to_interrupt_ns), ns(result.median_ns), ns(result.p99_ns),
+                  result.exits.total() / n, result.exits.msr / n, result.exits.hypercall / n,
+                  result.exits.signal_fallback / n, result.exits.other / n)
+          .c_str());
   std::fflush(stdout);
 }
 

@@ -26,20 +26,21 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "base/bench/placement.h"
+#include "base/bench/report.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/ring_memory.h"
 #include "hw/uring/event_loop.h"
 #include "hw/uring/ring_endpoint.h"
 #include "hw/uring/task.h"
 #include "hw/uring/testing/sleeping_ring.h"
-#include "base/bench/placement.h"
-#include "base/bench/report.h"
 #include "ring/errors.h"
 #include "ring/testing/dpdk_peer.h"
 
 ABSL_FLAG(int64_t, millis, 500, "Milliseconds each measurement runs for (1 to 100000).");
 ABSL_FLAG(int64_t, reps, 3, "Repetitions of every sleeping-ring row at every size (1 to 1000).");
-ABSL_FLAG(std::string, json, "", "Also write the sleeping-ring samples and ratios to this JSON file.");
+ABSL_FLAG(std::string, json, "",
+          "Also write the sleeping-ring samples and ratios to this JSON file.");
 
 namespace cvmbus::hw {
 namespace {
@@ -463,7 +464,8 @@ int Run(int millis, int reps, const std::string& json, const std::string& comman
 int main(int argc, char** argv) {
   const std::string command = cvmbus::bench::CommandLine(argc, argv);
   absl::SetProgramUsageMessage(
-      "uring_bench [--millis=500] [--reps=3] [--json=FILE]: doorbells and sleeping rings through the io_uring EventLoop, "
+      "uring_bench [--millis=500] [--reps=3] [--json=FILE]: doorbells and sleeping rings through "
+      "the io_uring EventLoop, "
       "against raw eventfds");
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {

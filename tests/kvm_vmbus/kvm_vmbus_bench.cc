@@ -30,8 +30,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "hw/kvm/testing/raw_round_trip.h"
 #include "base/bench/placement.h"
+#include "hw/kvm/testing/raw_round_trip.h"
 #include "tests/kvm_vmbus/kvm_vmbus_machine.h"
 
 ABSL_FLAG(uint32_t, iterations, 20000, "Timed round trips per run.");

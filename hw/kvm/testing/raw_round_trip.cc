@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "base/bench/placement.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/memory_backing.h"
 #include "hw/kvm/hyperv.h"
@@ -28,7 +29,6 @@
 #include "hw/kvm/testing/guests/layout.h"
 #include "hw/kvm/testing/guests/tests.h"
 #include "hw/kvm/unique_fd.h"
-#include "base/bench/placement.h"
 
 namespace cvmbus::hw::kvm {
 namespace {

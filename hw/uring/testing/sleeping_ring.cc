@@ -35,7 +35,6 @@ void Ring(int fd) {
   (void)!write(fd, &one, sizeof(one));
 }
 
-
 Task Produce(EventLoop* loop, RingWriter* writer, size_t size, const std::atomic<bool>* stop,
              uint64_t* sent) {
   std::vector<uint8_t> payload(size + 1, 0x5a);
@@ -136,6 +135,5 @@ SleepingRingResult SleepingRing(size_t size, int millis, uint32_t spin) {
       std::max<uint64_t>(sent, 1);
   return result;
 }
-
 
 }  // namespace cvmbus::hw::testing
