@@ -303,6 +303,16 @@ class EventLoop {
 
   // Operations in flight (for tests of teardown and leaks).
   size_t operations_in_flight() const { return operations_.size(); }
+  // Runs the work posted so far (Post, Poster::Post, Wakers' wake-ups) at once, in order, as
+  // RunOnce would once the kernel reported it; false if none was queued. Loop thread only. For
+  // a driver that runs the loop by hand and never waits on timers or I/O (a fuzzer: `while
+  // (loop.RunPostedWork()) {}` leaves it idle, timers unfired, with no system call but the
+  // posts' own eventfd writes).
+  bool RunPostedWork() {
+    if (!HasPosted()) return false;
+    DrainPosted();
+    return true;
+  }
 
  private:
   // kFileIo: readv, writev and fsync, whose kernel side may write into the waiter's memory.

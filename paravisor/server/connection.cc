@@ -245,6 +245,13 @@ void VmbusServer::ReleaseGpadl(Gpadl& gpadl) {
         gpadl.teardown_deferred = true;  // It may be the ring: after the close.
         return;
       }
+      if (const internal::OpenParams* open = owner->open_params();
+          open != nullptr && open->data.ring_gpadl_id == gpadl.id) {
+        // The ring of a channel being closed (ReleaseChannel just closed it, or the guest had):
+        // torn down once the device has answered the close, as a GPADL_TEARDOWN of it is.
+        gpadl.teardown_deferred = true;
+        return;
+      }
       return TeardownWithDevice(gpadl);
     case internal::GpadlState::kOfferedTearingDown:
     case internal::GpadlState::kTearingDown:
@@ -321,6 +328,9 @@ void VmbusServer::HandleTlConnect(const protocol::TlConnectRequest& request) {
     return;  // A listener offers the channel (instance = endpoint, interface = service).
   Log(fmt::format("TL_CONNECT_REQUEST to service {}: no listener, refused",
                   connect.service_id.ToString()));
+  // TL_CONNECT_RESULT exists from 4.1 (messages.h; OpenVMM's send_tl_connect_result): a 4.0
+  // guest is told nothing, as Hyper-V tells it nothing.
+  if (version_ < protocol::kVersionWin10V4_1) return;
   protocol::TlConnectResult result{};
   result.endpoint_id = request.guest_endpoint_id;
   result.service_id = request.host_service_id;

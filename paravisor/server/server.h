@@ -101,7 +101,8 @@ struct ServerOptions {
   // Called on the loop thread for a guest's hvsocket connect. Return true if a listener will
   // offer the channel (an HvSocketChannel with is_connect false, instance = endpoint id,
   // interface = service id); false refuses it: the guest gets TL_CONNECT_RESULT with
-  // STATUS_CONNECTION_REFUSED. Unset: every connect is refused.
+  // STATUS_CONNECTION_REFUSED (from version 4.1, which has that message; a 4.0 guest is told
+  // nothing). Unset: every connect is refused.
   std::function<bool(const HvSocketConnect&)> on_hvsocket_connect;
   // Signal both ring directions of a channel this long after its open succeeded, for guests
   // that ignore interrupts arriving before OPENCHANNEL_RESULT (Linux netvsc; OpenVMM #1829

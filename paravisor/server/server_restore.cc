@@ -177,8 +177,10 @@ absl::Status VmbusServer::Restore(const saved::Server& state) {
     if (channel.reopen().has_open_data() && code != kSavedClosing) {
       return Bad(relid, "a reopen in a state that is not closing");
     }
-    if (channel.pending_modify_vps_size() > 0 && code != kSavedOpen) {
-      return Bad(relid, "MODIFYCHANNELs pending on a channel that is not open");
+    // A MODIFYCHANNEL the device has not answered outlives a CLOSECHANNEL, a reopen and the
+    // guest's RELID_RELEASED of the closed offer; only a revoke answers it at once.
+    if (channel.pending_modify_vps_size() > 0 && channel.revoked()) {
+      return Bad(relid, "MODIFYCHANNELs pending on a revoked channel");
     }
     if (static_cast<uint32_t>(channel.pending_modify_vps_size()) >
         options_.limits.modifies_in_flight) {

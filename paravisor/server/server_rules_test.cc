@@ -260,6 +260,55 @@ TEST(ServerRulesTest, APausedConnectionHoldsABoundedNumberOfMessages) {
   EXPECT_TRUE(h->port().NothingArrives(MessageType::kTlConnectResult, 20ms));
 }
 
+// A reset (a kexec's INITIATE_CONTACT) while the device still closes a channel whose ring the
+// guest asked to tear down right after its CLOSECHANNEL: the teardown reaches the device only
+// once it has answered the close, as without the reset (it used to go at once, so the device
+// lost the ring of a channel it had not finished closing); then the new contact is answered.
+TEST(ServerRulesTest, AResetTearsAClosingChannelsRingDownOnlyAfterTheClose) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1), {.close = Answer::kHold});
+  ASSERT_TRUE(h->Connect().ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+  ASSERT_TRUE(h->SendClose(relid).ok());
+  ASSERT_TRUE(h->SendTeardown(relid, 1).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_closes() == 1; }));
+  protocol::InitiateContact contact{};
+  contact.vmbus_version_requested = protocol::kVersionWin10V6_0;
+  contact.interrupt_page_or_target.target.message_sint = protocol::kMessageSint;
+  ASSERT_TRUE(h->Send(protocol::EncodeInitiateContact(contact)).ok());
+  EXPECT_TRUE(h->port().NothingArrives(MessageType::kVersionResponse, 100ms));
+  h->OnServer([&] {
+    EXPECT_EQ(device->events(), (std::vector<std::string>{"gpadl 1", "open 1", "close"}));
+    EXPECT_TRUE(device->ReleaseClose());
+  });
+  ASSERT_TRUE(h->port().WaitFor(MessageType::kVersionResponse, 5s).ok());
+  h->OnServer([&] {
+    EXPECT_EQ(device->events(),
+              (std::vector<std::string>{"gpadl 1", "open 1", "close", "teardown 1"}));
+  });
+}
+
+// TL_CONNECT_RESULT exists from 4.1 (messages.h; OpenVMM sends it from Win10Rs3_0): a 4.0
+// guest's refused hvsocket connect gets no answer (it got one, a message its version lacks), a
+// 4.1 guest's gets STATUS_CONNECTION_REFUSED.
+TEST(ServerRulesTest, ARefusedHvSocketConnectIsAnsweredFromVersion4_1) {
+  auto h = Harness();
+  protocol::TlConnectRequest request{};
+  request.host_service_id.bytes[0] = 0x5e;
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10).ok());
+  ASSERT_TRUE(h->Send(protocol::EncodeTlConnectRequest(request, false)).ok());
+  EXPECT_TRUE(h->port().NothingArrives(MessageType::kTlConnectResult, 100ms));
+  ASSERT_TRUE(h->Send(protocol::Encode(protocol::Unload{})).ok());
+  ASSERT_TRUE(h->port().WaitFor(MessageType::kUnloadResponse, 5s).ok());
+  ASSERT_TRUE(h->Connect(protocol::kVersionWin10V4_1).ok());
+  ASSERT_TRUE(h->Send(protocol::EncodeTlConnectRequest(request, false)).ok());
+  auto result = h->port().WaitFor(MessageType::kTlConnectResult, 5s);
+  ASSERT_TRUE(result.ok());
+  EXPECT_EQ(result->message.As<protocol::TlConnectResult>()->status,
+            protocol::kStatusConnectionRefused);
+}
+
 // --- Servicing with operations in flight: they go to the device again after the restore. ---
 
 TEST(ServerRulesTest, ATeardownAndAModifyInFlightAtSaveAreFinishedAfterRestore) {
@@ -368,6 +417,67 @@ TEST(ServerRulesTest, WithoutADeadlineARestoredChannelWaitsForItsDevice) {
   ScriptedDevice* restored = h->AddRestoredDevice(TestOffer(1, 1), /*open=*/true);
   ASSERT_TRUE(h->WaitUntil([&] { return restored->restore_result().has_value(); }));
   h->OnServer([&] { EXPECT_TRUE(restored->restore_result()->ok()); });
+}
+
+// An open in flight at the save, after which the guest gave up on it and asked to tear its ring
+// down: the restored server sends the open again, which fails (the ring is on its way out),
+// and the teardown, deferred until the channel stopped, is answered. (It never was: the guest
+// waited for GPADL_TORNDOWN for ever.)
+TEST(ServerRulesTest, ARingTeardownDeferredByAnOpenInFlightAtSaveIsAnsweredAfterRestore) {
+  auto h = Harness();
+  ScriptedDevice* device = h->AddDevice(TestOffer(1, 1), {.open = Answer::kHold});
+  ASSERT_TRUE(h->Connect().ok());
+  const uint32_t relid = OnlyRelid(*h);
+  ASSERT_EQ(*h->CreateGpadl(relid, 1, 4), kStatusSuccess);
+  ASSERT_TRUE(h->SendOpen(relid, 1).ok());
+  ASSERT_TRUE(h->WaitUntil([&] { return device->held_opens() == 1; }));
+  ASSERT_TRUE(h->SendTeardown(relid, 1).ok());
+  absl::StatusOr<saved::Server> state = h->SaveAndStop();
+  ASSERT_TRUE(state.ok()) << state.status();
+  h->DropDevices();
+  ASSERT_TRUE(h->Restart(*state).ok());
+  h->AddRestoredDevice(TestOffer(1, 1), /*open=*/false);
+  auto result = h->port().WaitFor(MessageType::kOpenChannelResult, 5s);
+  ASSERT_TRUE(result.ok());
+  EXPECT_NE(result->message.As<protocol::OpenResult>()->status, kStatusSuccess);
+  auto torndown = h->port().WaitFor(MessageType::kGpadlTorndown, 5s);
+  ASSERT_TRUE(torndown.ok()) << "the deferred teardown of the ring was never answered";
+  EXPECT_EQ(torndown->message.As<protocol::GpadlTorndown>()->gpadl, 1u);
+}
+
+// A MODIFYCHANNEL the device had not answered when the guest closed the channel (and then let
+// go of the closed offer) is still owed its answer (5.3+). A save at that moment restores (the
+// server refused its own saved state: "MODIFYCHANNELs pending on a channel that is not open"),
+// and the restored server answers it.
+TEST(ServerRulesTest, AModifyPendingOnAClosedChannelAtSaveRestoresAndIsAnswered) {
+  for (const bool released : {false, true}) {
+    SCOPED_TRACE(released ? "closed, then released by the guest" : "closed");
+    auto h = Harness();
+    ScriptedDevice* device = h->AddDevice(TestOffer(1, 1), {.modify = Answer::kHold});
+    ASSERT_TRUE(h->Connect(protocol::kVersionWin10V5_3).ok());
+    const uint32_t relid = OnlyRelid(*h);
+    ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+    ASSERT_TRUE(h->SendModify(relid, 1).ok());
+    ASSERT_TRUE(h->WaitUntil([&] { return device->held_modifies() == 1; }));
+    ASSERT_TRUE(h->SendClose(relid).ok());
+    const auto state_is = [&](const char* state) {
+      return h->WaitUntil([&] { return h->server().Snapshot().channels.at(0).state == state; });
+    };
+    ASSERT_TRUE(state_is("closed"));
+    if (released) {
+      ASSERT_TRUE(h->SendRelease(relid).ok());
+      ASSERT_TRUE(state_is("released"));
+    }
+    absl::StatusOr<saved::Server> saved = h->SaveAndStop();
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    h->DropDevices();
+    absl::Status restored = h->Restart(*saved);
+    ASSERT_TRUE(restored.ok()) << restored;
+    h->AddRestoredDevice(TestOffer(1, 1), /*open=*/false);
+    auto modified = h->port().WaitFor(MessageType::kModifyChannelResponse, 5s);
+    ASSERT_TRUE(modified.ok()) << "the pending MODIFYCHANNEL was never answered";
+    EXPECT_EQ(modified->message.As<protocol::ModifyChannelResponse>()->child_relid, relid);
+  }
 }
 
 TEST(ServerRulesTest, SaveWaitsForAResetToFinish) {

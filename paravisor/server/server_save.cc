@@ -214,6 +214,10 @@ absl::StatusOr<RestoreResult> VmbusServer::RestoreChannelState(
           StartOpen(*again, std::move(params));
           if (auto* reopened = std::get_if<internal::Opening>(&again->state); reopened && latched) {
             (void)reopened->latch->Raise();
+          } else if (reopened == nullptr) {
+            // The open failed again (say its ring's teardown was asked for meanwhile): the
+            // channel is closed, so what waited for it to stop (that teardown) goes on now.
+            ChannelStopped(*again);
           }
         }
       } else if (then == Then::kClose || then == Then::kReopen) {
