@@ -6,8 +6,8 @@
 # reproducer or seed crashes, or the fuzzer finds a crash (the reproducer is kept: its path is
 # printed).
 #
-#   tools/fuzz_smoke.sh DIR [RUNS]    DIR: ring/fuzz or paravisor/{protocol,synic,devices}/fuzz;
-#                                     RUNS default 20000
+#   tools/fuzz_smoke.sh DIR [RUNS]    DIR: ring/fuzz or paravisor/X/fuzz (X: protocol, synic,
+#                                     devices, server); RUNS default 20000
 set -euo pipefail
 dir=${1:?usage: tools/fuzz_smoke.sh DIR [RUNS]}
 here=$(cd "$dir" && pwd)

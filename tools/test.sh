@@ -63,10 +63,12 @@ if [[ $# -eq 0 ]]; then
   # are fatal).
   run_pass "asan+ubsan" "tests(set(//tests/server_e2e/... //tests/replay/... //tests/personalities/... //paravisor/server/... //paravisor/synic/... //paravisor/devices/storvsp/... //tests/storvsp/... //paravisor/devices/hvsocket/... //tests/hvsocket/... //paravisor/devices/ic/... //tests/ic/... //paravisor/daemon/... //tests/daemon/... //paravisor/kvm/... //tests/kvm_vmbus/... //paravisor/vm/...))" --config=asan --config=ubsan
   # The fuzzers (clang, libFuzzer + ASan + UBSan): the ring reader, the control protocol with
-  # GPADL assembly, the SynIC boundary (MSRs, hypercalls, its pages), and the device parsers
-  # a guest or host program feeds; each its corpus plus 20000 runs, one case each.
+  # GPADL assembly, the SynIC boundary (MSRs, hypercalls, its pages), the device parsers
+  # a guest or host program feeds, and the server as a whole (a guest, its devices and
+  # servicing, interleaved); each its corpus plus 20000 runs, one case each.
   echo "== fuzz smoke"
-  for fuzzer in ring/fuzz paravisor/protocol/fuzz paravisor/synic/fuzz paravisor/devices/fuzz; do
+  for fuzzer in ring/fuzz paravisor/protocol/fuzz paravisor/synic/fuzz paravisor/devices/fuzz \
+    paravisor/server/fuzz; do
     log=/tmp/cvmbus_fuzz_smoke_${fuzzer//\//_}.log
     if tools/fuzz_smoke.sh "$fuzzer" 20000 >"$log" 2>&1; then
       passed=$((passed + 1)); tail -1 "$log"

@@ -24,6 +24,7 @@
 #include <memory>
 #include <vector>
 
+#include "base/testing/fuzz_input.h"
 #include "guestmem/guest_memory.h"
 #include "guestmem/memory_backing.h"
 #include "hw/uring/event_loop.h"
@@ -48,29 +49,7 @@ constexpr uint32_t kMsrs[] = {kMsrGuestOsId,    kMsrHypercall, kMsrVpIndex,  kMs
                               kMsrSimp,         kMsrEom,       kMsrSint0,    kMsrSint0 + 2,
                               kMsrSint15,       kMsrSint15 + 1};
 
-class Input {
- public:
-  Input(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  bool done() const { return at_ >= size_; }
-  template <typename T>
-  T Take() {
-    T value{};
-    const size_t n = std::min(sizeof(T), size_ - std::min(at_, size_));
-    if (n > 0) std::memcpy(&value, data_ + at_, n);
-    at_ += sizeof(T);
-    return value;
-  }
-  std::vector<uint8_t> TakeBytes(size_t len) {
-    std::vector<uint8_t> bytes(len);
-    for (uint8_t& byte : bytes) byte = Take<uint8_t>();
-    return bytes;
-  }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-  size_t at_ = 0;
-};
+using Input = ::cvmbus::testing::FuzzInput;
 
 struct CountingSink : InterruptSink {
   uint32_t vp_count = 1;
