@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 
 BEGIN = "<!-- harness:begin -->"
 END = "<!-- harness:end -->"
@@ -62,8 +63,11 @@ def plot(data, stem, out_dir):
                       for row in rows]
             file.write(f"{point['param']} " + " ".join(f"{value:.6g}" for value in values) + "\n")
     rtt = median_rtt(data)
-    title = (f"{data['program']}: {data['title']}\\n{data['date']}, placement {placement(rtt)} "
-             f"(cache-line round trip {rtt:.0f} ns, median), medians of {data['reps']}")
+    # The program's title wrapped to lines that fit the picture (gnuplot centres and clips them).
+    heading = textwrap.wrap(f"{data['program']}: {data['title']}", width=100)
+    title = "\\n".join(heading + [
+        f"{data['date']}, placement {placement(rtt)} (cache-line round trip {rtt:.0f} ns, "
+        f"median), medians of {data['reps']}"])
     pictures = []
     measures = [("mpps", "Mpkt/s", "")]
     if data.get("param_is_payload_bytes") and any(param > 0 for param in params):
