@@ -44,15 +44,13 @@ echo "harness: channel_bench (channels through the server)" >&2
 "$bin/tests/harness/channel_bench" --reps=$channel_reps --millis=$channel_millis \
   --json="$out/3_channel" | tee "$out/channel_bench.txt"
 for f in "$out"/3_channel.*.json; do mv "$f" "${f/3_channel./3_channel_}"; done
-extra=()
 if [[ -e /dev/kvm ]]; then
   echo "harness: kvm_vmbus_bench (the KVM guest's path)" >&2
-  "$bin/tests/kvm_vmbus/kvm_vmbus_bench" --iterations=$kvm_iterations --reps=3 |
-    tee "$out/kvm_vmbus_bench.txt"
-  extra=(--extra "kvm_vmbus_bench (the KVM guest's path; plain text, no JSON)=$out/kvm_vmbus_bench.txt")
+  "$bin/tests/kvm_vmbus/kvm_vmbus_bench" --iterations=$kvm_iterations --reps=3 \
+    --json="$out/4_kvm.json" | tee "$out/kvm_vmbus_bench.txt"
 else
   echo "harness: no /dev/kvm: the KVM guest's row is skipped" | tee "$out/kvm_vmbus_bench.txt" >&2
 fi
 readme=()
 [[ -n $update_readme ]] && readme=(--readme README.md)
-python3 tools/harness_report.py "$out" "${readme[@]}" "${extra[@]}"
+python3 tools/harness_report.py "$out" "${readme[@]}"

@@ -4,8 +4,10 @@
 Reads every *.json that base/bench/report.cc wrote in RESULTS_DIR, draws Mpkt/s (and GB/s where
 the parameter is a payload size) by parameter, one line per row, with the placement in the
 title, and writes RESULTS_DIR/section.md: per program the rows and what each does, the medians
-with their ranges, and every comparison against its goal. With --readme FILE, replaces the text
-between the markers '<!-- harness:begin -->' and '<!-- harness:end -->' in FILE by the section.
+with their ranges, and every comparison against its goal; a file of runs (kvm_vmbus_bench's:
+no rows by size) becomes a table of its runs and their medians. With --readme FILE, replaces
+the text between the markers '<!-- harness:begin -->' and '<!-- harness:end -->' in FILE by the
+section.
 
     tools/harness_report.py RESULTS_DIR [--readme README.md] [--extra NAME=FILE ...]
 
@@ -40,7 +42,9 @@ def load(path):
             data = json.load(file)
     except (OSError, ValueError) as error:
         fail(f"{path}: {error}")
-    for key in ("program", "rows", "samples", "medians", "comparisons", "param"):
+    keys = (("program", "title", "runs", "iterations", "payload_bytes", "reps") if "runs" in data
+            else ("program", "rows", "samples", "medians", "comparisons", "param"))
+    for key in keys:
         if key not in data:
             fail(f"{path}: no '{key}' (not a harness JSON file?)")
     return data
@@ -157,6 +161,37 @@ def section(data, pictures, link_dir):
     return out
 
 
+def run_section(data):
+    """A program that records runs rather than rows by size (kvm_vmbus_bench): its runs as a
+    table, then per mode the median of each figure."""
+    out = [f"#### {data['program']}: {data['title']}", ""]
+    out.append(f"`{data['command']}` on {data['date']} ({data['cpu']}, {data['kernel']}); "
+               f"{data['iterations']} timed round trips per run, {data['payload_bytes']}-byte "
+               f"requests, {data['reps']} runs of each mode, interleaved. {data.get('columns', '')}")
+    out.append("")
+    columns = [("us/rt", "us_per_round_trip", ".1f"), ("turn us", "turn_us", ".1f"),
+               ("turn/raw", "turn_over_raw", ".2f"), ("exits/rt", "exits_per_round_trip", ".4f"),
+               ("irqs/rt", "irqs_per_round_trip", ".4f")]
+    out.append("| mode | rep | rtt ns | placement | " + " | ".join(c[0] for c in columns) + " |")
+    out.append("|---" * (len(columns) + 4) + "|")
+    for run in data["runs"]:
+        out.append(f"| {run['mode']} | {run['rep']} | {run['rtt_ns']:.0f} | {run['placement']} | "
+                   + " | ".join(format(run[key], spec) for _, key, spec in columns) + " |")
+    out.append("")
+    modes = list(dict.fromkeys(run["mode"] for run in data["runs"]))
+    out.append("Medians per mode:")
+    out.append("")
+    out.append("| mode | " + " | ".join(c[0] for c in columns) + " |")
+    out.append("|---" * (len(columns) + 1) + "|")
+    for mode in modes:
+        runs = [run for run in data["runs"] if run["mode"] == mode]
+        out.append(f"| {mode} | " + " | ".join(
+            format(statistics.median(run[key] for run in runs), spec)
+            for _, key, spec in columns) + " |")
+    out.append("")
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results_dir")
@@ -173,6 +208,9 @@ def main():
              f"{link_dir}/; edit the programs or the script, not this text. -->", ""]
     for name in names:
         data = load(os.path.join(args.results_dir, name))
+        if "runs" in data:
+            lines += run_section(data)
+            continue
         stem = name[:-len(".json")]
         lines += section(data, plot(data, stem, args.results_dir), link_dir)
     for extra in args.extra:

@@ -119,6 +119,12 @@ absl::StatusOr<std::vector<uint64_t>> ParseList(const std::string& flag, const s
 // The command line as one string, for WriteJson.
 std::string CommandLine(int argc, char** argv);
 
+// What WriteJson records about the run, for programs that write JSON of their own: the CPU
+// model (/proc/cpuinfo), the kernel (uname), and the time now as ISO 8601 UTC.
+std::string CpuModel();
+std::string Kernel();
+std::string UtcNow();
+
 }  // namespace cvmbus::bench
 
 #endif  // CVMBUS_BASE_BENCH_REPORT_H_

@@ -324,7 +324,10 @@ absl::Status SelfCheck(uint8_t monitor_id) {
 
 }  // namespace
 
-struct DpdkPeer::Channel {
+// Lines of its own (two of them: the adjacent-line prefetcher pulls pairs): the channel's
+// cursors are written per packet, and a benchmark's sender and receiver, on two CPUs, must not
+// share a line through two neighbouring allocations. (DPDK's rte_zmalloc aligns to a line.)
+struct alignas(128) DpdkPeer::Channel {
   ChannelLayout layout;
 };
 

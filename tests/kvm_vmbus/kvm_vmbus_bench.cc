@@ -20,10 +20,13 @@
 // check code dominates "us/rt"; the turn is what the paravisor side costs.
 //
 //   bazel run -c opt //tests/kvm_vmbus:kvm_vmbus_bench -- --iterations=5000 --reps=3
+//       [--json=FILE]   (FILE: every run's figures, for tools/harness_report.py)
 #include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -31,40 +34,105 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "base/bench/placement.h"
+#include "base/bench/report.h"
 #include "hw/kvm/testing/raw_round_trip.h"
 #include "tests/kvm_vmbus/kvm_vmbus_machine.h"
 
 ABSL_FLAG(uint32_t, iterations, 20000, "Timed round trips per run.");
 ABSL_FLAG(uint32_t, reps, 3, "Runs of the raw, 5.3 plain and 6.0 SNP rows.");
 ABSL_FLAG(uint32_t, payload, 64, "Bytes of each VMBus request.");
+ABSL_FLAG(std::string, json, "", "Also write every run's figures to this JSON file.");
 
 namespace cvmbus::tests {
 namespace {
+
+// What the columns mean, for the JSON's readers (the file's opening comment says it at length).
+constexpr char kColumns[] =
+    "us/rt: the whole round trip by the guest's clock; turn us: the host's turn alone, from the "
+    "guest's doorbell to the first instruction of its interrupt handler; turn/raw: that over the "
+    "raw KVM doorbell round trip's turn measured just before. KVM on this machine kind (PVM) "
+    "emulates every instruction a guest runs at CPL0, so the guest's own code dominates us/rt; "
+    "the turn is what the paravisor side costs.";
+constexpr char kTitle[] =
+    "VMBus round trip, KVM vCPU guest <-> paravisor SynIC + server + echo device";
 
 struct Flags {
   uint32_t iterations;
   uint32_t reps;
   uint32_t payload;
+  std::string json;
 };
 
-int Main() {
+// One run's figures (the table's columns), as the JSON records them.
+struct RunFigures {
+  const char* mode;
+  uint32_t rep;
+  double cacheline_ns;
+  double us_per_round_trip;
+  double turn_us;
+  double turn_over_raw;
+  double exits_per_round_trip;
+  double irqs_per_round_trip;
+};
+
+void PrintRun(const RunFigures& run) {
+  std::printf("%-13s %3u %7.0fns %5s %10.2f %10.2f %9.2f %9.4f %9.4f\n", run.mode, run.rep,
+              run.cacheline_ns, bench::PlacementName(run.cacheline_ns), run.us_per_round_trip,
+              run.turn_us, run.turn_over_raw, run.exits_per_round_trip, run.irqs_per_round_trip);
+  std::fflush(stdout);
+}
+
+int WriteJson(const Flags& flags, const std::string& command, const std::vector<RunFigures>& runs) {
+  nlohmann::json out = {{"program", "kvm_vmbus_bench"},
+                        {"title", kTitle},
+                        {"columns", kColumns},
+                        {"command", command},
+                        {"date", bench::UtcNow()},
+                        {"cpu", bench::CpuModel()},
+                        {"kernel", bench::Kernel()},
+                        {"iterations", flags.iterations},
+                        {"payload_bytes", flags.payload},
+                        {"reps", flags.reps}};
+  out["runs"] = nlohmann::json::array();
+  for (const RunFigures& run : runs) {
+    out["runs"].push_back({{"mode", run.mode},
+                           {"rep", run.rep},
+                           {"rtt_ns", run.cacheline_ns},
+                           {"placement", bench::PlacementName(run.cacheline_ns)},
+                           {"us_per_round_trip", run.us_per_round_trip},
+                           {"turn_us", run.turn_us},
+                           {"turn_over_raw", run.turn_over_raw},
+                           {"exits_per_round_trip", run.exits_per_round_trip},
+                           {"irqs_per_round_trip", run.irqs_per_round_trip}});
+  }
+  std::ofstream file(flags.json);
+  file << out.dump(2) << "\n";
+  if (!file.good()) {
+    std::fprintf(stderr, "kvm_vmbus_bench: cannot write '%s'\n", flags.json.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+int Main(const std::string& command) {
   const Flags flags{.iterations = absl::GetFlag(FLAGS_iterations),
                     .reps = absl::GetFlag(FLAGS_reps),
-                    .payload = absl::GetFlag(FLAGS_payload)};
+                    .payload = absl::GetFlag(FLAGS_payload),
+                    .json = absl::GetFlag(FLAGS_json)};
   if (access("/dev/kvm", R_OK | W_OK) != 0) {
     std::printf("kvm_vmbus_bench: /dev/kvm is absent or not read-write here; nothing to measure\n");
     return 0;
   }
   const double tsc_per_ns = hw::kvm::TscPerNs();
-  std::printf("VMBus round trip, KVM vCPU guest <-> paravisor SynIC + server + echo device\n");
+  std::printf("%s\n", kTitle);
   std::printf("%u timed round trips per run, %u-byte requests, TSC %.3f GHz\n\n", flags.iterations,
               flags.payload, tsc_per_ns);
   std::printf("%-13s %3s %9s %5s %10s %10s %9s %9s %9s\n", "mode", "rep", "cacheline", "place",
               "us/rt", "turn us", "turn/raw", "exits/rt", "irqs/rt");
   int status = 0;
+  std::vector<RunFigures> runs;
   for (uint32_t rep = 0; rep < flags.reps; ++rep) {
     const double cacheline_ns = bench::CacheLineRoundTripNs();
-    const char* place = bench::PlacementName(cacheline_ns);
     absl::StatusOr<hw::kvm::RawResult> raw =
         hw::kvm::RunRawBench(hw::kvm::RawMode::kRoundTripHlt, flags.iterations, /*bound=*/true,
                              /*host_spins=*/false, tsc_per_ns);
@@ -73,9 +141,9 @@ int Main() {
       return 1;
     }
     const double raw_turn_us = raw->doorbell_to_interrupt_ns / 1000.0;
-    std::printf("%-13s %3u %7.0fns %5s %10.2f %10.2f %9.2f %9.4f %9.4f\n", "raw kvm", rep,
-                cacheline_ns, place, raw->guest_ns / 1000.0, raw_turn_us, 1.0,
-                raw->exits.total() / static_cast<double>(raw->operations), 1.0);
+    runs.push_back({"raw kvm", rep, cacheline_ns, raw->guest_ns / 1000.0, raw_turn_us, 1.0,
+                    raw->exits.total() / static_cast<double>(raw->operations), 1.0});
+    PrintRun(runs.back());
     for (const bool confidential : {false, true}) {
       auto machine = KvmVmbusMachine::Create({.confidential = confidential,
                                               .warmup = 100,
@@ -106,13 +174,13 @@ int Main() {
                                        static_cast<double>(result.doorbell_to_interrupt_count);
       // Interrupts over the whole run (warm-up included) per round trip of the whole run.
       const double irqs = static_cast<double>(result.interrupts) / (n + 100);
-      std::printf("%-13s %3u %7.0fns %5s %10.2f %10.2f %9.2f %9.4f %9.4f\n",
-                  confidential ? "6.0 SNP" : "5.3 plain", rep, cacheline_ns, place, us, turn_us,
-                  raw_turn_us > 0 ? turn_us / raw_turn_us : 0.0, exits, irqs);
+      runs.push_back({confidential ? "6.0 SNP" : "5.3 plain", rep, cacheline_ns, us, turn_us,
+                      raw_turn_us > 0 ? turn_us / raw_turn_us : 0.0, exits, irqs});
+      PrintRun(runs.back());
       if (exits != 0) status = 1;
     }
-    std::fflush(stdout);
   }
+  if (!flags.json.empty() && WriteJson(flags, command, runs) != 0) return 1;
   return status;
 }
 
@@ -121,15 +189,15 @@ int Main() {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "kvm_vmbus_bench [--iterations=N] [--reps=N] [--payload=BYTES]: the VMBus round trip of a "
-      "KVM vCPU through the paravisor, beside the raw KVM doorbell round trip");
+      "kvm_vmbus_bench [--iterations=N] [--reps=N] [--payload=BYTES] [--json=FILE]: the VMBus "
+      "round trip of a KVM vCPU through the paravisor, beside the raw KVM doorbell round trip");
   const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
     std::fprintf(stderr,
                  "kvm_vmbus_bench: unexpected argument '%s' (--iterations=N --reps=N "
-                 "--payload=BYTES)\n",
+                 "--payload=BYTES --json=FILE)\n",
                  rest[1]);
     return 2;
   }
-  return cvmbus::tests::Main();
+  return cvmbus::tests::Main(cvmbus::bench::CommandLine(argc, argv));
 }
