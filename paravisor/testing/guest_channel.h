@@ -63,6 +63,9 @@ class GuestChannel {
   absl::Status Close();
 
   uint64_t signals_sent() const { return signals_sent_; }
+  // True while the host is draining the guest -> host ring (it has interrupt_mask set): space
+  // is about to free up. A hint for a writer choosing between spinning and sleeping.
+  bool HostDraining() const { return out_.ReaderDraining(); }
 
  private:
   GuestChannel(vm::VirtualMachine* vm, GuestChannelOptions options, ring::OutgoingRing out,

@@ -38,6 +38,8 @@ class GuestEnd {
   virtual absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer) = 0;
   // The eventfd the host's signals land on (read it to re-arm).
   virtual int event_fd() = 0;
+  // True while the device drains the guest -> device ring (OutgoingRing::ReaderDraining).
+  virtual bool PeerDraining() const = 0;
 };
 
 class ChannelEnd : public GuestEnd {
@@ -54,6 +56,7 @@ class ChannelEnd : public GuestEnd {
     return channel_->TryReceive(buffer);
   }
   int event_fd() override { return channel_->event_fd(); }
+  bool PeerDraining() const override { return channel_->HostDraining(); }
 
  private:
   paravisor::testing::GuestChannel* channel_;  // Not owned; outlives this end.
@@ -76,6 +79,7 @@ class RawEnd : public GuestEnd {
   absl::Status EndBurst() override;
   absl::StatusOr<bool> TryReceive(ring::PacketBuffer* buffer) override;
   int event_fd() override { return to_guest_fd_; }
+  bool PeerDraining() const override { return out_.ReaderDraining(); }
 
  private:
   RawEnd(ring::OutgoingRing out, ring::IncomingRing in, int to_device_fd, int to_guest_fd)
