@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, runs every test, then reruns the tests tagged
 # "concurrency" under ThreadSanitizer and the server's, the devices' and the daemon's tests under
-# ASan + UBSan, runs the four fuzz smokes, and ends with one line "N passed, N failed" counting
+# ASan + UBSan, runs the five fuzz smokes, and ends with one line "N passed, N failed" counting
 # individual test cases (a test target that did not build or run counts as one failure).
 #
 #   tools/test.sh            everything
@@ -47,7 +47,7 @@ run_pass() {
   local tests log
   mapfile -t tests < <(bazel query "$query" 2>/dev/null)
   [[ ${#tests[@]} -eq 0 ]] && return
-  echo "== $label: ${#tests[@]} test targets"
+  echo "== $label: ${#tests[@]} test targets ($((SECONDS / 60))m$((SECONDS % 60))s in)"
   log=$(mktemp)
   bazel test --jobs=2 --keep_going "$@" "${tests[@]}" >"$log" 2>&1
   grep -E "PASSED|FAILED|TIMEOUT|NO STATUS|^ERROR" "$log" | grep -v "^INFO" || true
@@ -66,7 +66,7 @@ if [[ $# -eq 0 ]]; then
   # GPADL assembly, the SynIC boundary (MSRs, hypercalls, its pages), the device parsers
   # a guest or host program feeds, and the server as a whole (a guest, its devices and
   # servicing, interleaved); each its corpus plus 20000 runs, one case each.
-  echo "== fuzz smoke"
+  echo "== fuzz smoke ($((SECONDS / 60))m$((SECONDS % 60))s in)"
   for fuzzer in ring/fuzz paravisor/protocol/fuzz paravisor/synic/fuzz paravisor/devices/fuzz \
     paravisor/server/fuzz; do
     log=/tmp/cvmbus_fuzz_smoke_${fuzzer//\//_}.log
@@ -77,5 +77,6 @@ if [[ $# -eq 0 ]]; then
     fi
   done
 fi
+echo "test.sh: $((SECONDS / 60))m$((SECONDS % 60))s"
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
