@@ -93,7 +93,7 @@ class HostileHostStorageTest : public ::testing::Test {
                                                   .first_ring_gpn = kRingGpn,
                                                   .ring_pages = kRingPages,
                                                   .confidential = false,
-                                                  .timeout = 500ms});
+                                                  .timeout = 200ms});
     if (!guest.ok()) return guest.status();
     guest_ = *std::move(guest);
     return absl::OkStatus();
@@ -203,7 +203,7 @@ TEST_F(HostileHostStorageTest, RewritingSharedPacketsAndBuffersNeverEscapesTheDi
   stop = true;
   guest.join();
   ASSERT_TRUE(guest_error.ok()) << guest_error;
-  EXPECT_GT(counts.good, 100u);
+  EXPECT_GT(counts.good, 20u);  // Hundreds here; each channel end costs a 200 ms wait.
   EXPECT_GT(counts.attaches, 0u);
 
   // Nothing escaped: the disk is its size, the private page its bytes.
