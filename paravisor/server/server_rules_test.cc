@@ -480,6 +480,44 @@ TEST(ServerRulesTest, AModifyPendingOnAClosedChannelAtSaveRestoresAndIsAnswered)
   }
 }
 
+// The torture's sequence (servicing_torture_test with pauses): CLOSECHANNEL, then the ring's
+// GPADL_TEARDOWN (deferred until the close is done), a save while the device still closes,
+// perhaps paused; the restored device finishes the close and the guest gets GPADL_TORNDOWN.
+TEST(ServerRulesTest, ARingTeardownDeferredByACloseInFlightAtSaveIsAnsweredAfterRestore) {
+  for (const int variant : {0, 1, 2, 3}) {
+    const bool paused = variant & 1, teardown_after_restart = variant & 2;
+    SCOPED_TRACE(std::string(paused ? "paused" : "not paused") +
+                 (teardown_after_restart ? ", teardown after the restart" : ""));
+    auto h = Harness();
+    h->AddDevice(TestOffer(1, 1), {.close = Answer::kHold});
+    ASSERT_TRUE(h->Connect(protocol::kVersionWin10V6_0, protocol::kFeaturePauseResume).ok());
+    const uint32_t relid = OnlyRelid(*h);
+    ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+    ASSERT_TRUE(h->SendClose(relid).ok());
+    if (!teardown_after_restart) {
+      ASSERT_TRUE(h->SendTeardown(relid, 1).ok());
+    }
+    if (paused) {
+      ASSERT_TRUE(h->Send(protocol::Encode(protocol::Pause{})).ok());
+      ASSERT_TRUE(h->port().WaitFor(MessageType::kPauseResponse, 5s).ok());
+    }
+    absl::StatusOr<saved::Server> state = h->SaveAndStop();
+    ASSERT_TRUE(state.ok()) << state.status();
+    h->DropDevices();
+    ASSERT_TRUE(h->Restart(*state).ok());
+    if (teardown_after_restart) {  // While the restored channel waits for its device.
+      ASSERT_TRUE(h->SendTeardown(relid, 1).ok());
+      h->OnServer([] {});
+    }
+    h->AddRestoredDevice(TestOffer(1, 1), /*open=*/true);
+    if (paused) {
+      ASSERT_TRUE(h->Send(protocol::Encode(protocol::Resume{})).ok());
+    }
+    auto torndown = h->port().WaitFor(MessageType::kGpadlTorndown, 5s);
+    ASSERT_TRUE(torndown.ok()) << "the deferred teardown of the ring was never answered";
+  }
+}
+
 TEST(ServerRulesTest, SaveWaitsForAResetToFinish) {
   auto h = Harness();
   ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));
