@@ -65,16 +65,28 @@ if [[ $# -eq 0 ]]; then
   # The fuzzers (clang, libFuzzer + ASan + UBSan): the ring reader, the control protocol with
   # GPADL assembly, the SynIC boundary (MSRs, hypercalls, its pages), the device parsers
   # a guest or host program feeds, and the server as a whole (a guest, its devices and
-  # servicing, interleaved); each its corpus plus 20000 runs, one case each.
+  # servicing, interleaved); each its corpus plus 20000 runs, one case each. Two at a time
+  # (a fuzzer's build and run are mostly one process; there are two vCPUs).
   echo "== fuzz smoke ($((SECONDS / 60))m$((SECONDS % 60))s in)"
-  for fuzzer in ring/fuzz paravisor/protocol/fuzz paravisor/synic/fuzz paravisor/devices/fuzz \
-    paravisor/server/fuzz; do
-    log=/tmp/cvmbus_fuzz_smoke_${fuzzer//\//_}.log
-    if tools/fuzz_smoke.sh "$fuzzer" 20000 >"$log" 2>&1; then
+  fuzzers=(paravisor/server/fuzz ring/fuzz paravisor/synic/fuzz paravisor/protocol/fuzz
+    paravisor/devices/fuzz)
+  fuzz_log() { echo "/tmp/cvmbus_fuzz_smoke_${1//\//_}.log"; }
+  running=0
+  for fuzzer in "${fuzzers[@]}"; do
+    (tools/fuzz_smoke.sh "$fuzzer" 20000 >"$(fuzz_log "$fuzzer")" 2>&1
+      echo $? >"$(fuzz_log "$fuzzer").rc") &
+    running=$((running + 1))
+    if [[ $running -ge 2 ]]; then wait -n; running=$((running - 1)); fi
+  done
+  wait
+  for fuzzer in "${fuzzers[@]}"; do
+    log=$(fuzz_log "$fuzzer")
+    if [[ $(cat "$log.rc" 2>/dev/null) == 0 ]]; then
       passed=$((passed + 1)); tail -1 "$log"
     else
       failed=$((failed + 1)); tail -20 "$log"
     fi
+    rm -f "$log.rc"
   done
 fi
 echo "test.sh: $((SECONDS / 60))m$((SECONDS % 60))s"
