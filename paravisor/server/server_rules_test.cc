@@ -518,6 +518,42 @@ TEST(ServerRulesTest, ARingTeardownDeferredByACloseInFlightAtSaveIsAnsweredAfter
   }
 }
 
+// The ring's teardown reached the device (deferred by the close, then sent once the close was
+// done) and the device had not answered when the server was saved: the restored server asks
+// the restored device again, and the guest gets its GPADL_TORNDOWN.
+TEST(ServerRulesTest, ARingTeardownTheDeviceHadNotAnsweredAtSaveIsAnsweredAfterRestore) {
+  for (const bool paused : {false, true}) {
+    SCOPED_TRACE(paused ? "paused" : "not paused");
+    auto h = Harness();
+    h->AddDevice(TestOffer(1, 1), {.teardown = Answer::kHold});
+    ASSERT_TRUE(h->Connect(protocol::kVersionWin10V6_0, protocol::kFeaturePauseResume).ok());
+    const uint32_t relid = OnlyRelid(*h);
+    ASSERT_EQ(OpenWithRing(*h, relid, 1), kStatusSuccess);
+    ASSERT_TRUE(h->SendClose(relid).ok());
+    ASSERT_TRUE(h->SendTeardown(relid, 1).ok());
+    if (paused) {
+      ASSERT_TRUE(h->Send(protocol::Encode(protocol::Pause{})).ok());
+      ASSERT_TRUE(h->port().WaitFor(MessageType::kPauseResponse, 5s).ok());
+    }
+    for (int i = 0; i < 10; ++i) h->OnServer([] {});  // The close done, the teardown sent.
+    absl::StatusOr<saved::Server> state = h->SaveAndStop();
+    ASSERT_TRUE(state.ok()) << state.status();
+    ASSERT_EQ(state->channels_size(), 1);
+    EXPECT_EQ(state->channels(0).state(), 0u);  // Closed.
+    ASSERT_EQ(state->channels(0).gpadls_size(), 1);
+    EXPECT_EQ(state->channels(0).gpadls(0).state(),
+              static_cast<uint32_t>(internal::GpadlState::kTearingDown));
+    h->DropDevices();
+    ASSERT_TRUE(h->Restart(*state).ok());
+    h->AddRestoredDevice(TestOffer(1, 1), /*open=*/false);
+    if (paused) {
+      ASSERT_TRUE(h->Send(protocol::Encode(protocol::Resume{})).ok());
+    }
+    auto torndown = h->port().WaitFor(MessageType::kGpadlTorndown, 5s);
+    ASSERT_TRUE(torndown.ok()) << "the ring's teardown held by the device was never answered";
+  }
+}
+
 TEST(ServerRulesTest, SaveWaitsForAResetToFinish) {
   auto h = Harness();
   ScriptedDevice* device = h->AddDevice(TestOffer(1, 1));

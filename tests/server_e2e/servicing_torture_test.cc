@@ -2,7 +2,7 @@
 // state's bytes again and again, at random moments, while the guest keeps working: one channel
 // carries a stream of numbered echoes, another is opened, used, closed and torn down in a loop
 // (its GPADL spanning a header and a body, so servicing lands mid-GPADL, mid-open, mid-close),
-// and (in the second, disabled test) a third thread pauses and resumes the connection (PAUSE, its
+// and (in the second test) a third thread pauses and resumes the connection (PAUSE, its
 // answer, then RESUME after a while), so servicing also lands while the server holds messages for
 // the guest in its outbox. Nothing the guest sent or was sent may be lost or repeated, and every
 // request it waits on must be answered.
@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <random>
 #include <string>
@@ -55,6 +56,23 @@ absl::Status StartDevices(vm::VirtualMachine* vm, Devices* devices, const saved:
   absl::Status status = start(&devices->stream, 1);
   status.Update(start(&devices->churn, 2));
   return status;
+}
+
+// The channel `relid` as `state` saved it, in a line: its state, its GPADLs (state, teardowns
+// waiting, deferred), and the connection's pause and queued messages.
+std::string Describe(const saved::Server& state, uint32_t relid) {
+  std::string out = fmt::format("paused {} held {} outbox {}", state.paused(),
+                                state.held_messages_size(), state.outbox_size());
+  for (const saved::Channel& channel : state.channels()) {
+    if (channel.relid() != relid) continue;
+    out += fmt::format(" | channel {} state {} ring {}", relid, channel.state(),
+                       channel.open_data().ring_gpadl_id());
+    for (const saved::Gpadl& gpadl : channel.gpadls()) {
+      out += fmt::format(" | GPADL {:#x} state {} waiters {} deferred {}", gpadl.id(),
+                         gpadl.state(), gpadl.teardown_waiters(), gpadl.teardown_deferred());
+    }
+  }
+  return out;
 }
 
 // `pauses`: a third guest thread pauses and resumes the connection throughout.
@@ -153,22 +171,45 @@ void Torture(bool pauses) {
 
   std::mt19937 random(20261204);
   std::uniform_int_distribution<int> pause_us(0, 400);
+  // A restore starts again what its devices were doing (an open, a close, a GPADL's teardown),
+  // and finishing it takes the device a few wake-ups of its loop. Servicings closer together
+  // than that, one after another, starve it for good: a livelock of the test's own making (a
+  // second without servicing and the restored server finishes it; seen under ASan on a loaded
+  // machine with a close and its ring's teardown, and with an open). Real servicings are
+  // seconds apart, so every kQuietEvery-th servicing is followed by kQuiet without one.
+  constexpr int kQuietEvery = 10;
+  constexpr auto kQuiet = 5ms;
   // At least kServicings, and on until the churn has gone round kCycles times (a slow
   // sanitizer build), bounded by time so that a stuck guest fails instead of hanging.
   const auto deadline = std::chrono::steady_clock::now() + 60s;
   int serviced = 0;
   int paused_saves = 0, held_saves = 0;  // Saves of a paused server; of one holding messages.
+  int echoed_between = 0;                // Servicings with echoes since the one before.
+  uint64_t echoed_before = 0;
+  std::deque<std::string> trail;  // The churn channel's last changes, seen at saves (on failure).
+  std::string last_described;
   for (; (serviced < kServicings || cycles.load() < kCycles) &&
          std::chrono::steady_clock::now() < deadline;
        ++serviced) {
-    std::this_thread::sleep_for(std::chrono::microseconds(pause_us(random)));
+    std::this_thread::sleep_for(serviced % kQuietEvery == kQuietEvery - 1
+                                    ? std::chrono::microseconds(kQuiet)
+                                    : std::chrono::microseconds(pause_us(random)));
     absl::Status status;
     vm->OnServer([&] {
+      const uint64_t echoed_now = echoed.load();
+      echoed_between += echoed_now > echoed_before ? 1 : 0;
+      echoed_before = echoed_now;
       absl::StatusOr<saved::Server> state = vm->ServiceServerOnLoop([&] { devices = Devices{}; });
       status = state.status();
       if (state.ok()) {
         paused_saves += state->paused() ? 1 : 0;
         held_saves += state->held_messages_size() > 0 ? 1 : 0;
+        std::string described = Describe(*state, churn_relid);
+        if (described != last_described) {
+          trail.push_back(fmt::format("servicing {}: {}", serviced, described));
+          if (trail.size() > 60) trail.pop_front();
+          last_described = std::move(described);
+        }
         status = StartDevices(vm.get(), &devices, &*state);
       }
     });
@@ -181,6 +222,25 @@ void Torture(bool pauses) {
   pauser.join();
   if (!stream_error.ok() || !churn_error.ok() || !pause_error.ok()) {
     for (const std::string& line : vm->TakeLog()) std::printf("server log: %s\n", line.c_str());
+    for (const std::string& line : trail) std::printf("saved: %s\n", line.c_str());
+    // With the servicings over for a second: was the answer late, or is it lost?
+    std::this_thread::sleep_for(1s);
+    vm->OnServer([&] {
+      absl::StatusOr<saved::Server> state = vm->ServiceServerOnLoop([&] { devices = Devices{}; });
+      if (state.ok()) {
+        std::printf("a second after the last servicing: %s\n",
+                    Describe(*state, churn_relid).c_str());
+        (void)StartDevices(vm.get(), &devices, &*state);
+      }
+    });
+    vm->OnServer([&] {
+      const EchoStats& churn = devices.churn->stats();
+      std::printf("churn device: %llu opens, %llu closes, %llu GPADLs, last error %s\n",
+                  static_cast<unsigned long long>(churn.opens),
+                  static_cast<unsigned long long>(churn.closes),
+                  static_cast<unsigned long long>(churn.gpadls),
+                  churn.last_error.ToString().c_str());
+    });
   }
   EXPECT_TRUE(stream_error.ok()) << "after " << serviced << " servicings: " << stream_error;
   EXPECT_TRUE(churn_error.ok()) << "after " << serviced << " servicings: " << churn_error;
@@ -191,13 +251,15 @@ void Torture(bool pauses) {
     EXPECT_GT(held_saves, 0);    // ... and with the guest's answers held in the outbox.
   }
   EXPECT_GE(serviced, kServicings);
-  // The traffic ran through the servicings, not beside them.
-  EXPECT_GE(echoed.load(), static_cast<uint64_t>(kServicings));
+  // The traffic ran through the servicings, not beside them: echoes came back between many.
+  EXPECT_GE(echoed_between, kServicings / 10);
   EXPECT_GE(cycles.load(), kCycles);
   std::printf(
-      "%d servicings (%d while paused, %d with messages held): %llu echoes in order, %llu "
-      "open/close cycles, %llu pauses\n",
-      serviced, paused_saves, held_saves, static_cast<unsigned long long>(echoed.load()),
+      "%d servicings (%d after echoes since the last, %d while paused, %d with messages held): "
+      "%llu echoes in "
+      "order, %llu open/close cycles, %llu pauses\n",
+      serviced, echoed_between, paused_saves, held_saves,
+      static_cast<unsigned long long>(echoed.load()),
       static_cast<unsigned long long>(cycles.load()),
       static_cast<unsigned long long>(pause_count.load()));
   vm->OnServer([&] { devices = Devices{}; });
@@ -207,14 +269,9 @@ TEST(ServicingTortureTest, AThousandServicingsUnderTrafficLoseAndRepeatNothing) 
   Torture(/*pauses=*/false);
 }
 
-// Disabled: it exposes an open bug (issue 15). Under ASan one run in four or so, a churn cycle's
-// ring GPADL_TEARDOWN, deferred while its channel closed, is never answered (the server keeps
-// the GPADL through every later servicing), and the guest waits for GPADL_TORNDOWN in vain.
-// The sequences server_rules_test reproduces by hand (close held at the save, teardown before
-// or after the restart, paused or not) are answered; the timing that loses it is not found yet.
-//   bazel test --config=asan --config=ubsan //tests/server_e2e:servicing_torture_test
-//     --test_arg=--gtest_also_run_disabled_tests --runs_per_test=4
-TEST(ServicingTortureTest, DISABLED_AThousandServicingsUnderTrafficWithPausesLoseNothing) {
+// With PAUSE/RESUME throughout. (Its failures once looked like a lost GPADL_TORNDOWN: they were
+// the livelock kQuietEvery now prevents. A second without servicing and the answer came.)
+TEST(ServicingTortureTest, AThousandServicingsUnderTrafficWithPausesLoseNothing) {
   Torture(/*pauses=*/true);
 }
 
