@@ -952,6 +952,9 @@ TEST_F(SynicTest, PostsDuringAHandOffReachTheNextServer) {
   // After a plain detach the ids are gone again.
   synic_->DetachServer();
   EXPECT_EQ(PostMessage(1, Pattern(8, 4)), kStatusInvalidConnectionId);
+  // The loop may still be inside successor.OnMessage (notifying, after WaitForMessages saw the
+  // message): done with it before it goes (TSan saw the race).
+  server_->Sync();
 }
 
 // A doorbell during a hand-off is held, not raised on the old target (its device may be
